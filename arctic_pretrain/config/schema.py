@@ -1,0 +1,155 @@
+"""The schema of a training run. Field comments are the configuration reference (README mirrors them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-2 style decoder, built as transformers' LlamaForCausalLM."""
+
+    name: str = MISSING  # label used in logs and exports
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    intermediate_size: int = MISSING  # FFN width
+    num_heads: int = MISSING
+    num_kv_heads: int = MISSING  # == num_heads: no grouped-query attention (the paper's choice)
+    max_seq_len: int = MISSING  # longest sequence the model can hold (RoPE positions)
+    rope_theta: float = 10000.0  # not published for SnowCoder; Llama-2's value
+    tie_embeddings: bool = True
+    vocab_size: int | None = None  # None: the tokenizer's vocabulary rounded up to vocab_multiple
+    vocab_multiple: int = 64
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    attention: str = "auto"  # auto (flash_attention_2 when flash-attn imports, else sdpa) | flash_attention_2 | sdpa | eager
+    activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% more compute
+
+
+@dataclass
+class LRScheduleConfig:
+    """Learning rate within one phase: linear warmup from warmup_start_lr to peak_lr, then decay to end_lr."""
+
+    peak_lr: float = MISSING
+    end_lr: float = 0.0
+    warmup_steps: int = 0
+    warmup_start_lr: float = 0.0
+    decay: str = "cosine"  # cosine | linear | constant
+
+
+@dataclass
+class PhaseConfig:
+    """One curriculum phase: a token budget, a data mixture and its own LR schedule."""
+
+    tokens: str = MISSING  # budget; human forms accepted: 500B, 12.5M, 1e9, 8192
+    mixture: dict[str, float] = MISSING  # weights over data.sources names (normalised; zero drops a source)
+    lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+
+
+@dataclass
+class CurriculumConfig:
+    """Phases run in the order written; each starts where the previous one's budget ends."""
+
+    name: str = MISSING
+    phases: dict[str, PhaseConfig] = MISSING
+
+
+@dataclass
+class DataSourceConfig:
+    """A token source: a folder in the shard format (manifest.json, *.bin, *.idx.npy)."""
+
+    path: str = MISSING
+    max_epochs: float = 1.0  # how many times the curriculum may read it (the paper: 12.5B x 4 in phase 2)
+    description: str = ""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    sources: dict[str, DataSourceConfig] = MISSING
+    prepare_demo: bool = False  # build the embedded demo corpus and tokenizer when missing (experiment=demo)
+    demo_dir: str = "${oc.env:ARCTIC_PRETRAIN_CACHE,${oc.env:HOME}/.cache/arctic-pretrain}/demo"
+    demo_megabytes: float = 6.0  # size of the demo's general sources (per language)
+    demo_vocab_size: int = 4096
+    prefetch: int = 2  # micro-batches prepared ahead in a background thread (0: inline)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO stage and offload; `extra` is merged into the generated DeepSpeed JSON as written."""
+
+    name: str = MISSING
+    zero_stage: int = 1
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on CPU
+    offload_param: bool = False  # ZeRO-3 only: parameters on CPU
+    precision: str = "auto"  # auto (bf16 on GPUs that support it, fp32 elsewhere) | bf16 | fp32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW. The paper says Adam; betas/eps/decay are not published, these are Llama-2's."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not applied to norms and biases
+    grad_clip: float = 1.0  # global gradient-norm clip (0 disables)
+
+
+@dataclass
+class TrainingConfig:
+    """Batch geometry. Gradient accumulation = global / (micro x data-parallel ranks)."""
+
+    seq_len: int = MISSING
+    global_batch_size: int = MISSING  # sequences per optimizer step (the paper: 512)
+    micro_batch_size: int = 1  # sequences per rank per forward/backward
+    deterministic: bool = False  # deterministic kernels (exact resume tests; slower on GPU)
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1000  # steps between checkpoints (phase ends always checkpoint)
+    keep_last: int = 3  # interval checkpoints kept; phase-end checkpoints are never pruned
+    export_phases: bool = True  # write an HF export of every finished phase to run_dir/export/<phase>
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10  # steps between metric lines
+    wandb_mode: str = "disabled"  # online | offline | disabled
+    wandb_project: str = "arctic-pretrain"
+    wandb_run_name: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: `python launch/train.py --cfg job` prints the composed instance."""
+
+    model: ModelConfig = MISSING
+    curriculum: CurriculumConfig = MISSING
+    data: DataConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run_dir: str = "runs/default"  # metrics.jsonl, checkpoints/, export/; rerun with the same run_dir to resume
+    seed: int = 1234
+    tokenizer: str | None = None  # HF tokenizer folder or hub name for exports; None: the sources' manifest
+    peak_tflops: float | None = None  # per-device peak for MFU; None: known GPUs (H100/H200 989, A100 312)
+    max_steps: int | None = None  # stop early after this many steps (smoke tests); the curriculum decides otherwise
+
+
+def register_configs() -> None:
+    """Register the schemas so that conf/*.yaml are checked against them (unknown keys fail)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="curriculum", name="schema", node=CurriculumConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="deepspeed", name="schema", node=DeepSpeedConfig)

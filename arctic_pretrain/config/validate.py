@@ -1,0 +1,115 @@
+"""Cross-field rules, checked before any rank trains. Every error names the key and the value."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from arctic_pretrain.tokens import format_token_count, parse_token_count
+
+if TYPE_CHECKING:
+    from arctic_pretrain.config.schema import TrainConfig
+    from arctic_pretrain.data.shards import TokenSource
+
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
+DECAYS = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; the message names the offending key."""
+
+
+def _require(ok: bool, key: str, value: object, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Static checks that need no data on disk."""
+    m = cfg.model
+    for key in ("hidden_size", "num_layers", "intermediate_size", "num_heads", "num_kv_heads", "max_seq_len"):
+        _require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
+    _require(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
+             f"must divide model.hidden_size={m.hidden_size}")
+    _require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", m.num_kv_heads,
+             f"must divide model.num_heads={m.num_heads}")
+    _require(m.attention in ATTENTION, "model.attention", m.attention, f"must be one of {ATTENTION}")
+    _require(m.vocab_size is None or m.vocab_size > 0, "model.vocab_size", m.vocab_size, "must be positive")
+    _require(m.vocab_multiple > 0, "model.vocab_multiple", m.vocab_multiple, "must be positive")
+
+    t = cfg.training
+    _require(t.seq_len > 1, "training.seq_len", t.seq_len, "must be at least 2")
+    _require(t.seq_len <= m.max_seq_len, "training.seq_len", t.seq_len,
+             f"longer than the model holds (model.max_seq_len={m.max_seq_len})")
+    _require(t.micro_batch_size > 0, "training.micro_batch_size", t.micro_batch_size, "must be positive")
+    _require(t.global_batch_size > 0, "training.global_batch_size", t.global_batch_size, "must be positive")
+    per_step = t.micro_batch_size * world_size
+    _require(t.global_batch_size % per_step == 0, "training.global_batch_size", t.global_batch_size,
+             f"must be a multiple of micro_batch_size x ranks = {t.micro_batch_size} x {world_size}")
+
+    phases = cfg.curriculum.phases
+    _require(len(phases) > 0, "curriculum.phases", dict(phases), "needs at least one phase")
+    sources = cfg.data.sources
+    for name, phase in phases.items():
+        key = f"curriculum.phases.{name}"
+        try:
+            tokens = parse_token_count(phase.tokens, field=f"{key}.tokens")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        _require(tokens > 0, f"{key}.tokens", phase.tokens, "phase budget must be positive")
+        _require(len(phase.mixture) > 0, f"{key}.mixture", dict(phase.mixture), "names no data source")
+        for src, weight in phase.mixture.items():
+            _require(src in sources, f"{key}.mixture.{src}", weight,
+                     f"no such data source (data.sources has {sorted(sources)})")
+            _require(weight >= 0, f"{key}.mixture.{src}", weight, "weights must not be negative")
+        _require(sum(phase.mixture.values()) > 0, f"{key}.mixture", dict(phase.mixture), "weights are all zero")
+        lr = phase.lr
+        _require(lr.peak_lr > 0, f"{key}.lr.peak_lr", lr.peak_lr, "must be positive")
+        _require(0 <= lr.end_lr <= lr.peak_lr, f"{key}.lr.end_lr", lr.end_lr, "must be in [0, peak_lr]")
+        _require(lr.warmup_steps >= 0, f"{key}.lr.warmup_steps", lr.warmup_steps, "must not be negative")
+        _require(lr.decay in DECAYS, f"{key}.lr.decay", lr.decay, f"must be one of {DECAYS}")
+    for name, src in sources.items():
+        _require(src.max_epochs > 0, f"data.sources.{name}.max_epochs", src.max_epochs, "must be positive")
+
+    ds = cfg.deepspeed
+    _require(ds.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", ds.zero_stage, "must be 0, 1, 2 or 3")
+    _require(not ds.offload_param or ds.zero_stage == 3, "deepspeed.offload_param", ds.offload_param,
+             "parameter offload needs deepspeed.zero_stage=3")
+    _require(ds.precision in PRECISIONS, "deepspeed.precision", ds.precision, f"must be one of {PRECISIONS}")
+    _require(cfg.checkpoint.interval > 0, "checkpoint.interval", cfg.checkpoint.interval, "must be positive")
+    _require(cfg.checkpoint.keep_last > 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be positive")
+    _require(cfg.logging.interval > 0, "logging.interval", cfg.logging.interval, "must be positive")
+    _require(cfg.logging.wandb_mode in WANDB_MODES, "logging.wandb_mode", cfg.logging.wandb_mode,
+             f"must be one of {WANDB_MODES}")
+    _require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
+
+
+def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> None:
+    """Checks against the data on disk: one tokenizer, enough tokens for every phase's planned reads."""
+    tokenizers = {name: src.tokenizer for name, src in sources.items()}
+    first_name, first = next(iter(tokenizers.items()))
+    for name, tok in tokenizers.items():
+        _require(tok.sha256 == first.sha256 and tok.vocab_size == first.vocab_size,
+                 f"data.sources.{name}.path", cfg.data.sources[name].path,
+                 f"tokenized with {tok.name} but data.sources.{first_name} with {first.name}")
+    vocab = cfg.model.vocab_size
+    _require(vocab is None or vocab >= first.vocab_size, "model.vocab_size", vocab,
+             f"smaller than the tokenizer's vocabulary ({first.vocab_size})")
+    seq_len = cfg.training.seq_len
+    planned: dict[str, float] = {name: 0.0 for name in sources}
+    for phase_name, phase in cfg.curriculum.phases.items():
+        budget = parse_token_count(phase.tokens)
+        total = sum(phase.mixture.values())
+        for src, weight in phase.mixture.items():
+            planned[src] += budget * weight / total
+            _require(weight == 0 or sources[src].num_windows(seq_len) > 0,
+                     f"curriculum.phases.{phase_name}.mixture.{src}", weight,
+                     f"source holds {sources[src].num_tokens} tokens, less than one sequence of {seq_len}")
+    for name, tokens in planned.items():
+        available = sources[name].num_windows(seq_len) * seq_len
+        allowed = cfg.data.sources[name].max_epochs * available
+        _require(tokens <= allowed * 1.01, f"data.sources.{name}.max_epochs", cfg.data.sources[name].max_epochs,
+                 f"the curriculum plans {format_token_count(int(tokens))} tokens from a source of "
+                 f"{format_token_count(available)} ({tokens / max(available, 1):.2f} epochs); "
+                 "raise max_epochs or lower the phase budgets")

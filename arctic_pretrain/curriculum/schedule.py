@@ -1,0 +1,98 @@
+"""Phase, mixture and learning rate as pure functions of the consumed-token count.
+
+Nothing here keeps state: a run restarted at any step computes the same phase, weights and LR from
+the token count alone. A step belongs to the phase its first token falls in; a phase ends at the
+first step boundary at or past its cumulative budget (budgets are rounded up to whole steps).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from arctic_pretrain.config.schema import CurriculumConfig, LRScheduleConfig
+from arctic_pretrain.tokens import parse_token_count
+
+
+@dataclass(frozen=True)
+class Phase:
+    index: int
+    name: str
+    start: int  # consumed tokens at the phase's first step
+    end: int  # consumed tokens after its last step (a multiple of tokens_per_step)
+    weights: dict[str, float]  # normalised, zero weights dropped
+    lr: LRScheduleConfig
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+
+def lr_in_phase(schedule: LRScheduleConfig, step: int, total_steps: int) -> float:
+    """LR of the phase's ``step``-th optimizer step (0-based). Warmup reaches peak at step warmup-1."""
+    warmup = min(schedule.warmup_steps, total_steps)
+    if step < warmup:
+        frac = (step + 1) / warmup
+        return schedule.warmup_start_lr + (schedule.peak_lr - schedule.warmup_start_lr) * frac
+    if schedule.decay == "constant":
+        return schedule.peak_lr
+    decay_steps = max(total_steps - warmup - 1, 1)
+    progress = min(max((step - warmup) / decay_steps, 0.0), 1.0)
+    if schedule.decay == "cosine":
+        return schedule.end_lr + (schedule.peak_lr - schedule.end_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule.decay == "linear":
+        return schedule.peak_lr + (schedule.end_lr - schedule.peak_lr) * progress
+    raise ValueError(f"unknown decay {schedule.decay!r}")
+
+
+class Curriculum:
+    """Walks the phases in the order configured, ``tokens_per_step`` tokens per optimizer step."""
+
+    def __init__(self, cfg: CurriculumConfig, tokens_per_step: int) -> None:
+        if tokens_per_step <= 0:
+            raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
+        self.tokens_per_step = tokens_per_step
+        self.phases: list[Phase] = []
+        budget_end, start = 0, 0
+        for index, (name, phase) in enumerate(cfg.phases.items()):
+            budget_end += parse_token_count(phase.tokens, field=f"curriculum.phases.{name}.tokens")
+            end = math.ceil(budget_end / tokens_per_step) * tokens_per_step
+            total = sum(phase.mixture.values())
+            weights = {src: w / total for src, w in phase.mixture.items() if w > 0}
+            self.phases.append(Phase(index, name, start, max(end, start + tokens_per_step), weights, phase.lr))
+            start = self.phases[-1].end
+
+    @property
+    def total_tokens(self) -> int:
+        return self.phases[-1].end
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.tokens_per_step
+
+    def phase_at(self, consumed: int) -> Phase:
+        """The phase that the step starting at ``consumed`` tokens belongs to (the last one past the end)."""
+        for phase in self.phases:
+            if consumed < phase.end:
+                return phase
+        return self.phases[-1]
+
+    def is_done(self, consumed: int) -> bool:
+        return consumed >= self.total_tokens
+
+    def finished_phase(self, consumed: int) -> Phase | None:
+        """The phase whose last step ends exactly at ``consumed`` tokens, if any."""
+        for phase in self.phases:
+            if consumed == phase.end:
+                return phase
+        return None
+
+    def lr_at(self, consumed: int) -> float:
+        phase = self.phase_at(consumed)
+        step = (consumed - phase.start) // self.tokens_per_step
+        return lr_in_phase(phase.lr, step, phase.tokens // self.tokens_per_step)
+
+    def describe(self) -> list[dict]:
+        tps = self.tokens_per_step
+        return [{"phase": p.name, "start_step": p.start // tps, "steps": p.tokens // tps, "tokens": p.tokens,
+                 "weights": p.weights} for p in self.phases]

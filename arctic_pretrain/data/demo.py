@@ -1,0 +1,149 @@
+"""The embedded demo corpus: real code from this machine's Python installation and C headers.
+
+Nobody here wrote it, it needs no network, and it is big enough (hundreds of MB) for a tiny model
+to learn from. A byte-level BPE tokenizer is trained on it and four token sources are written:
+
+    python, c      phase-1 ("general") sources, one per language
+    high_quality   STAND-IN until the annotator stage exists: documented stdlib modules
+    synthetic      STAND-IN until the synthesis stage exists: stdlib test files
+
+The result is cached (keyed by its settings) and built under a lock, so concurrent ranks build it once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<repo_name>", "<file_sep>", "<fim_prefix>", "<fim_middle>",
+                  "<fim_suffix>", "<fim_pad>"]
+READY = "READY.json"
+_MAX_FILE_BYTES = 200_000
+
+
+def _files(root: Path, suffixes: tuple[str, ...], keep=lambda p: True) -> Iterator[Path]:
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "site-packages", "idlelib"))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.endswith(suffixes) and keep(path) and not path.is_symlink():
+                yield path
+
+
+def _read(paths: Iterator[Path], budget_bytes: int) -> list[str]:
+    texts, total = [], 0
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if not data.strip() or len(data) > _MAX_FILE_BYTES or b"\0" in data:
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        texts.append(text)
+        total += len(data)
+        if total >= budget_bytes:
+            break
+    return texts
+
+
+def demo_texts(megabytes: float) -> dict[str, list[str]]:
+    """Collect the demo sources' documents (one file each) from this machine."""
+    budget = int(megabytes * 2**20)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    site = Path(sysconfig.get_paths()["purelib"])
+    is_test = lambda p: "test" in p.parts or p.name.startswith("test_")  # noqa: E731
+
+    def documented(p: Path) -> bool:
+        try:
+            head = p.read_text(errors="ignore")[:400].lstrip()
+        except OSError:
+            return False
+        return head.startswith(('"""', "r'''", 'r"""', "'''")) and not is_test(p)
+
+    python_files = _read(_chain(_files(stdlib, (".py",), lambda p: not is_test(p)),
+                                _files(site, (".py",), lambda p: not is_test(p))), budget)
+    c_roots = [Path(sysconfig.get_paths()["include"]), Path("/usr/include")]
+    c_files = _read(_chain(*(_files(r, (".h", ".c")) for r in c_roots)), budget)
+    sources = {
+        "python": python_files,
+        "c": c_files,
+        "high_quality": _read(_files(stdlib, (".py",), documented), budget // 3),
+        "synthetic": _read(_files(stdlib / "test", (".py",)), budget // 6),
+    }
+    empty = [name for name, texts in sources.items() if not texts]
+    if empty:
+        raise RuntimeError(f"demo corpus: found no files for {empty} under {stdlib} and {c_roots}")
+    return sources
+
+
+def _chain(*iterators: Iterator[Path]) -> Iterator[Path]:
+    for it in iterators:
+        yield from it
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> TokenizerInfo:
+    """Byte-level BPE (the StarCoder family's kind) with the StarCoder2 special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+    fast.save_pretrained(out_dir)
+    return TokenizerInfo.from_file(out_dir / "tokenizer.json", name=str(out_dir))
+
+
+def build_demo(root: Path, megabytes: float, vocab_size: int) -> Path:
+    """Build (or reuse) the demo corpus under ``root``; returns the folder holding the sources."""
+    from filelock import FileLock
+    from tokenizers import Tokenizer
+
+    version = f"py{sys.version_info.major}{sys.version_info.minor}-{megabytes:g}MB-v{vocab_size}"
+    folder = root / version
+    if (folder / READY).is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{version}.lock")):
+        if (folder / READY).is_file():
+            return folder
+        log.info("building the demo corpus in %s (once; cached for later runs)", folder)
+        tmp = root / f"{version}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        sources = demo_texts(megabytes)
+        train_sample = sources["python"][: len(sources["python"]) // 2] + sources["c"][: len(sources["c"]) // 2]
+        info = train_tokenizer(train_sample, vocab_size, tmp / "tokenizer")
+        info = TokenizerInfo(str(folder / "tokenizer"), info.vocab_size, info.eos_id, info.sha256)
+        tokenizer = Tokenizer.from_file(str(tmp / "tokenizer" / "tokenizer.json"))
+        counts = {}
+        for name, texts in sources.items():
+            with ShardWriter(tmp / name, info, prefix="demo", shard_tokens=2**20) as writer:
+                for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
+                    writer.add_document(enc.ids)
+            counts[name] = {"documents": len(texts), "tokens": sum(e.tokens for e in writer.entries)}
+        (tmp / READY).write_text(json.dumps({"sources": counts, "tokenizer": info.name}, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        log.info("demo corpus ready: %s", counts)
+    return folder

@@ -1,0 +1,64 @@
+"""Build the Llama-style decoder. transformers' own class keeps exports free for every eval tool."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from arctic_pretrain.config.schema import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def padded_vocab_size(cfg: ModelConfig, tokenizer_vocab: int) -> int:
+    """Embedding rows: the configured size, or the tokenizer's rounded up to ``vocab_multiple``."""
+    if cfg.vocab_size is not None:
+        return cfg.vocab_size
+    m = cfg.vocab_multiple
+    return -(-tokenizer_vocab // m) * m
+
+
+def resolve_attention(requested: str) -> str:
+    """`auto` picks flash_attention_2 when flash-attn imports on a CUDA machine, else sdpa."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    if requested == "auto":
+        return "flash_attention_2" if has_flash else "sdpa"
+    if requested == "flash_attention_2" and not has_flash:
+        raise RuntimeError("model.attention=flash_attention_2 needs flash-attn and a CUDA GPU "
+                           "(pip install 'arctic-pretrain[gpu]'); use model.attention=sdpa on CPU")
+    return requested
+
+
+def llama_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.rms_norm_eps,
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=cfg.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        use_cache=False,
+    )
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None) -> LlamaForCausalLM:
+    """A freshly initialised model in fp32 (DeepSpeed casts for bf16 training)."""
+    attention = resolve_attention(cfg.attention)
+    hf_cfg = llama_config(cfg, vocab_size, eos_id)
+    hf_cfg._attn_implementation = attention
+    model = LlamaForCausalLM(hf_cfg)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    log.info("model %s: %.1fM parameters, attention=%s", cfg.name,
+             sum(p.numel() for p in model.parameters()) / 1e6, attention)
+    return model
