@@ -46,6 +46,8 @@ class PhaseConfig:
 
     tokens: str = MISSING  # budget; human forms accepted: 500B, 12.5M, 1e9, 8192
     mixture: dict[str, float] = MISSING  # weights over data.sources names (normalised; zero drops a source)
+    weighting: str = "explicit"  # explicit: weights as written | natural: weight x source size (keeps data ratios)
+    pinned: dict[str, float] = field(default_factory=dict)  # fixed shares (e.g. python: 0.5); the rest splits by weighting
     lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
 
@@ -69,12 +71,12 @@ class DataSourceConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
+    root: str = "data"  # where the data stages wrote their outputs; source paths may use ${data.root}
     sources: dict[str, DataSourceConfig] = MISSING
     prepare_demo: bool = False  # build the embedded demo corpus and tokenizer when missing (experiment=demo)
     demo_dir: str = "${oc.env:ARCTIC_PRETRAIN_CACHE,${oc.env:HOME}/.cache/arctic-pretrain}/demo"
     demo_megabytes: float = 6.0  # size of the demo's general sources (per language)
     demo_vocab_size: int = 4096
-    prefetch: int = 2  # micro-batches prepared ahead in a background thread (0: inline)
 
 
 @dataclass
@@ -149,7 +151,3 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="curriculum", name="schema", node=CurriculumConfig)
-    cs.store(group="data", name="schema", node=DataConfig)
-    cs.store(group="deepspeed", name="schema", node=DeepSpeedConfig)

@@ -14,6 +14,7 @@ ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("online", "offline", "disabled")
+WEIGHTINGS = ("explicit", "natural")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,12 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
                      f"no such data source (data.sources has {sorted(sources)})")
             _require(weight >= 0, f"{key}.mixture.{src}", weight, "weights must not be negative")
         _require(sum(phase.mixture.values()) > 0, f"{key}.mixture", dict(phase.mixture), "weights are all zero")
+        _require(phase.weighting in WEIGHTINGS, f"{key}.weighting", phase.weighting, f"must be one of {WEIGHTINGS}")
+        for src, share in phase.pinned.items():
+            _require(src in phase.mixture, f"{key}.pinned.{src}", share, "pinned source is not in the mixture")
+            _require(0 < share < 1, f"{key}.pinned.{src}", share, "a pinned share must be in (0, 1)")
+        _require(sum(phase.pinned.values()) < 1 or len(phase.pinned) == len(phase.mixture), f"{key}.pinned",
+                 dict(phase.pinned), "pinned shares leave nothing for the other sources")
         lr = phase.lr
         _require(lr.peak_lr > 0, f"{key}.lr.peak_lr", lr.peak_lr, "must be positive")
         _require(0 <= lr.end_lr <= lr.peak_lr, f"{key}.lr.end_lr", lr.end_lr, "must be in [0, peak_lr]")
@@ -97,14 +104,16 @@ def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> Non
     _require(vocab is None or vocab >= first.vocab_size, "model.vocab_size", vocab,
              f"smaller than the tokenizer's vocabulary ({first.vocab_size})")
     seq_len = cfg.training.seq_len
+    from arctic_pretrain.curriculum.schedule import phase_weights
+
+    sizes = {name: src.num_tokens for name, src in sources.items()}
     planned: dict[str, float] = {name: 0.0 for name in sources}
     for phase_name, phase in cfg.curriculum.phases.items():
         budget = parse_token_count(phase.tokens)
-        total = sum(phase.mixture.values())
-        for src, weight in phase.mixture.items():
-            planned[src] += budget * weight / total
-            _require(weight == 0 or sources[src].num_windows(seq_len) > 0,
-                     f"curriculum.phases.{phase_name}.mixture.{src}", weight,
+        for src, share in phase_weights(phase, sizes).items():
+            planned[src] += budget * share
+            _require(sources[src].num_windows(seq_len) > 0, f"curriculum.phases.{phase_name}.mixture.{src}",
+                     phase.mixture[src],
                      f"source holds {sources[src].num_tokens} tokens, less than one sequence of {seq_len}")
     for name, tokens in planned.items():
         available = sources[name].num_windows(seq_len) * seq_len

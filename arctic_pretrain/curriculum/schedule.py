@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from arctic_pretrain.config.schema import CurriculumConfig, LRScheduleConfig
+from arctic_pretrain.config.schema import CurriculumConfig, LRScheduleConfig, PhaseConfig
 from arctic_pretrain.tokens import parse_token_count
 
 
@@ -26,6 +26,21 @@ class Phase:
     @property
     def tokens(self) -> int:
         return self.end - self.start
+
+
+def phase_weights(phase: PhaseConfig, source_tokens: dict[str, int] | None = None) -> dict[str, float]:
+    """Normalised sampling shares: pinned shares first, the rest by explicit or natural weighting."""
+    free = {src: w for src, w in phase.mixture.items() if w > 0 and src not in phase.pinned}
+    if phase.weighting == "natural":
+        if source_tokens is None:
+            raise ValueError("natural weighting needs the sources' token counts")
+        free = {src: w * source_tokens[src] for src, w in free.items()}
+    shares = {src: float(s) for src, s in phase.pinned.items()}
+    rest, total = 1.0 - sum(shares.values()), sum(free.values())
+    if total > 0:
+        shares.update({src: rest * w / total for src, w in free.items()})
+    norm = sum(shares.values())
+    return {src: s / norm for src, s in shares.items() if s > 0}
 
 
 def lr_in_phase(schedule: LRScheduleConfig, step: int, total_steps: int) -> float:
@@ -48,7 +63,8 @@ def lr_in_phase(schedule: LRScheduleConfig, step: int, total_steps: int) -> floa
 class Curriculum:
     """Walks the phases in the order configured, ``tokens_per_step`` tokens per optimizer step."""
 
-    def __init__(self, cfg: CurriculumConfig, tokens_per_step: int) -> None:
+    def __init__(self, cfg: CurriculumConfig, tokens_per_step: int,
+                 source_tokens: dict[str, int] | None = None) -> None:
         if tokens_per_step <= 0:
             raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
         self.tokens_per_step = tokens_per_step
@@ -57,8 +73,7 @@ class Curriculum:
         for index, (name, phase) in enumerate(cfg.phases.items()):
             budget_end += parse_token_count(phase.tokens, field=f"curriculum.phases.{name}.tokens")
             end = math.ceil(budget_end / tokens_per_step) * tokens_per_step
-            total = sum(phase.mixture.values())
-            weights = {src: w / total for src, w in phase.mixture.items() if w > 0}
+            weights = phase_weights(phase, source_tokens)
             self.phases.append(Phase(index, name, start, max(end, start + tokens_per_step), weights, phase.lr))
             start = self.phases[-1].end
 

@@ -149,7 +149,7 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.entries):05d}"
         self._name = name
-        self._fh = open(self.folder / f"{name}.bin.tmp", "wb")
+        self._fh = open(self.folder / f"{name}.bin.tmp", "wb")  # noqa: SIM115 (closed in _seal)
         self._starts, self._pos = [], 0
 
     def _seal(self) -> None:

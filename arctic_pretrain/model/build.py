@@ -58,7 +58,10 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None) ->
     hf_cfg._attn_implementation = attention
     model = LlamaForCausalLM(hf_cfg)
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     log.info("model %s: %.1fM parameters, attention=%s", cfg.name,
              sum(p.numel() for p in model.parameters()) / 1e6, attention)
     return model

@@ -1,0 +1,1 @@
+"""Training on DeepSpeed: the step loop, checkpoints, exports, metrics."""

@@ -1,0 +1,139 @@
+"""Checkpoints that are either complete or invisible.
+
+A checkpoint is a DeepSpeed tag folder under ``run_dir/checkpoints`` plus our own files:
+``trainer_state.json`` (step, tokens, curriculum phase, sampler and callback state: small and
+human-readable), ``rng_rank<r>.pt`` per rank, and ``hf_config/`` (enough to export it later).
+It becomes "latest" only after every rank has written and synced it, by an atomic rewrite of the
+``latest`` file (the same file DeepSpeed's loader reads). A kill at any moment therefore leaves
+the previous checkpoint as latest. Interval checkpoints are pruned keep-last-K; phase-end
+checkpoints are kept for good.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arctic_pretrain.train import distributed as dist
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+STATE = "trainer_state.json"
+COMPLETE = "COMPLETE"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+class CheckpointManager:
+    def __init__(self, root: str | Path, keep_last: int) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    # ---- reading -------------------------------------------------------------------------------
+    def latest_tag(self) -> str | None:
+        pointer = self.root / LATEST
+        if not pointer.is_file():
+            return None
+        tag = pointer.read_text().strip()
+        if not (self.root / tag / COMPLETE).is_file():
+            raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint")
+        return tag
+
+    def read_state(self, tag: str) -> dict[str, Any]:
+        return json.loads((self.root / tag / STATE).read_text())
+
+    def complete_tags(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{COMPLETE}"))
+
+    # ---- writing -------------------------------------------------------------------------------
+    def save(self, engine, step: int, state: dict[str, Any], hf_config=None) -> str:
+        """Write a checkpoint on every rank, then publish it from rank 0. Collective."""
+        tag = tag_for(step)
+        folder = self.root / tag
+        if dist.rank() == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if folder.exists():  # a half-written leftover from a killed save: never published
+                shutil.rmtree(folder)
+        dist.barrier()
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer_state": state}, save_latest=False)
+        torch.save(rng_state(), folder / f"rng_rank{dist.rank()}.pt")
+        dist.barrier()
+        if dist.rank() == 0:
+            if hf_config is not None:
+                hf_config.save_pretrained(folder / "hf_config")
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    with open(path, "rb+") as fh:
+                        os.fsync(fh.fileno())
+            atomic_write(folder / STATE, json.dumps(state, indent=2))
+            atomic_write(folder / COMPLETE, "")
+            atomic_write(self.root / LATEST, tag)
+            self.prune()
+        dist.barrier()
+        return tag
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` interval checkpoints and every phase-end checkpoint."""
+        latest = (self.root / LATEST).read_text().strip() if (self.root / LATEST).is_file() else None
+        interval = [t for t in self.complete_tags() if not self.read_state(t).get("phase_end")]
+        for tag in interval[: max(len(interval) - self.keep_last, 0)]:
+            if tag != latest:
+                shutil.rmtree(self.root / tag, ignore_errors=True)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def load(self, engine, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
+        """Restore engine (model, optimizer) and this rank's RNG; return the trainer state."""
+        path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=load_optimizer,
+                                         load_lr_scheduler_states=False, load_module_only=not load_optimizer)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {self.root / tag}")
+        rng_file = self.root / tag / f"rng_rank{dist.rank()}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return self.read_state(tag)

@@ -1,0 +1,20 @@
+"""Next-token loss on packed windows, kept inside documents and split by data source."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def packed_next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence (loss sum, predicted-token count).
+
+    Position t predicts token t+1 unless t+1 starts a new document (position 0): the last token of
+    one document never learns the first token of the next.
+    """
+    targets = input_ids[:, 1:]
+    valid = position_ids[:, 1:] != 0
+    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
+    ce = ce.view_as(targets) * valid
+    return ce.sum(dim=1), valid.sum(dim=1)

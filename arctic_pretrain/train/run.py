@@ -1,0 +1,147 @@
+"""Wire a run from its config in a handful of lines: data -> model -> engine -> trainer -> fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from arctic_pretrain.config import TrainConfig, validate_config, validate_data_plan
+from arctic_pretrain.curriculum import Curriculum, Phase
+from arctic_pretrain.data.sampler import MixtureSampler
+from arctic_pretrain.data.shards import TokenSource
+from arctic_pretrain.model import build_model, flops_per_token, padded_vocab_size, peak_flops
+from arctic_pretrain.train import distributed as dist
+from arctic_pretrain.train.checkpoint import CheckpointManager, atomic_write
+from arctic_pretrain.train.ds_config import deepspeed_config
+from arctic_pretrain.train.export import export_checkpoint
+from arctic_pretrain.train.metrics import MetricsSink
+from arctic_pretrain.train.trainer import Trainer
+
+log = logging.getLogger("arctic_pretrain")
+
+
+def setup_logging(run_dir: Path, rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def prepare_data(cfg: TrainConfig) -> None:
+    """experiment=demo: build the embedded corpus once and point the sources at it."""
+    if not cfg.data.prepare_demo:
+        return
+    from arctic_pretrain.data.demo import build_demo
+
+    folder = None
+    if dist.rank() == 0:
+        folder = build_demo(Path(cfg.data.demo_dir), cfg.data.demo_megabytes, cfg.data.demo_vocab_size)
+    folder = dist.broadcast_object(str(folder) if folder else None)
+    for name, src in cfg.data.sources.items():
+        if not Path(src.path).is_absolute() and not Path(src.path).exists():
+            src.path = str(Path(folder) / src.path)
+        if not (Path(src.path) / "manifest.json").is_file():
+            raise FileNotFoundError(f"data.sources.{name}.path={src.path!r}: no token source there")
+
+
+def open_sources(cfg: TrainConfig) -> dict[str, TokenSource]:
+    sources = {}
+    for name, src in cfg.data.sources.items():
+        try:
+            sources[name] = TokenSource(src.path)
+        except (FileNotFoundError, ValueError) as err:
+            raise FileNotFoundError(f"data.sources.{name}.path={src.path!r}: {err}") from None
+    return sources
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norms and biases are not decayed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "norm" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def export_phase(trainer: Trainer, phase: Phase) -> None:
+    """Phase end: rank 0 writes run_dir/export/<phase> from the checkpoint just published."""
+    if dist.rank() == 0:
+        tag = trainer.checkpoints.latest_tag()
+        export_checkpoint(trainer.checkpoints.root / tag, trainer.run_dir / "export" / phase.name,
+                          tokenizer=trainer.tokenizer, meta={"phase": phase.name, "phase_index": phase.index})
+    dist.barrier()
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train ``cfg`` to the end of its curriculum (or max_steps), resuming from run_dir if possible."""
+    import deepspeed
+
+    world = dist.env_world_size()
+    validate_config(cfg, world_size=world)
+    run_dir = Path(cfg.run_dir)
+    setup_logging(run_dir, dist.env_rank())
+    dist.init_distributed()
+    prepare_data(cfg)
+    sources = open_sources(cfg)
+    validate_data_plan(cfg, sources)
+    seed_everything(cfg.seed, cfg.training.deterministic)
+
+    tok_info = next(iter(sources.values())).tokenizer
+    tokenizer = cfg.tokenizer or tok_info.name
+    vocab = padded_vocab_size(cfg.model, tok_info.vocab_size)
+    model = build_model(cfg.model, vocab, eos_id=tok_info.eos_id)
+    if cfg.deepspeed.zero_stage in (1, 2):  # lets ds_to_universal convert these checkpoints (world-size changes)
+        model.universal_checkpoint_info = {"universal_checkpoint_version": 0.2}
+    ds_cfg = deepspeed_config(cfg, world)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optimizer.weight_decay),
+                                      config=ds_cfg)
+    tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
+    curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
+    max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
+    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs)
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    if dist.rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
+        atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
+    trainer = Trainer(
+        engine=engine, sampler=sampler, curriculum=curriculum,
+        checkpoints=CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last),
+        sink=MetricsSink(run_dir, cfg.logging, resolved, enabled=dist.rank() == 0),
+        run_dir=run_dir, global_batch=cfg.training.global_batch_size, micro_batch=cfg.training.micro_batch_size,
+        log_interval=cfg.logging.interval, checkpoint_interval=cfg.checkpoint.interval,
+        flops_per_token=flops_per_token(cfg.model, vocab, cfg.training.seq_len), peak_flops=peak_flops(cfg.peak_tflops),
+        on_phase_end=export_phase if cfg.checkpoint.export_phases else None,
+        hf_config=model.config, tokenizer=tokenizer, max_steps=cfg.max_steps,
+    )
+    for phase in curriculum.describe():
+        log.info("phase %-13s steps %6d-%-6d weights %s", phase["phase"], phase["start_step"],
+                 phase["start_step"] + phase["steps"], {k: round(v, 3) for k, v in phase["weights"].items()})
+    trainer.resume()
+    result = trainer.fit()
+    trainer.sink.close()
+    log.info("done: step %d, %d tokens", result["step"], result["consumed_tokens"])
+    return result

@@ -1,0 +1,55 @@
+"""Train through the curriculum: `deepspeed launch/train.py`, `torchrun launch/train.py` or `python launch/train.py`.
+
+Examples:
+    python launch/train.py experiment=demo
+    deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 run_dir=/ckpt/snowcoder
+    python launch/train.py experiment=demo --cfg job        # print the composed config
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def strip_launcher_args(argv: list[str]) -> list[str]:
+    """Drop `--local_rank=N` / `--local_rank N` (the deepspeed launcher's); LOCAL_RANK is in the environment."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(("--local_rank=", "--local-rank=")):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+            continue
+        if arg in ("--local_rank", "--local-rank"):
+            skip = True
+            continue
+        out.append(arg)
+    return out
+
+
+sys.argv = strip_launcher_args(sys.argv)
+
+from arctic_pretrain.config import ConfigError, TrainConfig, register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(dict_cfg: DictConfig) -> None:
+    from arctic_pretrain.train.run import run
+
+    try:
+        cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
+        run(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: real tokenizers, real shards, a composed config, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """One demo corpus for the whole session (built from this machine's Python sources)."""
+    cache = os.environ.get("ARCTIC_PRETRAIN_TEST_CACHE")
+    return Path(cache) if cache else tmp_path_factory.mktemp("demo-cache")
+
+
+def make_source(folder: Path, docs: list[list[int]], vocab: int = 1000, shard_tokens: int = 64) -> Path:
+    with ShardWriter(folder, TokenizerInfo("test-tokenizer", vocab, eos_id=0), shard_tokens=shard_tokens) as w:
+        w.add_documents(docs)
+    return folder
+
+
+@pytest.fixture
+def random_docs() -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(1, 1000, rng.integers(1, 40)).tolist() for _ in range(200)]
+
+
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run a launch/ script the way a user does, from the project root."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = (launcher or [sys.executable]) + args
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
