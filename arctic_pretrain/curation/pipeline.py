@@ -1,0 +1,192 @@
+"""The curation run as a chain of datatrove stages, each with its own executor and completion markers.
+
+    plan -> curate (read, filters, exact hashes) -> exact (find duplicates) -> signatures -> buckets
+         -> clusters -> clean (dedup filters, decontaminate, PII, write documents/) -> tokenizer
+         -> tokenize (group by language then repository, shards) -> finalize (manifests, report)
+
+Output folder: ``documents/`` (curated files, JSONL by language), ``tokens/<language>`` (token sources
+launch/train.py reads), ``tokenizer/``, ``report.json``, ``funnel.png``; ``work/`` and ``logs/`` hold
+intermediate files and datatrove's logs, stats and completion markers (a re-run skips finished tasks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+from loguru import logger
+from omegaconf import OmegaConf
+
+from arctic_pretrain.curation.config import CurateConfig, CurationConfigError, validate
+from arctic_pretrain.curation.decontamination import Decontaminate
+from arctic_pretrain.curation.dedup import (
+    CodeMinhashSignature,
+    ExactDedupFilter,
+    ExactDedupFind,
+    ExactHashes,
+    NearDedupFilter,
+    RankReader,
+    minhash_config,
+)
+from arctic_pretrain.curation.filters import starcoder2_filters
+from arctic_pretrain.curation.grouping import AssignBucket, GroupAndTokenize
+from arctic_pretrain.curation.pii import RedactPII
+from arctic_pretrain.curation.readers import PlanInputs, ReadInputs
+from arctic_pretrain.curation.report import write_report
+from arctic_pretrain.curation.tokenize import PrepareTokenizer
+from arctic_pretrain.data.shards import finalize_source
+
+CONFIG_RECORD = "curate_config.json"
+# keys that may change between runs on one output folder without changing any result
+_RUNTIME_KEYS = ("executor", "progress", "inputs")
+
+
+@dataclass
+class Stage:
+    name: str
+    pipeline: list[PipelineStep]
+    tasks: int
+
+
+class Finalize(PipelineStep):
+    """One task: write every language's manifest, then report.json and the funnel plot."""
+
+    type = "📊 - REPORT"
+    name = "finalize"
+
+    def __init__(self, output_dir: str, config_hash: str, max_matches: int) -> None:
+        super().__init__()
+        self.output_dir, self.config_hash, self.max_matches = output_dir, config_hash, max_matches
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        out = Path(self.output_dir)
+        with self.track_time("run"):
+            files: dict[str, int] = {}
+            for lang_dir in sorted((out / "documents").glob("*/")):
+                files[lang_dir.name] = sum(_count_lines(f) for f in lang_dir.glob("*.jsonl"))
+            for folder in sorted((out / "tokens").glob("*/")):
+                finalize_source(folder, metadata={"language": folder.name, "files": files.get(folder.name, 0),
+                                                  "grouping": "language/repository", "curate_config": self.config_hash})
+            report = write_report(out, out / "work", self.max_matches, extra={"config_hash": self.config_hash})
+        logger.info(f"report: {out / 'report.json'}; tokens per language: "
+                    f"{ {k: v['tokens'] for k, v in report['languages'].items()} }")
+        yield from ()
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def config_hash(cfg: CurateConfig) -> str:
+    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    for key in _RUNTIME_KEYS:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_output_dir(cfg: CurateConfig) -> str:
+    """Refuse to mix two configs' results in one output folder (the completion markers would lie)."""
+    out = Path(cfg.output_dir)
+    digest = config_hash(cfg)
+    record = out / CONFIG_RECORD
+    if record.is_file():
+        old = json.loads(record.read_text())
+        if old["hash"] != digest:
+            raise CurationConfigError(
+                f"output_dir={cfg.output_dir!r}: holds a run made with another config (hash {old['hash']}, "
+                f"now {digest}); use a new output_dir or delete the old one")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        record.write_text(json.dumps({"hash": digest, "config": data}, indent=2))
+    return digest
+
+
+def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
+    out = Path(cfg.output_dir).resolve()
+    work = out / "work"
+    tasks = cfg.executor.tasks
+    filtered, exact_dir = str(work / "filtered"), str(work / "exact")
+    sigs, buckets, remove = str(work / "minhash" / "signatures"), str(work / "minhash" / "buckets"), \
+        str(work / "minhash" / "remove")
+    documents, tokens, tokenizer = str(out / "documents"), str(out / "tokens"), str(out / "tokenizer")
+    mh = minhash_config(cfg.dedup)
+    stages = [
+        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks)], 1),
+        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter), ExactHashes(exact_dir),
+                         JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks),
+    ]
+    if cfg.dedup.exact:
+        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks)], 1))
+    clean = [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact)]
+    if cfg.dedup.near:
+        stages += [
+            Stage("signatures", [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact),
+                                 CodeMinhashSignature(sigs, cfg.dedup)], tasks),
+            Stage("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
+                  cfg.dedup.num_bands * cfg.dedup.workers_per_band),
+            Stage("clusters", [MinhashDedupCluster(buckets, remove, config=mh)], 1),
+        ]
+        clean.append(NearDedupFilter(remove))
+    clean += [Decontaminate(cfg.decontamination, str(work / "decontamination")), RedactPII(cfg.pii),
+              AssignBucket(cfg.group.buckets),
+              JsonlWriter(documents, output_filename="${language}/g${bucket}-r${rank}.jsonl", compression=None)]
+    stages += [
+        Stage("clean", clean, tasks),
+        Stage("tokenizer", [PrepareTokenizer(cfg.tokenize, documents, tokenizer)], 1),
+        Stage("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize)],
+              cfg.group.buckets),
+        Stage("finalize", [Finalize(str(out), digest, cfg.decontamination.max_report_matches)], 1),
+    ]
+    return stages
+
+
+def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
+    e = cfg.executor
+    common = {"pipeline": stage.pipeline, "tasks": stage.tasks, "logging_dir": str(logs / stage.name)}
+    if e.kind == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        workers = stage.tasks if e.workers == -1 else min(e.workers, stage.tasks)
+        return LocalPipelineExecutor(**common, workers=workers, start_method=e.start_method)
+    if e.kind == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        slurm = dict(e.slurm)
+        slurm.setdefault("time", "24:00:00")
+        return SlurmPipelineExecutor(**common, job_name=f"curate-{stage.name}", depends=previous, **slurm)
+    try:
+        import ray  # noqa: F401
+        from datatrove.executor.ray import RayPipelineExecutor
+    except ImportError as err:
+        raise CurationConfigError(f"executor.kind='ray': ray is not installed ({err})") from None
+    return RayPipelineExecutor(**common, workers=e.workers, depends=previous, **dict(e.ray))
+
+
+def run(cfg: CurateConfig) -> Path:
+    """Validate, then run (or resume) every stage; returns the output folder."""
+    validate(cfg)
+    digest = check_output_dir(cfg)
+    out = Path(cfg.output_dir).resolve()
+    stages = build_stages(cfg, digest)
+    previous = None
+    for i, stage in enumerate(stages, 1):
+        executor = _executor(cfg, stage, out / "logs", previous)
+        if cfg.executor.kind == "local":
+            if cfg.progress:
+                logger.info(f"[{i}/{len(stages)}] stage {stage.name}: {stage.tasks} task(s)")
+            executor.run()
+            missing = executor.get_incomplete_ranks(range(stage.tasks))
+            if missing:
+                raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
+        previous = executor
+    if cfg.executor.kind != "local":
+        previous.run()  # launches the chain through `depends`
+    return out

@@ -1,0 +1,60 @@
+"""The Hydra contract: conf/curate.yaml composes the schema; unknown keys and bad values fail by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from arctic_pretrain.curation.config import CurateConfig, CurationConfigError, register, to_config, validate
+
+from .conftest import make_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _compose(*overrides: str) -> CurateConfig:
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="curate", overrides=["inputs=[/x]", "output_dir=/y", *overrides])
+    return to_config(cfg)
+
+
+def test_yaml_composes_with_recipe_defaults() -> None:
+    cfg = _compose()
+    validate(cfg)
+    assert (cfg.dedup.num_bands, cfg.dedup.rows_per_band, cfg.dedup.ngram, cfg.dedup.threshold) == (25, 10, 5, 0.7)
+    assert cfg.filter.min_alpha_fraction == 0.25 and cfg.filter.data_file_max_lines == 512
+    assert cfg.group.metadata_probability == 0.5
+    assert cfg.executor.kind == "local"
+
+
+def test_executor_group_swaps() -> None:
+    cfg = _compose("executor=slurm", "+executor.slurm.partition=cpu")
+    assert cfg.executor.kind == "slurm" and cfg.executor.slurm["partition"] == "cpu"
+
+
+def test_unknown_key_fails() -> None:
+    with pytest.raises(CurationConfigError, match=r"filter\.max_lenght: unknown key"):
+        _compose("+filter.max_lenght=3")
+    with pytest.raises(CurationConfigError, match="bogus"):
+        _compose("+bogus=1")
+    with pytest.raises(Exception, match="nme"):
+        _compose("+decontamination.benchmarks=[{nme: x, source: y}]")
+    with pytest.raises(Exception, match="max_lenght"):
+        _compose("filter.max_lenght=3")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("filter.min_alpha_fraction=1.5", "filter.min_alpha_fraction"),
+    ("dedup.threshold=0", "dedup.threshold"),
+    ("group.buckets=0", "group.buckets"),
+    ("executor.kind=mpi", "executor.kind"),
+    ("read.languages=[python,cobol]", "read.languages"),
+    ("read.repo_pattern=nogroup", "read.repo_pattern"),
+])
+def test_bad_values_name_the_key(override: str, key: str, tmp_path: Path) -> None:
+    cfg = make_config(["/x"], tmp_path, override)
+    with pytest.raises(CurationConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
