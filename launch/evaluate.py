@@ -1,0 +1,44 @@
+"""Evaluate a training run's phase exports (or any HF causal LM) on HumanEval(+), MBPP+, EvoEval, BigCodeBench.
+
+Examples:
+    python launch/evaluate.py model=runs/demo output_dir=eval/demo limit=20
+    python launch/evaluate.py model=bigcode/starcoder2-3b tasks=[humaneval_plus,mbpp_plus] \
+        data.humaneval_plus=/data/HumanEvalPlus-v0.1.10.jsonl data.mbpp_plus=/data/MbppPlus-v0.2.0.jsonl
+    python launch/evaluate.py model=runs/demo generation.do_sample=true generation.n_samples=10 \
+        generation.pass_k=[1,10]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from arctic_pretrain.eval.config import EvalConfig, EvalConfigError, register_configs
+
+# conf/evaluate.yaml is read from the ConfigStore rather than from conf/: there, conf/model/ (a training
+# config group) would capture `model=<path>` as a group choice.
+register_configs(Path(__file__).resolve().parent.parent / "conf" / "evaluate.yaml")
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name="evaluate")
+def main(dict_cfg: DictConfig) -> None:
+    from arctic_pretrain.eval.results import markdown_table
+    from arctic_pretrain.eval.runner import evaluate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg: EvalConfig = OmegaConf.to_object(dict_cfg)
+        results = evaluate(cfg)
+    except EvalConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown_table(results, cfg.reference))
+    print(f"results written to {cfg.output_dir}/results.json, results.md, pass_at_1.png")
+
+
+if __name__ == "__main__":
+    main()

