@@ -16,7 +16,7 @@ from arctic_pretrain.curation.steps import count_in, count_out
 
 # bigcode-dataset's encoded-data patterns (recipe: base64, hex and \u runs)
 BASE64 = re.compile(r"[a-zA-Z0-9+/\n=]{64,}")
-HEX = re.compile(r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,}")
+HEX = re.compile(r"(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,\s*|\b\s*)){8,}")  # `,\s*`: C arrays have spaces
 UNICODE = re.compile(r"(?:\\u[0-9a-fA-F]{4}){8,}")
 
 

@@ -1,8 +1,8 @@
 """Raw inputs -> one datatrove Document per source file, with language, repository and path metadata.
 
 Work is planned once (``PlanInputs`` walks folders, opens Parquet footers) into a list of units, and
-every task of ``ReadInputs`` takes units ``i % world_size == rank``, so every worker gets work even
-from one big folder (datatrove's own readers split by input file only). Nothing here raises on bad
+task ``rank`` of ``ReadInputs`` takes the rank-th contiguous block of units, so every worker gets work
+even from one big folder (datatrove's own readers split by input file only). Nothing here raises on bad
 input: a skipped item is counted under its reason (a datatrove stat) and named in the log.
 """
 
@@ -26,6 +26,7 @@ from arctic_pretrain.curation.steps import timed
 
 PLAN = "plan.jsonl"
 PLAN_SKIPS = "plan_skips.json"
+PLAN_COUNT = "plan_units.txt"
 _SNIFF = 8192
 
 
@@ -158,6 +159,7 @@ class PlanInputs(PipelineStep):
                 fh.write(json.dumps(unit) + "\n")
         os.replace(tmp, work / PLAN)
         (work / PLAN_SKIPS).write_text(json.dumps(dict(skips)))
+        (work / PLAN_COUNT).write_text(str(len(units)))
         self.stat_update("units", value=len(units))
         for reason, n in skips.items():
             self.stat_update(f"skipped_{reason}", value=n)
@@ -290,9 +292,15 @@ class ReadInputs(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         readers = {"file": self._read_file, "jsonl": self._read_jsonl, "parquet": self._read_parquet,
                    "hf": self._read_hf}
+        # contiguous blocks: (rank, position) order is input order, so the dedup stages, which keep
+        # the first copy in that order, keep the copy met first in the inputs (the original)
+        count = int((Path(self.work_dir) / PLAN_COUNT).read_text())
+        lo, hi = rank * count // world_size, (rank + 1) * count // world_size
         with open(Path(self.work_dir) / PLAN) as fh:
             for i, line in enumerate(fh):
-                if i % world_size != rank:
+                if i < lo:
                     continue
+                if i >= hi:
+                    break
                 unit = json.loads(line)
                 yield from timed(readers[unit["kind"]](unit), self)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from loguru import logger
 
 from arctic_pretrain.curation.config import ReadConfig
 from arctic_pretrain.curation.languages import PAPER_LANGUAGES, language_of, normalize_language
@@ -48,7 +49,7 @@ def _read(inputs: list[str], work: Path, cfg: ReadConfig | None = None, world: i
     return docs, stats
 
 
-def test_bad_inputs_are_counted_and_named(tmp_path: Path, normal_python: str, caplog) -> None:
+def test_bad_inputs_are_counted_and_named(tmp_path: Path, normal_python: str) -> None:
     repo = tmp_path / "in" / "repo"
     repo.mkdir(parents=True)
     (repo / "good.py").write_text(normal_python)
@@ -71,7 +72,12 @@ def test_bad_inputs_are_counted_and_named(tmp_path: Path, normal_python: str, ca
     (tmp_path / "cut.parquet").write_bytes(blob[: len(blob) // 2])
     inputs = [str(tmp_path / "in"), str(tmp_path / "data.jsonl"), str(tmp_path / "ok.parquet"),
               str(tmp_path / "cut.parquet")]
-    docs, stats = _read(inputs, tmp_path / "work", world=2)
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        docs, stats = _read(inputs, tmp_path / "work", world=2)
+    finally:
+        logger.remove(sink)
     by_id = {d.id: d for d in docs}
     assert set(by_id) == {"repo/good.py", "jr/a/b.py", "pr/p.py", "pr/q.go"}  # r.txt: text not in defaults
     assert by_id["repo/good.py"].metadata == {"language": "python", "repo": "repo", "path": "good.py",
@@ -82,6 +88,9 @@ def test_bad_inputs_are_counted_and_named(tmp_path: Path, normal_python: str, ca
         assert stats.get(f"skipped_{reason}", 0) >= 1, reason
     assert stats["plan_symlink_loop"] >= 1 and stats["plan_corrupt_parquet"] == 1
     assert stats["skipped_language_text"] == 1
+    for name in ("binary.py", "latin1.py", "empty.py", "huge.js", "data.jsonl:2", "cut.parquet", "loop/back",
+                 "dangling.py"):
+        assert any(name in m for m in messages), name
 
 
 def test_repository_from_pattern(tmp_path: Path) -> None:
