@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from arctic_pretrain.eval.tasks import TASKS
+from arctic_pretrain.eval.tasks import EVOEVAL_SUBSETS, TASKS
 
 
 class EvalConfigError(ValueError):
@@ -47,7 +47,8 @@ class DataConfig:
 
     humaneval_plus: str | None = None  # evalplus HumanEvalPlus jsonl (else HUMANEVAL_OVERRIDE_PATH, evalplus cache)
     mbpp_plus: str | None = None  # evalplus MbppPlus jsonl (else MBPP_OVERRIDE_PATH, evalplus cache)
-    evoeval: str | None = None  # EvoEval problems in evalplus's HumanEval+ format
+    evoeval: str | None = None  # folder of EvoEval release files EvoEval_<subset>.jsonl (else EVOEVAL_OVERRIDE_PATH)
+    evoeval_subsets: list[str] = field(default_factory=lambda: list(EVOEVAL_SUBSETS))  # scored together
     bigcodebench: str | None = None  # BigCodeBench jsonl (else BIGCODEBENCH_OVERRIDE_PATH)
     download: bool = False  # let evalplus download its data when no local copy exists (needs network)
 

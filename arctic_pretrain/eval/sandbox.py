@@ -1,9 +1,10 @@
-"""Run model-written code: one fresh interpreter per sample, in its own temporary directory.
+"""Run model-written code: a separate process per sample, each in its own temporary directory.
 
-The evaluator never executes model code in its own process. Each sample goes to `_sandbox_child.py`
-(see its docstring for the isolation layers) in a new session; a sample that outlives its time
-limit has its whole process group killed, a crash or a missing verdict counts as a failure, and the
-run goes on. Many samples run at once on a thread pool (the threads only wait on child processes).
+The evaluator never executes model code in its own process. Each worker owns a small fork server
+(`_sandbox_child.py`, a clean interpreter that imported only the benchmarks' executors); for every
+sample it forks a child, which isolates itself (see that module's docstring for the layers) and runs
+the code. The server kills the child's whole process group at the time limit; a hang, crash or
+missing verdict is a failure and the run goes on. A server that stops answering is replaced.
 """
 
 from __future__ import annotations
@@ -12,21 +13,20 @@ import contextlib
 import json
 import os
 import pickle
-import shutil
+import queue
+import select
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arctic_pretrain.eval import _sandbox_child
+from arctic_pretrain.eval import _sandbox_child as child
 
-_CHILD = Path(_sandbox_child.__file__)
-_GRACE_S = 3.0  # interpreter start and imports, on top of the sample's own time limit
+_CHILD = Path(child.__file__)
 
 
 @dataclass(frozen=True)
@@ -46,50 +46,79 @@ class Outcome:
     isolation: dict[str, Any] | None = None  # what the kernel granted: netns, landlock_abi
 
 
-def execute(job: Job, memory_mb: int = 4096, root: str | Path | None = None) -> Outcome:
-    """Run one job in a fresh sandboxed interpreter; never raises for anything the code does."""
-    workdir = Path(tempfile.mkdtemp(prefix="arctic-sandbox-", dir=root))
-    payload = {"kind": job.kind, "program": job.program, "timeout": job.timeout_s,
-               "memory_bytes": memory_mb * 2**20 if memory_mb > 0 else None, **(job.extra or {})}
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    try:
-        proc = subprocess.Popen([sys.executable, "-I", str(_CHILD), str(workdir)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir, env=env,
-                                start_new_session=True)
+class _Server:
+    """One fork server; used by one thread at a time."""
+
+    def __init__(self) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+               "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-I", str(_CHILD)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                     start_new_session=True)
+
+    def run(self, payload: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
+        """The server's answer, or None if it died or went silent for ``wait_s`` (then it is closed)."""
         try:
-            out, _ = proc.communicate(pickle.dumps(payload), timeout=job.timeout_s + _GRACE_S)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return Outcome(False, "timed out")
-        finally:
-            _kill_group(proc)  # descendants that outlived the child
-        for line in reversed(out.decode("utf-8", "replace").splitlines()):
-            if line.startswith(_sandbox_child.MARK):
-                verdict = json.loads(line[len(_sandbox_child.MARK):])
-                status = verdict.pop("status")
-                return Outcome(status == "passed", status, verdict)
-        return Outcome(False, f"crashed: exit code {proc.returncode}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            child.write_msg(self.proc.stdin, pickle.dumps(payload))
+            if select.select([self.proc.stdout], [], [], wait_s)[0]:
+                msg = child.read_msg(self.proc.stdout)
+                if msg is not None:
+                    return json.loads(msg)
+        except (OSError, ValueError):
+            pass
+        self.close()
+        return None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def _payload(job: Job, memory_mb: int) -> dict[str, Any]:
+    return {"kind": job.kind, "program": job.program, "timeout": job.timeout_s,
+            "memory_bytes": memory_mb * 2**20 if memory_mb > 0 else None, **(job.extra or {})}
 
 
 def execute_many(jobs: Sequence[Job], workers: int = 0, memory_mb: int = 4096,
                  on_done: Callable[[], None] | None = None) -> list[Outcome]:
     """Outcomes in job order; ``workers`` 0 means one per CPU core."""
-    workers = workers or os.cpu_count() or 1
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    servers: queue.Queue[_Server] = queue.Queue()
+    for _ in range(workers):
+        servers.put(_Server())
 
     def one(job: Job) -> Outcome:
-        outcome = execute(job, memory_mb)
+        server = servers.get()
+        try:
+            reply = server.run(_payload(job, memory_mb), job.timeout_s + child.GRACE_S + 30)
+            if reply is None:
+                server = _Server()
+                outcome = Outcome(False, "crashed: sandbox server stopped answering")
+            else:
+                status = reply.pop("status")
+                outcome = Outcome(status == "passed", status, reply or None)
+        finally:
+            servers.put(server)
         if on_done:
             on_done()
         return outcome
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, jobs))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, jobs))
+    finally:
+        while not servers.empty():
+            servers.get().close()
+
+
+def execute(job: Job, memory_mb: int = 4096) -> Outcome:
+    """One job (tests, light checks); batches should use execute_many."""
+    return execute_many([job], 1, memory_mb)[0]

@@ -8,7 +8,9 @@ evaluator does. Data that is not there raises `TaskUnavailable` with the reason:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -95,6 +97,8 @@ class EvalPlusTask(Task):
     min_time_limit = 1.0  # evalplus defaults: per-input limit = max(1 s, 4 x ground-truth time)
     gt_time_limit_factor = 4.0
 
+    gt_separator = ""  # between prompt and canonical solution when computing expected outputs
+
     def __init__(self, name: str, path: str | None, download: bool, cache_dir: str) -> None:
         self.name, self.path, self.download, self.cache_dir = name, path, download, cache_dir
         self.stop = MBPP_STOPS if name == "mbpp_plus" else CODE_STOPS
@@ -110,11 +114,10 @@ class EvalPlusTask(Task):
         module, getter, label, version = {
             "humaneval_plus": (he, he.get_human_eval_plus, "HumanEvalPlus", he.HUMANEVAL_PLUS_VERSION),
             "mbpp_plus": (mb, mb.get_mbpp_plus, "MbppPlus", mb.MBPP_PLUS_VERSION),
-            "evoeval": (he, he.get_human_eval_plus, "", ""),
         }[self.name]
         env = "MBPP_OVERRIDE_PATH" if self.name == "mbpp_plus" else "HUMANEVAL_OVERRIDE_PATH"
         path = self.path
-        if path is None and self.name != "evoeval":
+        if path is None:
             path = os.environ.get(env) or None
             if path is None:
                 _, cached = get_dataset_metadata(label, version, False, False)
@@ -123,8 +126,6 @@ class EvalPlusTask(Task):
                 elif not self.download:
                     raise TaskUnavailable(f"no local data: set data.{self.name} (or {env}) to the evalplus "
                                           f"jsonl, or data.download=true where the network allows")
-        if path is None and self.name == "evoeval":
-            raise TaskUnavailable("no local data: set data.evoeval to an EvoEval file in evalplus format")
         if path is not None and not Path(path).is_file():
             raise TaskUnavailable(f"data file not found: {path}")
         attr = "MBPP_OVERRIDE_PATH" if self.name == "mbpp_plus" else "HUMANEVAL_OVERRIDE_PATH"
@@ -159,12 +160,16 @@ class EvalPlusTask(Task):
         not_none = MBPP_OUTPUT_NOT_NONE_TASKS if self.dataset == "mbpp" else []
         out = {}
         for p in problems:
-            code = p["prompt"] + p["canonical_solution"]
+            code = p["prompt"] + self.gt_separator + p["canonical_solution"]
             oracle = {}
-            for split in ("base", "plus"):
-                oracle[split], oracle[f"{split}_time"] = trusted_exec(
-                    code, p[f"{split}_input"], p["entry_point"], record_time=True,
-                    output_not_none=p["entry_point"] in not_none)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    for split in ("base", "plus"):
+                        oracle[split], oracle[f"{split}_time"] = trusted_exec(
+                            code, p[f"{split}_input"], p["entry_point"], record_time=True,
+                            output_not_none=p["entry_point"] in not_none)
+            except Exception as err:  # noqa: BLE001 - broken benchmark data: say so instead of scoring
+                raise TaskUnavailable(f"canonical solution of {p['task_id']} failed: {err!r}") from None
             out[p["task_id"]] = {"expected": oracle}
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
@@ -181,6 +186,48 @@ class EvalPlusTask(Task):
                  "expected": list(oracle["base"]) + list(oracle["plus"]), "time_limits": limits, "atol": p["atol"]}
         # base and plus tests in one run: evalplus's verdict is "both pass", and fast_check stops at the first failure
         return Job("evalplus", prompt + completion, min(timeout_s * 6, sum(limits) + 1.0), extra)
+
+
+EVOEVAL_SUBSETS = ("difficult", "creative", "subtle", "combine", "tool_use")  # the 5 semantic-altering sets
+
+
+class EvoEval(EvalPlusTask):
+    """EvoEval's evolved HumanEval problems, from its release files EvoEval_<subset>.jsonl in one folder.
+
+    Scored as EvoEval's own evaluator does (base inputs given as argument strings, expected outputs from
+    prompt + "\\n" + canonical solution, exact match with float tolerance), run by evalplus's executor;
+    EvoEval's few per-problem special oracles are not applied. pass@1 is over all problems of the
+    chosen subsets (100 each, so it equals their mean).
+    """
+
+    gt_separator = "\n"
+
+    def __init__(self, path: str | None, download: bool, cache_dir: str,
+                 subsets: Sequence[str] = EVOEVAL_SUBSETS) -> None:
+        super().__init__("evoeval", path or os.environ.get("EVOEVAL_OVERRIDE_PATH") or None, download, cache_dir)
+        self.dataset = "evoeval"  # no HumanEval/MBPP special oracle applies
+        self.subsets = tuple(subsets)
+
+    def _raw(self) -> dict[str, dict]:
+        if not self.path:
+            raise TaskUnavailable("no local data: set data.evoeval (or EVOEVAL_OVERRIDE_PATH) to the folder of "
+                                  "EvoEval_<subset>.jsonl release files")
+        files = [Path(self.path) / f"EvoEval_{s}.jsonl" for s in self.subsets]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise TaskUnavailable(f"data file not found: {', '.join(missing)}")
+        problems: dict[str, dict] = {}
+        digest = []
+        for subset, f in zip(self.subsets, files, strict=True):
+            digest.append(_hash_file(f))
+            for line in f.read_text().splitlines():
+                if line.strip():
+                    p = json.loads(line)
+                    task_id = f"EvoEval_{subset}/{p['task_id'].rsplit('/', 1)[-1]}"
+                    inputs = [eval(f"[{i}]") for i in p["inputs"]]  # noqa: S307 - benchmark data, as EvoEval does
+                    problems[task_id] = {**p, "task_id": task_id, "base_input": inputs, "plus_input": [], "atol": 0}
+        self.fingerprint = _hash_text(":".join(digest))
+        return problems
 
 
 class BigCodeBench(Task):
@@ -211,8 +258,10 @@ def build_task(name: str, data: DataConfig, cache_dir: str) -> Task:
     """The task called ``name`` with its data locations from the config."""
     if name == "humaneval":
         return HumanEval()
-    if name in ("humaneval_plus", "mbpp_plus", "evoeval"):
+    if name in ("humaneval_plus", "mbpp_plus"):
         return EvalPlusTask(name, getattr(data, name), data.download, cache_dir)
+    if name == "evoeval":
+        return EvoEval(data.evoeval, data.download, cache_dir, data.evoeval_subsets)
     if name == "bigcodebench":
         return BigCodeBench(data.bigcodebench)
     raise ValueError(f"tasks: unknown task {name!r}; known: {', '.join(TASKS)}")

@@ -88,7 +88,18 @@ def evalplus_files(tmp_path_factory) -> dict[str, Path]:
                  "        self.assertEqual(task_func(4), 2.0)\n    def test_zero(self):\n"
                  "        self.assertEqual(task_func(0), 0.0)\n"},
     ]
-    out = {}
+    evo = [  # EvoEval release format: arguments as strings, solution joined to the prompt with a newline
+        {"task_id": "EvoEval/0", "entry_point": "count_vowels",
+         "prompt": 'def count_vowels(s: str, y_is_vowel: bool) -> int:\n    """Count vowels; y too if asked."""',
+         "canonical_solution": "    return sum(c in ('aeiouy' if y_is_vowel else 'aeiou') for c in s.lower())\n",
+         "inputs": ["'Yay', True", "'Yay', False", "'', True"]},
+        {"task_id": "EvoEval/1", "entry_point": "halves",
+         "prompt": 'def halves(xs: list) -> list:\n    """Every number halved."""',
+         "canonical_solution": "    return [x / 2 for x in xs]\n", "inputs": ["[1, 3]", "[]"]},
+    ]
+    (root / "evoeval").mkdir()
+    (root / "evoeval" / "EvoEval_difficult.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evo))
+    out = {"evoeval": root / "evoeval"}
     for name, rows in (("humaneval_plus", he), ("mbpp_plus", mbpp), ("bigcodebench", bcb)):
         path = root / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -52,43 +52,49 @@ def test_hostile_completions_fail_and_evaluation_completes(tmp_path, tiny_model,
 def test_evalplus_and_bigcodebench_from_local_files(tmp_path, tiny_model, evalplus_files):
     """HumanEval+/MBPP+ through evalplus's loaders and executor, BigCodeBench through its TestCases."""
     rows = {}
-    for name in ("humaneval_plus", "mbpp_plus", "bigcodebench"):
-        for line in evalplus_files[name].read_text().splitlines():
+    for path in (*(evalplus_files[n] for n in ("humaneval_plus", "mbpp_plus", "bigcodebench")),
+                 evalplus_files["evoeval"] / "EvoEval_difficult.jsonl"):
+        for line in path.read_text().splitlines():
             row = json.loads(line)
             row.setdefault("prompt", row.get("complete_prompt"))
+            if row["task_id"].startswith("EvoEval"):
+                row["canonical_solution"] = "\n" + row["canonical_solution"]
             rows[row["task_id"]] = row
-    data = DataConfig(**{k: str(v) for k, v in evalplus_files.items()})
+    data = DataConfig(**{k: str(v) for k, v in evalplus_files.items()}, evoeval_subsets=["difficult"])
     cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "mbpp_plus", "bigcodebench", "evoeval"], None, data=data)
     cfg.cache_dir = str(tmp_path / "cache")
     good = evaluate(cfg, lambda spec, gen: ScriptedBackend(canonical_answer(rows)))
     tasks = good["models"][0]["tasks"]
     assert tasks["humaneval_plus"]["pass@1"] == 1.0 and tasks["humaneval_plus"]["problems"] == 2
     assert tasks["mbpp_plus"]["pass@1"] == 1.0 and tasks["bigcodebench"]["pass@1"] == 1.0
-    assert "no local data" in tasks["evoeval"]["skipped"]
+    assert tasks["evoeval"]["pass@1"] == 1.0 and tasks["evoeval"]["problems"] == 2
 
     # Wrong on the plus inputs only (right on base): evalplus must fail it.
     def off_by_plus(prompt: str) -> str:
         text = canonical_answer(rows)(prompt)
         return text.replace("return a + b", "return a + b if a < 100 else 0").replace(
-            "return math.sqrt(x)", "return x ** 0.5 + (x == 0)")
+            "return math.sqrt(x)", "return x ** 0.5 + (x == 0)").replace("x / 2 for", "x // 2 for")
 
     cfg.output_dir, cfg.cache = str(tmp_path / "out2"), False  # same key as above: the cache would answer
     bad = evaluate(cfg, lambda spec, gen: ScriptedBackend(off_by_plus))["models"][0]["tasks"]
     assert bad["humaneval_plus"]["pass@1"] == 0.5
     assert bad["bigcodebench"]["pass@1"] == 0.0
     assert bad["mbpp_plus"]["pass@1"] == 1.0
+    assert bad["evoeval"]["pass@1"] == 0.5
 
 
 def test_missing_data_is_skipped_with_a_reason_not_zero(tmp_path, tiny_model, monkeypatch):
     for var in ("HUMANEVAL_OVERRIDE_PATH", "MBPP_OVERRIDE_PATH", "BIGCODEBENCH_OVERRIDE_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr("evalplus.data.utils.CACHE_DIR", str(tmp_path / "no-evalplus-cache"))
+    monkeypatch.delenv("EVOEVAL_OVERRIDE_PATH", raising=False)
     data = DataConfig(bigcodebench=str(tmp_path / "missing.jsonl"))
-    cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "bigcodebench"], 2, data=data)
+    cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "bigcodebench", "evoeval"], 2, data=data)
     results = evaluate(cfg, lambda spec, gen: pytest.fail("nothing to generate for skipped tasks"))
     tasks = results["models"][0]["tasks"]
     assert "no local data" in tasks["humaneval_plus"]["skipped"]
     assert "not found" in tasks["bigcodebench"]["skipped"]
+    assert "no local data" in tasks["evoeval"]["skipped"]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "skipped" in md and "0.0" not in md.split("paper:")[0]
 
