@@ -127,7 +127,7 @@ class TokenizeConfig:
     train_vocab_size: int = 32_000  # ours for small runs; the paper's vocabulary is 64,000
     train_sample_mb: float = 64.0  # curated text sampled for tokenizer training
     shard_tokens: int = 256 * 2**20  # tokens per shard file
-    batch_size: int = 256  # documents per encode_batch call
+    batch_size: int = 256  # files per encode_batch call (whole repositories, so possibly more)
 
 
 @dataclass

@@ -48,6 +48,17 @@ def _powers(base: np.uint64, n: int) -> np.ndarray:
     return np.cumprod(out, dtype=np.uint64)  # wraps mod 2^64, as intended
 
 
+_POW: dict[str, np.ndarray] = {"p": np.ones(1, dtype=np.uint64), "inv": np.ones(1, dtype=np.uint64)}
+
+
+def _cached_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^i and P^-i for i < n, grown by doubling and kept per process (computed once, not per file)."""
+    if _POW["p"].size < n:
+        size = max(n, 2 * _POW["p"].size, 1 << 16)
+        _POW["p"], _POW["inv"] = _powers(_P, size), _powers(_P_INV, size)
+    return _POW["p"][:n], _POW["inv"][:n]
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the polynomial hashes' bits before multiply-shift hashing."""
     x = x ^ (x >> np.uint64(30))
@@ -72,10 +83,10 @@ def code_token_hashes(text: str) -> np.ndarray:
     starts, ends = starts[keep], ends[keep]
     if starts.size == 0:
         return np.zeros(0, dtype=np.uint64)
+    pw, inv = _cached_powers(raw.size)
     with np.errstate(over="ignore"):
         prefix = np.zeros(raw.size + 1, dtype=np.uint64)
-        np.cumsum(raw.astype(np.uint64) * _powers(_P, raw.size), dtype=np.uint64, out=prefix[1:])
-        inv = _powers(_P_INV, raw.size)
+        np.cumsum(raw * pw, dtype=np.uint64, out=prefix[1:])
         return (prefix[ends] - prefix[starts]) * inv[starts]
 
 

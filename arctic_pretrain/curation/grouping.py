@@ -51,15 +51,21 @@ class AssignBucket(PipelineStep):
             yield doc
 
 
-def repo_document(repo: str, files: list[tuple[str, str]], cfg: GroupConfig, language: str) -> str:
-    """One training document for one repository's files of one language."""
+def repo_pieces(repo: str, files: list[tuple[str, str]], cfg: GroupConfig, language: str) -> list[tuple[str, str]]:
+    """One repository's document as (separator, text) pieces: files in a seeded random order, the
+    repository name and file paths kept with probability ``cfg.metadata_probability``."""
     seed = int.from_bytes(hashlib.blake2b(f"{cfg.seed}\0{language}\0{repo}".encode(), digest_size=8).digest(), "little")
     rng = random.Random(seed)
     files = sorted(files)
     rng.shuffle(files)
     if rng.random() < cfg.metadata_probability:
-        return REPO_NAME + repo + "".join(f"{FILE_SEP}{path}\n{code}" for path, code in files)
-    return "".join(f"{FILE_SEP}{code}" for _, code in files)
+        return [(REPO_NAME, repo)] + [(FILE_SEP, f"{path}\n{code}") for path, code in files]
+    return [(FILE_SEP, code) for _, code in files]
+
+
+def repo_document(repo: str, files: list[tuple[str, str]], cfg: GroupConfig, language: str) -> str:
+    """One training document for one repository's files of one language, as text."""
+    return "".join(sep + text for sep, text in repo_pieces(repo, files, cfg, language))
 
 
 def group_repositories(records: Iterable[dict]) -> dict[str, list[tuple[str, str]]]:
@@ -82,10 +88,29 @@ class GroupAndTokenize(PipelineStep):
         self.documents_dir, self.tokens_dir, self.tokenizer_dir = documents_dir, tokens_dir, tokenizer_dir
         self.group, self.tok_cfg = group, tokenize
 
-    def _encode(self, writer: ShardWriter, texts: list[str], tokenizer, language: str) -> None:
-        for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
-            writer.add_document(enc.ids)
-            self.stat_update(f"tokens_{language}", value=len(enc.ids) + 1)  # + the EOS the writer appends
+    def _encode(self, writer: ShardWriter, docs: list[list[tuple[str, str]]], tokenizer, language: str) -> None:
+        """Encode every piece of a batch of repository documents in one encode_batch call.
+
+        The separators are added tokens, which the tokenizer splits the input on before anything
+        else, so encoding the pieces apart gives the ids of the joined text, with per-file
+        parallelism instead of one thread per (possibly huge) repository."""
+        special = {sep: tokenizer.token_to_id(sep) for sep in (REPO_NAME, FILE_SEP)}
+        if None in special.values():  # a tokenizer without StarCoder2 separators: plain text
+            texts = ["".join(sep + text for sep, text in doc) for doc in docs]
+            ids_per_doc = [enc.ids for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        else:
+            flat = [text for doc in docs for _, text in doc]
+            encoded = iter(tokenizer.encode_batch(flat, add_special_tokens=False))
+            ids_per_doc = []
+            for doc in docs:
+                ids: list[int] = []
+                for sep, _ in doc:
+                    ids.append(special[sep])
+                    ids.extend(next(encoded).ids)
+                ids_per_doc.append(ids)
+        for ids in ids_per_doc:
+            writer.add_document(ids)
+            self.stat_update(f"tokens_{language}", value=len(ids) + 1)  # + the EOS the writer appends
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from tokenizers import Tokenizer
@@ -107,15 +132,17 @@ class GroupAndTokenize(PipelineStep):
                 del records
                 writer = ShardWriter(Path(self.tokens_dir) / language, info, prefix=f"g{rank:04d}",
                                      shard_tokens=self.tok_cfg.shard_tokens)
-                batch: list[str] = []
+                batch: list[list[tuple[str, str]]] = []
+                pieces = 0
                 for repo in sorted(repos):
-                    batch.append(repo_document(repo, repos[repo], self.group, language))
+                    batch.append(repo_pieces(repo, repos[repo], self.group, language))
+                    pieces += len(batch[-1])
                     self.stat_update("out_docs")
-                    self.stat_update("out_bytes", value=len(batch[-1].encode("utf-8", "replace")))
+                    self.stat_update("out_bytes", value=sum(len((s + t).encode("utf-8", "replace")) for s, t in batch[-1]))
                     self.stat_update(f"repos_{language}")
-                    if len(batch) >= self.tok_cfg.batch_size:
+                    if pieces >= self.tok_cfg.batch_size:
                         self._encode(writer, batch, tokenizer, language)
-                        batch = []
+                        batch, pieces = [], 0
                 if batch:
                     self._encode(writer, batch, tokenizer, language)
                 writer.close(finalize=False)

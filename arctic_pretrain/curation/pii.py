@@ -21,17 +21,22 @@ from arctic_pretrain.curation.steps import DocStep
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")
+# (literal that must occur, pattern): the literal test is a fast substring search that lets most
+# files skip the regex (a pass of each of these regexes is ~10x slower than `in`)
 KEY_PATTERNS = [
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),  # GitHub tokens
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{40,}\b"),
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),  # Slack
-    re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),  # Google API key
-    re.compile(r"\b[sr]k_live_[0-9A-Za-z]{16,}\b"),  # Stripe
-    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face
-    re.compile(r"\bsk-[A-Za-z0-9_-]{32,}\b"),  # OpenAI-style
+    (("-----BEGIN",), re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----")),
+    (("AKIA", "ASIA"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),  # AWS access key id
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),  # GitHub tokens
+    (("github_pat_",), re.compile(r"\bgithub_pat_[A-Za-z0-9_]{40,}\b")),
+    (("xox",), re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b")),  # Slack
+    (("AIza",), re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),  # Google API key
+    (("k_live_",), re.compile(r"\b[sr]k_live_[0-9A-Za-z]{16,}\b")),  # Stripe
+    (("hf_",), re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),  # Hugging Face
+    (("sk-",), re.compile(r"\bsk-[A-Za-z0-9_-]{32,}\b")),  # OpenAI-style
 ]
+_SECRET_WORDS = ("apikey", "api_key", "api-key", "secret", "accesstoken", "access_token", "access-token", "authtoken",
+                 "auth_token", "auth-token", "privatekey", "private_key", "private-key")  # ASSIGNED_SECRET's words
+_PASSWORD_WORDS = ("password", "passwd", "pwd")
 # `api_key = "..."`-style assignments: the value is a secret when it looks random enough
 ASSIGNED_SECRET = re.compile(
     r"(?i)(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|private[_-]?key|client[_-]?secret)"
@@ -77,14 +82,17 @@ def redact(text: str, cfg: PIIConfig) -> tuple[str, Counter]:
         whole = m.group(0)
         return whole[: s - m.start()] + placeholder + whole[e - m.start():]
 
+    lower = text.lower()
     if cfg.keys:
-        for pattern in KEY_PATTERNS:
-            text = sub(pattern, "key", lambda m: "<KEY>", text)
-        text = sub(ASSIGNED_SECRET, "key",
-                   lambda m: value(m, "<KEY>", lambda v: entropy(v) >= cfg.min_secret_entropy), text)
-    if cfg.passwords:
+        for literals, pattern in KEY_PATTERNS:
+            if any(lit in text for lit in literals):
+                text = sub(pattern, "key", lambda m: "<KEY>", text)
+        if any(w in lower for w in _SECRET_WORDS):
+            text = sub(ASSIGNED_SECRET, "key",
+                       lambda m: value(m, "<KEY>", lambda v: entropy(v) >= cfg.min_secret_entropy), text)
+    if cfg.passwords and any(w in lower for w in _PASSWORD_WORDS):
         text = sub(PASSWORD, "password", lambda m: value(m, "<PASSWORD>", lambda v: not v.startswith("<")), text)
-    if cfg.emails:
+    if cfg.emails and "@" in text:
         text = sub(EMAIL, "email", lambda m: "<EMAIL>", text)
     if cfg.ips:
         def ip(m: re.Match, fakes: list[str]) -> str:
@@ -92,7 +100,8 @@ def redact(text: str, cfg: PIIConfig) -> tuple[str, Counter]:
             return fakes[zlib.crc32(addr.encode()) % len(fakes)] if _public(addr) else addr
 
         text = sub(IPV4, "ip", lambda m: ip(m, FAKE_IPV4), text)
-        text = sub(IPV6, "ip", lambda m: ip(m, FAKE_IPV6), text)
+        if text.count(":") >= 7:
+            text = sub(IPV6, "ip", lambda m: ip(m, FAKE_IPV6), text)
     return text, counts
 
 

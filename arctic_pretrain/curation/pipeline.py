@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,8 +171,9 @@ def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
     return RayPipelineExecutor(**common, workers=e.workers, depends=previous, **dict(e.ray))
 
 
-def run(cfg: CurateConfig) -> Path:
-    """Validate, then run (or resume) every stage; returns the output folder."""
+def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path:
+    """Validate, then run (or resume) every stage; returns the output folder. ``stage_wall_s`` (local
+    executor) receives each stage's wall-clock seconds, for the throughput benchmark."""
     validate(cfg)
     digest = check_output_dir(cfg)
     out = Path(cfg.output_dir).resolve()
@@ -182,7 +184,10 @@ def run(cfg: CurateConfig) -> Path:
         if cfg.executor.kind == "local":
             if cfg.progress:
                 logger.info(f"[{i}/{len(stages)}] stage {stage.name}: {stage.tasks} task(s)")
+            start = time.perf_counter()
             executor.run()
+            if stage_wall_s is not None:
+                stage_wall_s[stage.name] = time.perf_counter() - start
             missing = executor.get_incomplete_ranks(range(stage.tasks))
             if missing:
                 raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")

@@ -9,7 +9,14 @@ import pytest
 from tokenizers import Tokenizer
 
 from arctic_pretrain.curation.config import GroupConfig, TokenizeConfig
-from arctic_pretrain.curation.grouping import FILE_SEP, REPO_NAME, GroupAndTokenize, bucket_of, repo_document
+from arctic_pretrain.curation.grouping import (
+    FILE_SEP,
+    REPO_NAME,
+    GroupAndTokenize,
+    bucket_of,
+    repo_document,
+    repo_pieces,
+)
 from arctic_pretrain.curation.tokenize import prepare_tokenizer
 from arctic_pretrain.data.shards import TokenSource, finalize_source
 
@@ -70,7 +77,7 @@ def test_repository_spread_over_shards_becomes_one_document(tmp_path: Path, toke
         source = TokenSource(tokens_dir / lang)
         ids, positions = source.read(0, source.num_tokens)
         starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
-        decoded[lang] = [tok.decode(ids[s:e].tolist(), skip_special_tokens=False) for s, e in zip(starts, starts[1:])]
+        decoded[lang] = [tok.decode(ids[s:e].tolist(), skip_special_tokens=False) for s, e in zip(starts[:-1], starts[1:], strict=True)]
         assert manifest.documents == len(decoded[lang])
     assert len(decoded["python"]) == 2 and len(decoded["c"]) == 1  # alpha, beta (python); alpha (c)
     alpha, beta = decoded["python"]  # repositories in name order
@@ -79,3 +86,23 @@ def test_repository_spread_over_shards_becomes_one_document(tmp_path: Path, toke
     assert beta.startswith("<repo_name>beta<file_sep>b.py\n")
     assert decoded["c"][0].startswith("<repo_name>alpha<file_sep>x.c\nint x(void)")
     assert step.stats["repos_python"].total == 2 and step.stats["tokens_c"].total > 0
+
+
+def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path) -> None:
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    files = [(f"json/{n}.py", stdlib_file(f"json/{n}.py")) for n in ("decoder", "encoder", "tool")]
+    docs = [repo_pieces("org/json", files, GroupConfig(metadata_probability=p), "python") for p in (0.0, 1.0)]
+
+    class Capture:
+        def __init__(self) -> None:
+            self.docs: list[list[int]] = []
+
+        def add_document(self, ids: list[int]) -> None:
+            self.docs.append(list(ids))
+
+    writer = Capture()
+    step = GroupAndTokenize("", "", str(tokenizer_dir), GroupConfig(), TokenizeConfig())
+    step._encode(writer, docs, tok, "python")
+    joined = ["".join(s + t for s, t in d) for d in docs]
+    assert writer.docs == [tok.encode(text, add_special_tokens=False).ids for text in joined]
+    assert writer.docs[1][0] == tok.token_to_id(REPO_NAME) and writer.docs[0][0] == tok.token_to_id(FILE_SEP)

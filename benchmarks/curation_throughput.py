@@ -1,0 +1,201 @@
+"""Throughput and peak memory of the curation pipeline on local code, plus two same-run ratios.
+
+    python benchmarks/curation_throughput.py --mb 100 [--mb 1000] [--workers 2] [--out /tmp/curation-bench]
+
+For each size: a corpus of real code from this machine (Python stdlib, site-packages, /usr/include; each
+top-level package a repository) is built once, the whole pipeline runs with ``--workers`` processes,
+and the script prints MB/s per core, peak memory (whole process tree and the largest process), and
+each stage's share of the wall time. Then, on the same text and cores:
+  - near-dedup signatures: ours (code tokens, vectorised hashing) vs datasketch MinHash(num_perm=256)
+    over 5-gram shingles with update_batch, both on one process;
+  - tokenization: the pipeline's group + tokenize stage vs raw ``tokenizers`` encode_batch on the
+    curated files with the same tokenizer and the same cores.
+Results go to ``<out>/benchmark-<mb>MB.json``. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from arctic_pretrain.curation.languages import PAPER_LANGUAGES, language_of
+
+MAX_FILE = 1_000_000
+
+
+def _sources() -> list[tuple[Path, int]]:
+    """(root, depth at which a folder is a repository): stdlib modules, site-packages packages, headers."""
+    paths = sysconfig.get_paths()
+    return [(Path(paths["stdlib"]), 1), (Path("/usr/include"), 1), (Path(paths["purelib"]), 1)]
+
+
+def build_corpus(folder: Path, megabytes: float) -> float:
+    """Copy real code files (known languages) until ``megabytes``; cached by size. Returns MB."""
+    done = folder / "READY"
+    if done.is_file():
+        return float(done.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    budget, total = int(megabytes * 2**20), 0
+    seen: set[str] = set()
+    for root, _ in _sources():
+        if total >= budget:
+            break
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "site-packages", "dist-packages"))
+            for name in sorted(filenames):
+                src = Path(dirpath) / name
+                if language_of(name) not in PAPER_LANGUAGES or src.is_symlink():  # code, not data files
+                    continue
+                try:
+                    size = src.stat().st_size
+                    if size == 0 or size > MAX_FILE or str(src.resolve()) in seen:
+                        continue
+                    seen.add(str(src.resolve()))
+                    rel = src.relative_to(root)
+                    repo = f"{root.name}-{rel.parts[0]}" if len(rel.parts) > 1 else f"{root.name}-top"
+                    dest = folder / repo / Path(*rel.parts[1:] or rel.parts)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dest)
+                except OSError:
+                    continue
+                total += size
+                if total >= budget:
+                    break
+            if total >= budget:
+                break
+    done.write_text(str(total / 2**20))
+    return total / 2**20
+
+
+class PeakMemory:
+    """Poll the RSS of this process and its children: peak of the sum and of the largest process."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.total, self.largest = interval, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            rss = []
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    rss.append(p.memory_info().rss)
+            self.total, self.largest = max(self.total, sum(rss)), max(self.largest, max(rss, default=0))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def signature_ratio(texts: list[str]) -> dict:
+    """MB/s of our signature (shingles + 250 hashes) vs datasketch MinHash(256) update_batch, one process."""
+    from datasketch import MinHash
+
+    from arctic_pretrain.curation.config import DedupConfig
+    from arctic_pretrain.curation.dedup import CodeMinhashSignature, code_shingles
+
+    mb = sum(len(t.encode()) for t in texts) / 2**20
+    step = CodeMinhashSignature(os.devnull, DedupConfig())
+    start = time.perf_counter()
+    for t in texts:
+        step.signature(code_shingles(t, 5))
+    ours = time.perf_counter() - start
+    start = time.perf_counter()
+    for t in texts:
+        words = t.split()
+        shingles = [" ".join(words[i:i + 5]).encode() for i in range(max(1, len(words) - 4))]
+        m = MinHash(num_perm=256)
+        m.update_batch(shingles)
+    theirs = time.perf_counter() - start
+    return {"text_mb": round(mb, 1), "ours_mb_s": round(mb / ours, 2), "datasketch_mb_s": round(mb / theirs, 2),
+            "ratio": round(theirs / ours, 2)}
+
+
+def tokenization_ratio(out: Path, tokenize_wall_s: float) -> dict:
+    """Curated MB through the group + tokenize stage vs raw encode_batch on the same files."""
+    from tokenizers import Tokenizer
+
+    texts = [json.loads(line)["text"] for f in sorted((out / "documents").glob("*/*.jsonl"))
+             for line in f.read_text(encoding="utf-8").splitlines()]
+    mb = sum(len(t.encode()) for t in texts) / 2**20
+    tok = Tokenizer.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    start, tokens = time.perf_counter(), 0
+    for i in range(0, len(texts), 256):
+        tokens += sum(len(e.ids) for e in tok.encode_batch(texts[i:i + 256], add_special_tokens=False))
+    raw = time.perf_counter() - start
+    return {"text_mb": round(mb, 1), "raw_mb_s": round(mb / raw, 2), "raw_tokens_s": round(tokens / raw),
+            "pipeline_mb_s": round(mb / tokenize_wall_s, 2), "ratio": round(raw / tokenize_wall_s, 2)}
+
+
+def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool) -> dict:
+    from arctic_pretrain.curation.config import CurateConfig, ExecutorConfig, TokenizeConfig
+    from arctic_pretrain.curation.pipeline import run
+
+    corpus = out_root / f"corpus-{megabytes:g}MB"
+    corpus_mb = build_corpus(corpus, megabytes)
+    out = out_root / f"run-{megabytes:g}MB"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = CurateConfig(inputs=[str(corpus)], output_dir=str(out),
+                       executor=ExecutorConfig(tasks=4 * workers, workers=workers),
+                       tokenize=TokenizeConfig(train_vocab_size=32_000, train_sample_mb=16), progress=True)
+    walls: dict[str, float] = {}
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        run(cfg, stage_wall_s=walls)
+    wall = time.perf_counter() - start
+    report = json.loads((out / "report.json").read_text())
+    result = {
+        "corpus_mb": round(corpus_mb, 1), "workers": workers, "wall_s": round(wall, 1),
+        "mb_s_per_core": round(corpus_mb / wall / workers, 3),
+        "peak_rss_total_mb": round(mem.total / 2**20), "peak_rss_largest_process_mb": round(mem.largest / 2**20),
+        "stage_wall_share": {k: round(v / wall, 3) for k, v in walls.items()},
+        "step_cpu_share": dict(sorted(report["stage_time_share"].items(), key=lambda kv: -kv[1])[:10]),
+        "tokens": report["tokens"], "removals": report["removals"],
+    }
+    if not skip_ratios:
+        py = sorted(corpus.rglob("*.py"))
+        texts, total = [], 0
+        for p in py:
+            texts.append(p.read_text(errors="replace"))
+            total += len(texts[-1])
+            if total > 32 * 2**20:
+                break
+        result["signature_vs_datasketch"] = signature_ratio(texts)
+        result["tokenize_vs_encode_batch"] = tokenization_ratio(out, walls["tokenize"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, action="append", help="corpus size(s) in MB (default 100)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "curation-bench")
+    parser.add_argument("--skip-ratios", action="store_true", help="only the pipeline run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for mb in args.mb or [100.0]:
+        result = bench(mb, args.workers, args.out, args.skip_ratios)
+        (args.out / f"benchmark-{mb:g}MB.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2), file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
