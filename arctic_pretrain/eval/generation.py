@@ -72,6 +72,17 @@ class HFBackend:
         self.model.to(self.device).eval()
         self.batch_size = batch_size
         self.tokens_generated = 0  # for throughput reports
+        self._warned = False
+
+    def _room(self, prompt_len: int, wanted: int) -> int:
+        """New tokens that fit the model's positions (a small model trained at 512 tokens stays inside them)."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit or prompt_len + wanted <= limit:
+            return wanted
+        log.log(logging.INFO if self._warned else logging.WARNING,"prompt of %d tokens + max_new_tokens=%d exceeds the model's %d positions: generating %d",
+                    prompt_len, wanted, limit, max(1, limit - prompt_len))
+        self._warned = True
+        return max(1, limit - prompt_len)
 
     def generate(self, prompts: Sequence[str], stop: Sequence[str], params: SamplingParams,
                  progress: Callable[[int], None] | None = None) -> list[list[str]]:
@@ -79,7 +90,6 @@ class HFBackend:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok = self.tokenizer
-        results: list[list[str]] = []
         # Longest prompts first keeps padding small within a batch; the order is restored at the end.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         by_index: dict[int, list[str]] = {}
@@ -99,7 +109,7 @@ class HFBackend:
             batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             batch = batch.to(self.device)
             prompt_len = batch["input_ids"].shape[1]
-            kwargs = {"do_sample": params.do_sample, "max_new_tokens": params.max_new_tokens,
+            kwargs = {"do_sample": params.do_sample, "max_new_tokens": self._room(prompt_len, params.max_new_tokens),
                       "num_return_sequences": params.n, "pad_token_id": tok.pad_token_id,
                       "eos_token_id": tok.eos_token_id, "use_cache": True,
                       "stopping_criteria": StoppingCriteriaList([StopOnText(prompt_len)])}
@@ -116,8 +126,7 @@ class HFBackend:
                 by_index[i] = texts[j * params.n:(j + 1) * params.n]
             if progress:
                 progress(len(idx))
-        results = [by_index[i] for i in range(len(prompts))]
-        return results
+        return [by_index[i] for i in range(len(prompts))]
 
 
 class VLLMBackend:

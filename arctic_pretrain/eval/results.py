@@ -61,14 +61,17 @@ def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
     tasks = results["tasks"]
     lines = ["| model | tokens | " + " | ".join(TITLES[t] for t in tasks) + " |",
              "|---|---|" + "---|" * len(tasks)]
-    notes = []
+    skipped: dict[tuple[str, str], list[str]] = {}
     for row in results["models"]:
         tokens = _tokens(row.get("consumed_tokens"))
         lines.append(f"| {row['name']} | {tokens} | " + " | ".join(_cell(row["tasks"].get(t)) for t in tasks) + " |")
         for t in tasks:
             entry = row["tasks"].get(t, {})
             if "skipped" in entry:
-                notes.append(f"- {row['name']} / {TITLES[t]}: skipped: {entry['skipped']}")
+                skipped.setdefault((t, entry["skipped"]), []).append(row["name"])
+    n_rows = len(results["models"])
+    notes = [f"- {TITLES[t]} ({'all rows' if len(names) == n_rows else ', '.join(names)}): {reason}"
+             for (t, reason), names in skipped.items()]
     if reference:
         for ref in REFERENCE_ROWS:
             cells = [f"{ref['scores'][t]:.1f}" if t in ref["scores"] else "–" for t in tasks]
@@ -77,8 +80,8 @@ def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
     mode = "sampled" if gen.get("do_sample") else "greedy"
     head = [f"pass@1 (%), {mode} decoding, n={gen.get('n_samples', 1)} per problem"
             + (f", first {results['limit']} problems per task" if results.get("limit") else "") + ".", ""]
-    counts = [f"- {row['name']} / {TITLES[t]}: {e['problems']} problems"
-              for row in results["models"] for t, e in row["tasks"].items() if "problems" in e]
+    counts = sorted({f"- {TITLES[t]}: {e['problems']} problems" for row in results["models"]
+                     for t, e in row["tasks"].items() if "problems" in e})
     tail = []
     if notes:
         tail += ["", "Skipped:", *notes]

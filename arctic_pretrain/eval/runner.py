@@ -63,7 +63,7 @@ def resolve_models(model: str, baselines: list[str] | None = None) -> list[Model
         specs = sorted(exports, key=lambda s: (s.phase_index if s.phase_index is not None else 1 << 30, s.name))
     elif root.is_dir():
         specs = [_spec(root)]
-    elif model.startswith((".", "/", "~")) or root.suffix:
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise EvalConfigError(f"model={model}: no such folder (give a run directory, an HF folder or a hub name)")
     else:
         specs = [ModelSpec(model, model)]  # a hub name, resolved by transformers/vLLM

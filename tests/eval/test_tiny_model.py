@@ -7,7 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from arctic_pretrain.eval.config import DataConfig, EvalConfig, GenerationConfig, SandboxConfig
+import pytest
+
+from arctic_pretrain.eval.config import (
+    DataConfig,
+    EvalConfig,
+    EvalConfigError,
+    GenerationConfig,
+    SandboxConfig,
+)
 from arctic_pretrain.eval.generation import HFBackend, SamplingParams
 from arctic_pretrain.eval.runner import evaluate, resolve_models
 
@@ -31,6 +39,12 @@ def test_run_directory_gives_one_row_per_phase_in_order(tiny_run):
     specs = resolve_models(str(tiny_run), baselines=[str(tiny_run / "export" / "general")])
     assert [s.phase for s in specs[:2]] == ["general", "high_quality"]
     assert specs[1].consumed_tokens == 163840 and len(specs) == 3
+    assert resolve_models("deepseek-ai/deepseek-coder-1.3b-base")[0].path == "deepseek-ai/deepseek-coder-1.3b-base"
+    with pytest.raises(EvalConfigError, match="no such folder"):
+        resolve_models(str(tiny_run / "nope"))
+    with pytest.raises(EvalConfigError, match="without finished phase exports"):
+        (tiny_run / "empty" / "export").mkdir(parents=True)
+        resolve_models(str(tiny_run / "empty"))
 
 
 def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
