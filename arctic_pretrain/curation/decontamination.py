@@ -126,6 +126,8 @@ class Decontaminate(DocStep):
         return list(found.values())
 
     def process(self, doc: Document) -> Document | str:
+        if not self.cfg.enabled:
+            return doc
         hits = self.matches(doc.text)
         if not hits:
             return doc
@@ -139,7 +141,7 @@ class Decontaminate(DocStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         if not self.cfg.enabled:
-            yield from data
+            yield from super().run(data, rank, world_size)
             return
         self._setup()
         folder = Path(self.matches_dir)

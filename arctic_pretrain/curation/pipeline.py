@@ -168,7 +168,7 @@ def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
         from datatrove.executor.ray import RayPipelineExecutor
     except ImportError as err:
         raise CurationConfigError(f"executor.kind='ray': ray is not installed ({err})") from None
-    return RayPipelineExecutor(**common, workers=e.workers, depends=previous, **dict(e.ray))
+    return RayPipelineExecutor(**common, workers=e.workers, **dict(e.ray))  # blocking: run one after another
 
 
 def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path:
@@ -181,7 +181,7 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
     previous = None
     for i, stage in enumerate(stages, 1):
         executor = _executor(cfg, stage, out / "logs", previous)
-        if cfg.executor.kind == "local":
+        if cfg.executor.kind in ("local", "ray"):
             if cfg.progress:
                 logger.info(f"[{i}/{len(stages)}] stage {stage.name}: {stage.tasks} task(s)")
             start = time.perf_counter()
@@ -192,6 +192,6 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
             if missing:
                 raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
         previous = executor
-    if cfg.executor.kind != "local":
-        previous.run()  # launches the chain through `depends`
+    if cfg.executor.kind == "slurm":
+        previous.run()  # submits the chain through `depends`; returns once queued
     return out

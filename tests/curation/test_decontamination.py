@@ -51,3 +51,10 @@ def test_local_benchmark_file_and_ngram_overlap(tmp_path: Path, normal_python: s
     assert [(s.task_id, k) for s, k in step.matches(normal_python + partial)] == [("2", "ngram")]
     assert step.matches(normal_python) == []
     assert step.stats["short_strings_ignored"].total == 1  # "pass" is below min_chars
+
+
+def test_disabled_keeps_everything(tmp_path: Path, normal_python: str) -> None:
+    step = Decontaminate(DecontamConfig(enabled=False), str(tmp_path / "m"))
+    doc = Document(normal_python + HUMANEVAL_0_SOLUTION, "r/x.py", metadata={})
+    assert [d.id for d in step.run(iter([doc]))] == ["r/x.py"]
+    assert step.stats["in_docs"].total == 1 and step.stats["out_docs"].total == 1

@@ -144,3 +144,20 @@ def test_cli_contract(tmp_path: Path) -> None:
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "group.buckets=0" in bad.stderr
     assert np.all(np.load(next((tmp_path / "out" / "tokens" / "python").glob("*.idx.npy"))) >= 0)
+
+
+def test_executor_groups_build(tmp_path: Path) -> None:
+    from arctic_pretrain.curation.pipeline import _executor, build_stages
+
+    cfg = make_config(["/x"], tmp_path, "executor.kind=slurm", "executor.slurm.partition=cpu")
+    stages = build_stages(cfg)
+    first = _executor(cfg, stages[0], tmp_path / "logs", None)
+    second = _executor(cfg, stages[1], tmp_path / "logs", first)
+    assert type(second).__name__ == "SlurmPipelineExecutor" and second.depends is first
+    assert second.world_size == cfg.executor.tasks
+    ray_cfg = make_config(["/x"], tmp_path, "executor.kind=ray")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(CurationConfigError, match="ray is not installed"):
+            _executor(ray_cfg, stages[0], tmp_path / "logs", None)
