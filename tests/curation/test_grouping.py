@@ -106,3 +106,11 @@ def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path) -> None:
     joined = ["".join(s + t for s, t in d) for d in docs]
     assert writer.docs == [tok.encode(text, add_special_tokens=False).ids for text in joined]
     assert writer.docs[1][0] == tok.token_to_id(REPO_NAME) and writer.docs[0][0] == tok.token_to_id(FILE_SEP)
+
+
+def test_tokenizer_loads_by_path(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    info = prepare_tokenizer(TokenizeConfig(tokenizer=str(tokenizer_dir)), tmp_path / "none", tmp_path / "tok")
+    assert info.name == str(tokenizer_dir) and info.vocab_size == 400
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok").convert_tokens_to_ids("<file_sep>") is not None

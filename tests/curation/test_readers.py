@@ -101,3 +101,21 @@ def test_repository_from_pattern(tmp_path: Path) -> None:
     assert [(d.metadata["repo"], d.metadata["path"]) for d in docs] == [("org/proj", "src/m.py")]
     docs, _ = _read([str(root)], tmp_path / "w2", ReadConfig(repo_depth=1))
     assert [(d.metadata["repo"], d.metadata["path"]) for d in docs] == [("org", "proj/src/m.py")]
+
+
+def test_hf_dataset_input_is_sharded(tmp_path: Path, monkeypatch, normal_python: str) -> None:
+    import datasets
+
+    rows = [{"content": normal_python + f"\n# {i}\n", "path": f"m{i}.py", "repo": "hub/repo", "language": "Python"}
+            for i in range(5)]
+    calls = []
+
+    def fake_load_dataset(name: str, split: str, streaming: bool):
+        calls.append((name, split, streaming))
+        return iter(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    docs, _ = _read(["hf:bigcode/some-code"], tmp_path / "w", world=2)
+    assert sorted(d.metadata["path"] for d in docs) == [f"m{i}.py" for i in range(5)]  # each row once
+    assert all(d.metadata["repo"] == "hub/repo" and d.metadata["language"] == "python" for d in docs)
+    assert calls[0] == ("bigcode/some-code", "train", True)
