@@ -67,7 +67,9 @@ class DedupConfig:
     ngram: int = 5  # recipe: 5-grams
     num_bands: int = 25  # recipe: 25 bands x 10 rows = 250 permutations
     rows_per_band: int = 10  # recipe
-    threshold: float = 0.7  # recipe: Jaccard 0.7 (the LSH curve of 25x10 has its midpoint near 0.7)
+    # recipe: Jaccard 0.7. LSH has no explicit threshold: bands x rows set it, at about
+    # (1/bands)^(1/rows) (0.72 for 25 x 10); validation requires the two to agree within 0.05
+    threshold: float = 0.7
     seed: int = 1  # permutation parameters; identical on every worker
     workers_per_band: int = 1  # datatrove bucket stage parallelism (tasks = bands x this)
 
@@ -154,8 +156,7 @@ class CurateConfig:
     group: GroupConfig = field(default_factory=GroupConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    seed: int = 0
-    progress: bool = True  # datatrove's per-task progress bars and a stage banner
+    progress: bool = True  # a banner per stage (datatrove logs every task's progress and stats either way)
 
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -195,6 +196,10 @@ def validate(cfg: CurateConfig) -> None:
     _require(d.num_bands >= 1, "dedup.num_bands", d.num_bands, "must be >= 1")
     _require(d.rows_per_band >= 1, "dedup.rows_per_band", d.rows_per_band, "must be >= 1")
     _require(0.0 < d.threshold < 1.0, "dedup.threshold", d.threshold, "must be in (0, 1)")
+    implied = (1.0 / d.num_bands) ** (1.0 / d.rows_per_band)
+    _require(abs(implied - d.threshold) <= 0.05, "dedup.threshold", d.threshold,
+             f"dedup.num_bands={d.num_bands} x dedup.rows_per_band={d.rows_per_band} implement a threshold of "
+             f"about {implied:.2f}; change the bands/rows to match")
     _require(d.workers_per_band >= 1, "dedup.workers_per_band", d.workers_per_band, "must be >= 1")
     c = cfg.decontamination
     _require(c.min_chars >= 1, "decontamination.min_chars", c.min_chars, "must be >= 1")

@@ -44,8 +44,10 @@ from arctic_pretrain.curation.tokenize import PrepareTokenizer
 from arctic_pretrain.data.shards import finalize_source
 
 CONFIG_RECORD = "curate_config.json"
-# keys that may change between runs on one output folder without changing any result
-_RUNTIME_KEYS = ("executor", "progress", "inputs")
+# keys that may change between runs on one output folder without changing any result (executor.tasks
+# may not: it decides which input goes to which task, and completion markers are per task)
+_RUNTIME_KEYS = ("progress",)
+_RUNTIME_EXECUTOR_KEYS = ("kind", "workers", "start_method", "slurm", "ray")
 
 
 @dataclass
@@ -89,6 +91,8 @@ def config_hash(cfg: CurateConfig) -> str:
     data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     for key in _RUNTIME_KEYS:
         data.pop(key, None)
+    for key in _RUNTIME_EXECUTOR_KEYS:
+        data["executor"].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -49,6 +49,7 @@ def test_unknown_key_fails() -> None:
 @pytest.mark.parametrize(("override", "key"), [
     ("filter.min_alpha_fraction=1.5", "filter.min_alpha_fraction"),
     ("dedup.threshold=0", "dedup.threshold"),
+    ("dedup.threshold=0.9", "dedup.threshold"),  # 25 x 10 bands/rows implement ~0.72, not 0.9
     ("group.buckets=0", "group.buckets"),
     ("executor.kind=mpi", "executor.kind"),
     ("read.languages=[python,cobol]", "read.languages"),
@@ -58,3 +59,13 @@ def test_bad_values_name_the_key(override: str, key: str, tmp_path: Path) -> Non
     cfg = make_config(["/x"], tmp_path, override)
     with pytest.raises(CurationConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_config_hash_ignores_only_runtime_keys(tmp_path: Path) -> None:
+    from arctic_pretrain.curation.pipeline import config_hash
+
+    base = config_hash(make_config(["/x"], tmp_path))
+    assert config_hash(make_config(["/x"], tmp_path, "executor.workers=7", "progress=false")) == base
+    for override in ("executor.tasks=9", "filter.max_lines=10", "group.seed=2"):
+        assert config_hash(make_config(["/x"], tmp_path, override)) != base, override
+    assert config_hash(make_config(["/y"], tmp_path)) != base

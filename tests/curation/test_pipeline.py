@@ -120,12 +120,12 @@ def test_rerun_skips_finished_work_and_keeps_shards(curated) -> None:
 
 def test_other_config_refuses_the_same_output(curated) -> None:
     out, cfg = curated
-    cfg.dedup.threshold = 0.8
+    cfg.filter.max_line_length = 2000
     try:
         with pytest.raises(CurationConfigError, match="output_dir"):
             run(cfg)
     finally:
-        cfg.dedup.threshold = 0.7
+        cfg.filter.max_line_length = 1000
 
 
 def test_cli_contract(tmp_path: Path) -> None:
