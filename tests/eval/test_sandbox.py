@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from arctic_pretrain.eval.sandbox import Job, execute, execute_many
+import pytest
+
+from arctic_pretrain.eval.sandbox import _CHILD, Job, execute, execute_many
+
+_CHILD_DIR = _CHILD.parent
 
 
 def test_passing_and_failing_programs():
@@ -70,3 +76,37 @@ def test_unittest_jobs_run_testcases():
     assert execute(Job("unittest", ok, 5)).passed
     assert not execute(Job("unittest", ok.replace("(1, 1)", "(1, 2)"), 5)).passed
     assert not execute(Job("unittest", "x = 1\n", 5)).passed  # no TestCases: not a pass
+
+
+def test_bigcodebench_jobs_may_spawn_processes_but_stay_confined(tmp_path: Path):
+    """unittest jobs run subprocesses (BigCodeBench needs them); the kernel layers still confine them."""
+    target = tmp_path / "escaped.txt"
+    program = ("import subprocess, unittest\n"
+               "class TestCases(unittest.TestCase):\n"
+               "    def test_inside(self):\n"
+               "        subprocess.run(['touch', 'made_here.txt'], check=True)\n"
+               "        self.assertTrue(__import__('os').path.exists('made_here.txt'))\n"
+               "    def test_outside(self):\n"
+               f"        subprocess.run(['sh', '-c', 'echo x > {target}'])\n")
+    out = execute(Job("unittest", program, 10))
+    if not (out.isolation and out.isolation.get("landlock_abi") and out.isolation.get("netns")):
+        pytest.skip("kernel without Landlock or user namespaces: subprocesses stay blocked there")
+    assert out.passed, out.status
+    assert not target.exists()
+
+
+def test_kernel_layers_hold_without_python_hooks(tmp_path: Path):
+    """Landlock and the network namespace alone (no audit hook, no guard) stop a shell's writes and connects."""
+    sandbox, target = tmp_path / "box", tmp_path / "escaped.txt"
+    sandbox.mkdir()
+    code = (f"import os, socket, sys\nsys.path.insert(0, {str(Path(_CHILD_DIR))!r})\nimport _sandbox_child as c\n"
+            f"libc = c._Libc()\nnet, abi = c._isolate_network(libc), c._landlock(libc, {str(sandbox)!r})\n"
+            f"os.system('echo x > {target}; echo y > {sandbox}/inside.txt')\n"
+            "try:\n    socket.create_connection(('127.0.0.1', 22), timeout=1)\n    conn = 'connected'\n"
+            "except OSError:\n    conn = 'refused'\nprint(net, abi, conn)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
+    if len(out) < 3 or out[0] != "True" or out[1] == "0":
+        pytest.skip(f"kernel without Landlock or user namespaces: {out}")
+    assert not target.exists()
+    assert (sandbox / "inside.txt").read_text() == "y\n"
+    assert out[2] == "refused"
