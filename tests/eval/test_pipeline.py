@@ -106,3 +106,52 @@ def test_light_humaneval_with_a_scripted_backend():
     out = light_humaneval("unused", limit=5, backend=backend)
     assert out == {"humaneval_pass@1": 1.0, "humaneval_problems": 5.0}
     assert HumanEval().load(3)[0].task_id == "HumanEval/0"
+
+
+def test_sampled_pass_at_k_uses_every_sample(tmp_path, tiny_model):
+    """n completions per problem reach the sandbox in order and are scored with the unbiased estimator."""
+    problems = _human_eval_problems()
+    right = canonical_answer(problems)
+
+    class ThreeSamples(ScriptedBackend):
+        def generate(self, prompts, stop, params, progress=None):
+            assert params.n == 3 and params.do_sample
+            return [[right(p), "\n    return None\n", "\n    raise ValueError\n"] for p in prompts]
+
+    cfg = _cfg(tmp_path, str(tiny_model), ["humaneval"], 3)
+    cfg.generation = GenerationConfig(do_sample=True, n_samples=3, pass_k=[1, 2, 3], max_new_tokens=8)
+    entry = evaluate(cfg, lambda spec, gen: ThreeSamples(right))["models"][0]["tasks"]["humaneval"]
+    assert entry["pass@1"] == pytest.approx(1 / 3) and entry["pass@2"] == pytest.approx(2 / 3)
+    assert entry["pass@3"] == 1.0 and entry["samples_per_problem"] == 3
+    lines = (tmp_path / "out" / "samples" / f"{tiny_model.name}-humaneval.jsonl").read_text().splitlines()
+    assert [json.loads(x)["passed"] for x in lines] == [True, False, False] * 3
+
+
+def test_vllm_backend_maps_parameters(monkeypatch):
+    """The vLLM seam without a GPU: a stand-in module records what the backend asks for."""
+    import sys
+    import types
+
+    from arctic_pretrain.eval.generation import SamplingParams, build_backend
+
+    seen = {}
+
+    class LLM:
+        def __init__(self, model, dtype):
+            seen["model"] = model
+
+        def generate(self, prompts, params):
+            seen["params"] = params
+            out = types.SimpleNamespace(text="    return 1")
+            return [types.SimpleNamespace(outputs=[out] * params.n) for _ in prompts]
+
+    class VParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=VParams))
+    backend = build_backend("some/model", backend="vllm")
+    out = backend.generate(["a", "b"], ["\ndef"], SamplingParams(max_new_tokens=7, n=2))
+    assert out == [["    return 1"] * 2] * 2
+    p = seen["params"]
+    assert (p.temperature, p.max_tokens, p.stop, p.n) == (0.0, 7, ["\ndef"], 2) and seen["model"] == "some/model"

@@ -105,3 +105,10 @@ def test_cli_contract(tmp_path, tiny_model):
     unknown = subprocess.run([sys.executable, "launch/evaluate.py", f"model={tiny_model}", "generation.tempreture=1"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert unknown.returncode != 0 and "tempreture" in unknown.stderr
+
+
+def test_light_humaneval_loads_an_export(tiny_model):
+    from arctic_pretrain.eval.light import light_humaneval
+
+    out = light_humaneval(tiny_model, limit=2, max_new_tokens=8, timeout_s=2.0)
+    assert out["humaneval_problems"] == 2.0 and 0.0 <= out["humaneval_pass@1"] <= 1.0
