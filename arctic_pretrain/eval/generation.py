@@ -106,7 +106,9 @@ class HFBackend:
 
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo:lo + self.batch_size]
-            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            # the tokenizer's own special tokens (a BOS for Llama-family baselines, none for this project's BPE),
+            # as evalplus's HF decoder encodes prompts
+            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
             batch = batch.to(self.device)
             prompt_len = batch["input_ids"].shape[1]
             kwargs = {"do_sample": params.do_sample, "max_new_tokens": self._room(prompt_len, params.max_new_tokens),

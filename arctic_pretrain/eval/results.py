@@ -89,7 +89,7 @@ def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
         tail += ["", "Problems evaluated:", *counts]
     if reference:
         tail += ["", "Paper rows: Arctic-SnowCoder (arXiv 2409.02326), greedy pass@1; the paper reports no plain "
-                 "HumanEval column."]
+                 "HumanEval column. Tokens: consumed so far for this run's phases, as the paper lists them for its rows."]
     return "\n".join(head + lines + tail) + "\n"
 
 
