@@ -112,3 +112,41 @@ def test_light_humaneval_loads_an_export(tiny_model):
 
     out = light_humaneval(tiny_model, limit=2, max_new_tokens=8, timeout_s=2.0)
     assert out["humaneval_problems"] == 2.0 and 0.0 <= out["humaneval_pass@1"] <= 1.0
+
+
+def test_heldout_loss_per_source(tmp_path):
+    """Loss on the tail windows of each shard source; a source of the model's favourite text scores lower."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
+    from arctic_pretrain.eval.light import heldout_loss
+
+    vocab = 64
+
+    class Sevens(torch.nn.Module):
+        """Always predicts token 7 (logit 20, others 0)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(vocab))
+
+        def forward(self, input_ids, position_ids, use_cache):
+            logits = self.bias.expand(*input_ids.shape, vocab).clone()
+            logits[..., 7] = 20.0
+            return types.SimpleNamespace(logits=logits)
+
+    model = Sevens()
+    rng = np.random.default_rng(0)
+    info = TokenizerInfo("t", vocab, eos_id=0)
+    for name, docs in {"sevens": [[7] * 40 for _ in range(6)],
+                       "noise": [rng.integers(1, vocab, 40).tolist() for _ in range(6)]}.items():
+        with ShardWriter(tmp_path / name, info, shard_tokens=64) as w:
+            w.add_documents(docs)
+    model.train()
+    out = heldout_loss(model, {n: tmp_path / n for n in ("sevens", "noise")}, windows=3, seq_len=32, batch_size=2)
+    assert set(out) == {"heldout_loss/sevens", "heldout_loss/noise"}
+    assert out["heldout_loss/sevens"] < 1.0 and out["heldout_loss/noise"] > 15  # sevens: only its EOS costs
+    assert model.training  # the trainer's mode is restored
