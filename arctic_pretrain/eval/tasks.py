@@ -27,9 +27,8 @@ TASKS = ("humaneval", "humaneval_plus", "mbpp_plus", "evoeval", "bigcodebench")
 
 # bigcode-evaluation-harness's HumanEval stop words, plus the StarCoder2 separators of this tokenizer family.
 CODE_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>", "<|endoftext|>")
-# MBPP+ completions write the whole function: stop at the next top-level statement that is not part of it.
-MBPP_STOPS = ("\nclass", "\ndef", "\n#", "\nprint", "\nif __name__", "\nassert", '\n"""', "\n```", "<file_sep>",
-              "<|endoftext|>")
+# MBPP+ completions write whole functions (helpers included): evalplus's base-model stops plus test-like lines.
+MBPP_STOPS = ("\nif __name__", "\ndef main(", "\nprint(", "\nassert", '\n"""', "\n```", "<file_sep>", "<|endoftext|>")
 
 
 class TaskUnavailable(RuntimeError):
@@ -53,10 +52,6 @@ class Task:
 
     def job(self, problem: Problem, prompt: str, completion: str, timeout_s: float) -> Job:
         raise NotImplementedError
-
-    def canonical(self, problem: Problem) -> str:
-        """The reference completion for ``problem.prompt`` (tests and benchmarks use it)."""
-        return problem.data["canonical_solution"]
 
 
 def _hash_file(path: str | Path) -> str:

@@ -28,6 +28,8 @@ def test_truncate_at_stop():
     assert truncate_at_stop(body, CODE_STOPS) == "\n    return x + 1\n"
     mbpp = "\ndef f(a):\n    return a\n\nassert f(1) == 1\n"
     assert truncate_at_stop(mbpp, MBPP_STOPS) == "\ndef f(a):\n    return a\n"
+    helpers = "\ndef g():\n    return 1\n\ndef f():\n    return g()\n\nprint(f())"
+    assert truncate_at_stop(helpers, MBPP_STOPS) == helpers[:helpers.index("\nprint")]  # helpers survive
     assert truncate_at_stop("    x = 1<|endoftext|>junk", CODE_STOPS) == "    x = 1"
     assert truncate_at_stop("no stop here", CODE_STOPS) == "no stop here"
 
