@@ -53,6 +53,11 @@ def truncate_at_stop(completion: str, stop: Sequence[str]) -> str:
     return completion[:cut]
 
 
+def _cut_at_specials(text: str, specials: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(t) for t in specials) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 class HFBackend:
     """transformers generate(): batched with left padding, stopping a row once a stop sequence appears."""
 
@@ -79,8 +84,9 @@ class HFBackend:
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if not limit or prompt_len + wanted <= limit:
             return wanted
-        log.log(logging.INFO if self._warned else logging.WARNING,"prompt of %d tokens + max_new_tokens=%d exceeds the model's %d positions: generating %d",
-                    prompt_len, wanted, limit, max(1, limit - prompt_len))
+        log.log(logging.INFO if self._warned else logging.WARNING,
+                "prompt of %d tokens + max_new_tokens=%d exceeds the model's %d positions: generating %d",
+                prompt_len, wanted, limit, max(1, limit - prompt_len))
         self._warned = True
         return max(1, limit - prompt_len)
 
@@ -90,6 +96,7 @@ class HFBackend:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok = self.tokenizer
+        specials = [t for t in tok.all_special_tokens if t]
         # Longest prompts first keeps padding small within a batch; the order is restored at the end.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         by_index: dict[int, list[str]] = {}
@@ -123,7 +130,9 @@ class HFBackend:
                 out = self.model.generate(**batch, **kwargs)
             new = out[:, prompt_len:]
             self.tokens_generated += int((new != tok.pad_token_id).sum())
-            texts = tok.batch_decode(new, skip_special_tokens=True)
+            # Special tokens end the code (EOS, padding, <file_sep>): cut there rather than skip them, which
+            # would glue the next file's text onto the completion.
+            texts = [_cut_at_specials(t, specials) for t in tok.batch_decode(new, skip_special_tokens=False)]
             for j, i in enumerate(idx):
                 by_index[i] = texts[j * params.n:(j + 1) * params.n]
             if progress:

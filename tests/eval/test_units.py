@@ -52,3 +52,12 @@ def test_config_errors_name_the_key(change, key):
     with pytest.raises(EvalConfigError, match=key):
         validate(cfg)
     validate(EvalConfig(model="m", generation=GenerationConfig(do_sample=True, n_samples=5, pass_k=[1, 5])))
+
+
+def test_special_tokens_end_a_completion():
+    from arctic_pretrain.eval.generation import _cut_at_specials
+
+    specials = ["<|endoftext|>", "<file_sep>"]
+    assert _cut_at_specials("    return x<file_sep>other.py\nimport os", specials) == "    return x"
+    assert _cut_at_specials("    return x<|endoftext|><|endoftext|>", specials) == "    return x"
+    assert _cut_at_specials("    return x", specials) == "    return x"
