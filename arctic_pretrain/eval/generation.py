@@ -161,6 +161,20 @@ class VLLMBackend:
             progress(len(prompts))
         return [[c.text for c in o.outputs] for o in outputs]
 
+    def close(self) -> None:
+        """Give the GPU back before the next phase's engine starts (vLLM keeps it until told)."""
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        del self.llm
+
 
 def vllm_available() -> bool:
     import torch

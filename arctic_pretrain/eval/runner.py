@@ -168,6 +168,8 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
             row["tasks"][name] = {**summary, "cached": False}
             log.info("%s %s: pass@1 %.3f over %d problems", spec.name, name, summary["pass@1"], summary["problems"])
         results["models"].append(row)
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
         del backend
         _free_memory()
         write_outputs(results, out_dir, cfg.reference)  # partial results survive a crash of a later model

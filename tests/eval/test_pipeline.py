@@ -155,3 +155,5 @@ def test_vllm_backend_maps_parameters(monkeypatch):
     assert out == [["    return 1"] * 2] * 2
     p = seen["params"]
     assert (p.temperature, p.max_tokens, p.stop, p.n) == (0.0, 7, ["\ndef"], 2) and seen["model"] == "some/model"
+    backend.close()  # no vllm.distributed in the stand-in: closing still succeeds
+    assert not hasattr(backend, "llm")
