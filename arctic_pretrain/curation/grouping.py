@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
@@ -89,28 +90,31 @@ class GroupAndTokenize(PipelineStep):
         self.group, self.tok_cfg = group, tokenize
 
     def _encode(self, writer: ShardWriter, docs: list[list[tuple[str, str]]], tokenizer, language: str) -> None:
-        """Encode every piece of a batch of repository documents in one encode_batch call.
+        """Encode the pieces of a batch of repository documents, ``tokenize.batch_size`` pieces per
+        encode_batch call, and write one document per repository.
 
         The separators are added tokens, which the tokenizer splits the input on before anything
         else, so encoding the pieces apart gives the ids of the joined text, with per-file
-        parallelism instead of one thread per (possibly huge) repository."""
+        parallelism instead of one thread per (possibly huge) repository. Ids are kept as uint32
+        arrays: a tokenizers Encoding costs ~100 bytes per token, which a large repository (a
+        framework's whole source tree) would turn into gigabytes."""
         special = {sep: tokenizer.token_to_id(sep) for sep in (REPO_NAME, FILE_SEP)}
         if None in special.values():  # a tokenizer without StarCoder2 separators: plain text
-            texts = ["".join(sep + text for sep, text in doc) for doc in docs]
-            ids_per_doc = [enc.ids for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
-        else:
-            flat = [text for doc in docs for _, text in doc]
-            encoded = iter(tokenizer.encode_batch(flat, add_special_tokens=False))
-            ids_per_doc = []
-            for doc in docs:
-                ids: list[int] = []
-                for sep, _ in doc:
-                    ids.append(special[sep])
-                    ids.extend(next(encoded).ids)
-                ids_per_doc.append(ids)
-        for ids in ids_per_doc:
+            docs = [[("", "".join(sep + text for sep, text in doc))] for doc in docs]
+        flat = [(i, sep, text) for i, doc in enumerate(docs) for sep, text in doc]
+        parts: list[list[np.ndarray]] = [[] for _ in docs]
+        step = self.tok_cfg.batch_size
+        for lo in range(0, len(flat), step):
+            chunk = flat[lo:lo + step]
+            for (i, sep, _), enc in zip(chunk, tokenizer.encode_batch([t for _, _, t in chunk],
+                                                                      add_special_tokens=False), strict=True):
+                if sep:
+                    parts[i].append(np.asarray([special[sep]], dtype=np.uint32))
+                parts[i].append(np.asarray(enc.ids, dtype=np.uint32))
+        for pieces in parts:
+            ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint32)
             writer.add_document(ids)
-            self.stat_update(f"tokens_{language}", value=len(ids) + 1)  # + the EOS the writer appends
+            self.stat_update(f"tokens_{language}", value=int(ids.size) + 1)  # + the EOS the writer appends
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from tokenizers import Tokenizer

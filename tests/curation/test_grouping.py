@@ -104,7 +104,7 @@ def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path) -> None:
     step = GroupAndTokenize("", "", str(tokenizer_dir), GroupConfig(), TokenizeConfig())
     step._encode(writer, docs, tok, "python")
     joined = ["".join(s + t for s, t in d) for d in docs]
-    assert writer.docs == [tok.encode(text, add_special_tokens=False).ids for text in joined]
+    assert [list(d) for d in writer.docs] == [tok.encode(text, add_special_tokens=False).ids for text in joined]
     assert writer.docs[1][0] == tok.token_to_id(REPO_NAME) and writer.docs[0][0] == tok.token_to_id(FILE_SEP)
 
 
