@@ -54,6 +54,18 @@ def _records(b: BenchmarkConfig) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def _json_list(value: object) -> object:
+    """APPS stores its solutions as a JSON-encoded list in one string: unpack it."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed):
+            return parsed
+    return value
+
+
 def load_benchmark_strings(cfg: DecontamConfig) -> list[BenchmarkString]:
     """Every configured field of every task (list fields give one string per element)."""
     out = []
@@ -65,7 +77,7 @@ def load_benchmark_strings(cfg: DecontamConfig) -> list[BenchmarkString]:
         for i, rec in enumerate(records):
             task = str(rec.get(b.id_field, i))
             for f in b.fields:
-                value = rec.get(f)
+                value = _json_list(rec.get(f))
                 values = value if isinstance(value, list) else [value]
                 out += [BenchmarkString(b.name, task, v) for v in values if isinstance(v, str) and v.strip()]
     return out

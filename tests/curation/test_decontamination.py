@@ -58,3 +58,11 @@ def test_disabled_keeps_everything(tmp_path: Path, normal_python: str) -> None:
     doc = Document(normal_python + HUMANEVAL_0_SOLUTION, "r/x.py", metadata={})
     assert [d.id for d in step.run(iter([doc]))] == ["r/x.py"]
     assert step.stats["in_docs"].total == 1 and step.stats["out_docs"].total == 1
+
+
+def test_json_encoded_solution_lists_are_unpacked(tmp_path: Path) -> None:
+    solution = "def solve(n):\n    return sum(range(n + 1)) * 2 - n"
+    (tmp_path / "apps.jsonl").write_text(json.dumps({"problem_id": 7, "solutions": json.dumps([solution])}) + "\n")
+    cfg = DecontamConfig(benchmarks=[BenchmarkConfig(name="apps", source=str(tmp_path / "apps.jsonl"),
+                                                     fields=["solutions"], id_field="problem_id")])
+    assert [(s.task_id, s.text) for s in load_benchmark_strings(cfg)] == [("7", solution)]
