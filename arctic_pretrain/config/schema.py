@@ -127,6 +127,16 @@ class LoggingConfig:
 
 
 @dataclass
+class PhaseEvalConfig:
+    """Light evaluation at every phase end (rank 0, on the phase's export), logged like any metric."""
+
+    enabled: bool = False
+    humaneval_limit: int = 20  # first N HumanEval problems, greedy pass@1 in the sandbox (0: skip)
+    max_new_tokens: int = 128
+    heldout_windows: int = 8  # last N windows of every source: never trained on, scored at phase ends
+
+
+@dataclass
 class TrainConfig:
     """A whole run: `python launch/train.py --cfg job` prints the composed instance."""
 
@@ -138,6 +148,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
     run_dir: str = "runs/default"  # metrics.jsonl, checkpoints/, export/; rerun with the same run_dir to resume
     seed: int = 1234
     tokenizer: str | None = None  # HF tokenizer folder or hub name for exports; None: the sources' manifest

@@ -89,6 +89,8 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
     _require(cfg.logging.interval > 0, "logging.interval", cfg.logging.interval, "must be positive")
     _require(cfg.logging.wandb_mode in WANDB_MODES, "logging.wandb_mode", cfg.logging.wandb_mode,
              f"must be one of {WANDB_MODES}")
+    _require(not cfg.evaluation.enabled or cfg.checkpoint.export_phases, "evaluation.enabled", True,
+             "phase evaluation scores the phase exports: needs checkpoint.export_phases=true")
     _require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +86,35 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def export_phase(trainer: Trainer, phase: Phase) -> None:
-    """Phase end: rank 0 writes run_dir/export/<phase> from the checkpoint just published."""
-    if dist.rank() == 0:
-        tag = trainer.checkpoints.latest_tag()
-        export_checkpoint(trainer.checkpoints.root / tag, trainer.run_dir / "export" / phase.name,
-                          tokenizer=trainer.tokenizer, meta={"phase": phase.name, "phase_index": phase.index})
-    dist.barrier()
+def phase_end_hook(cfg: TrainConfig):
+    """Phase end: rank 0 exports run_dir/export/<phase> from the checkpoint just published, then
+    (evaluation.enabled) scores the export and logs the figures as a metric line."""
+
+    def hook(trainer: Trainer, phase: Phase) -> None:
+        if dist.rank() == 0:
+            tag = trainer.checkpoints.latest_tag()
+            out = export_checkpoint(trainer.checkpoints.root / tag, trainer.run_dir / "export" / phase.name,
+                                    tokenizer=trainer.tokenizer, meta={"phase": phase.name, "phase_index": phase.index})
+            if cfg.evaluation.enabled:
+                trainer.sink.write(light_evaluation(cfg, out, trainer, phase))
+        dist.barrier()
+
+    return hook
+
+
+def light_evaluation(cfg: TrainConfig, export_dir: Path, trainer: Trainer, phase: Phase) -> dict:
+    from arctic_pretrain.eval.light import heldout_loss, light_humaneval
+
+    ev = cfg.evaluation
+    record = {"step": trainer.state.step, "phase": phase.name, "phase_index": phase.index,
+              "consumed_tokens": trainer.state.consumed_tokens, "event": "phase_eval", "time": time.time()}
+    sources = {name: src.path for name, src in cfg.data.sources.items()}
+    record.update(heldout_loss(export_dir, sources, windows=ev.heldout_windows, seq_len=cfg.training.seq_len))
+    if ev.humaneval_limit > 0:
+        scores = light_humaneval(export_dir, limit=ev.humaneval_limit, max_new_tokens=ev.max_new_tokens)
+        record.update({f"eval/{k}": v for k, v in scores.items()})
+    log.info("phase %s evaluation: %s", phase.name, {k: v for k, v in record.items() if "/" in k})
+    return record
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -120,7 +143,8 @@ def run(cfg: TrainConfig) -> dict:
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
     max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
-    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs)
+    holdout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
+    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, holdout_windows=holdout)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     if dist.rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +158,7 @@ def run(cfg: TrainConfig) -> dict:
         run_dir=run_dir, global_batch=cfg.training.global_batch_size, micro_batch=cfg.training.micro_batch_size,
         log_interval=cfg.logging.interval, checkpoint_interval=cfg.checkpoint.interval,
         flops_per_token=flops_per_token(cfg.model, vocab, cfg.training.seq_len), peak_flops=peak_flops(cfg.peak_tflops),
-        on_phase_end=export_phase if cfg.checkpoint.export_phases else None,
+        on_phase_end=phase_end_hook(cfg) if cfg.checkpoint.export_phases else None,
         hf_config=model.config, tokenizer=tokenizer, max_steps=cfg.max_steps,
     )
     for phase in curriculum.describe():
@@ -143,5 +167,9 @@ def run(cfg: TrainConfig) -> dict:
     trainer.resume()
     result = trainer.fit()
     trainer.sink.close()
+    if dist.rank() == 0 and (run_dir / "metrics.jsonl").is_file():
+        from arctic_pretrain.train.plots import plot_losses
+
+        log.info("loss curves: %s", plot_losses(run_dir))
     log.info("done: step %d, %d tokens", result["step"], result["consumed_tokens"])
     return result

@@ -184,6 +184,6 @@ class Trainer:
                   "consumed_tokens": self.state.consumed_tokens, "lr": lr,
                   "loss": averaged.get("loss"), "grad_norm": averaged.get("grad_norm"),
                   "tokens_per_s": averaged.get("tokens_per_s"), "mfu": averaged.get("mfu"),
-                  "step_seconds": averaged.get("step_seconds")}
+                  "step_seconds": averaged.get("step_seconds"), "time": time.time()}
         record.update({k: v for k, v in averaged.items() if k.startswith("loss/")})
         self.sink.write(record)
