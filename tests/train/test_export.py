@@ -1,0 +1,139 @@
+"""HF exports of DeepSpeed checkpoints: exact weights for ZeRO 1 and 3, the CLI, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from arctic_pretrain.config.schema import ModelConfig
+from arctic_pretrain.model import build_model
+from arctic_pretrain.train.checkpoint import COMPLETE, CheckpointManager
+from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
+from tests.conftest import run_cli
+
+TINY = ModelConfig(name="tiny-export", hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4,
+                   num_kv_heads=4, max_seq_len=64, vocab_size=96, attention="sdpa")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def process_group(monkeypatch):
+    """A world-size-1 process group in this process (gloo on CPU), as the trainer's ranks have."""
+    import deepspeed
+    import torch.distributed as tdist
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)  # DeepSpeed's engine reads them; later subprocesses must not
+    if not tdist.is_initialized():
+        deepspeed.init_distributed(dist_backend=None, verbose=False)
+
+
+def ds_config(stage: int) -> dict:
+    params = {"lr": 1e-2, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+    if not torch.cuda.is_available():
+        params["torch_adam"] = True
+    zero = {"stage": stage}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0, "zero_optimization": zero, "bf16": {"enabled": False},
+            "optimizer": {"type": "AdamW", "params": params}, "steps_per_print": 10**9,
+            "zero_allow_untested_optimizer": True}
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_export_matches_engine_logits(tmp_path, process_group, stage):
+    import deepspeed
+
+    torch.manual_seed(0)
+    model = build_model(TINY, TINY.vocab_size, eos_id=0)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config(stage))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        ids = torch.randint(1, TINY.vocab_size, (2, 16), generator=gen)
+        loss = engine(input_ids=ids, labels=ids, use_cache=False).loss
+        engine.backward(loss)
+        engine.step()
+    state = {"step": 2, "consumed_tokens": 64, "phase": "general", "phase_index": 0, "phase_end": None,
+             "world_size": 1, "global_batch_size": 2}
+    manager = CheckpointManager(tmp_path / "checkpoints", keep_last=2)
+    tag = manager.save(engine, 2, state, hf_config=model.config)
+
+    out = export_checkpoint(manager.root / tag, tmp_path / "export", meta={"note": "test"}, dtype=torch.float32)
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert exported.dtype == torch.float32
+    meta = json.loads((out / EXPORT_META).read_text())
+    assert meta["step"] == 2 and meta["note"] == "test"
+
+    probe = torch.randint(1, TINY.vocab_size, (2, 24), generator=gen)
+    engine.eval()
+    with torch.no_grad():
+        expected = engine(input_ids=probe, use_cache=False).logits.float()
+        got = exported(input_ids=probe, use_cache=False).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    engine.destroy()
+
+
+def write_incomplete(tag_dir):
+    tag_dir.mkdir(parents=True)
+    (tag_dir / "trainer_state.json").write_text("{}")
+    (tag_dir / "mp_rank_00_model_states.pt").write_bytes(b"")
+
+
+def test_cli_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    proc = run_cli(["launch/export.py", f"checkpoint={missing}", f"output={tmp_path / 'out'}"])
+    assert proc.returncode == 2 and str(missing) in proc.stderr and "no such" in proc.stderr
+
+    tag = tmp_path / "run" / "checkpoints" / "step_00000005"
+    write_incomplete(tag)
+    proc = run_cli(["launch/export.py", f"checkpoint={tag}", f"output={tmp_path / 'out'}"])
+    assert proc.returncode == 2 and str(tag) in proc.stderr and "incomplete" in proc.stderr
+
+    (tag.parent / "latest").write_text(tag.name)  # a pointer to an incomplete tag: named, refused
+    proc = run_cli(["launch/export.py", f"checkpoint={tmp_path / 'run'}", f"output={tmp_path / 'out'}"])
+    assert proc.returncode == 2 and str(tag) in proc.stderr and COMPLETE in proc.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(["launch/export.py", f"checkpoint={empty}", f"output={tmp_path / 'out'}"])
+    assert proc.returncode == 2 and str(empty) in proc.stderr and "not a checkpoint" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+    proc = run_cli(["launch/export.py", f"checkpoint={empty}"])
+    assert proc.returncode == 2 and "output=" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_exports_a_two_rank_zero3_run(tmp_path, demo_cache):
+    run_dir = tmp_path / "run"
+    launcher = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port())]
+    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}",
+                    "deepspeed=zero3", "max_steps=3"], launcher=launcher)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+
+    out = tmp_path / "hf"
+    proc = run_cli(["launch/export.py", f"checkpoint={run_dir}", f"output={out}", "dtype=float32"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / EXPORT_META).read_text())
+    assert meta["step"] == 3 and meta["checkpoint"].endswith("step_00000003")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.float32
+    inputs = tokenizer("def fibonacci(n):", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+    assert isinstance(tokenizer.decode(generated[0]), str)
