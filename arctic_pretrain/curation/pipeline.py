@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,15 @@ def check_output_dir(cfg: CurateConfig) -> str:
     return digest
 
 
+def _encode_threads(cfg: CurateConfig) -> int:
+    """Encoding threads per local worker so that workers x threads = cores; 0 (all) elsewhere."""
+    e = cfg.executor
+    if e.kind != "local":
+        return 0
+    workers = cfg.group.buckets if e.workers == -1 else min(e.workers, cfg.group.buckets)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
     out = Path(cfg.output_dir).resolve()
     work = out / "work"
@@ -146,8 +156,8 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
     stages += [
         Stage("clean", clean, tasks),
         Stage("tokenizer", [PrepareTokenizer(cfg.tokenize, documents, tokenizer)], 1),
-        Stage("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize)],
-              cfg.group.buckets),
+        Stage("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize,
+                                            threads=_encode_threads(cfg))], cfg.group.buckets),
         Stage("finalize", [Finalize(str(out), digest, cfg.decontamination.max_report_matches)], 1),
     ]
     return stages
