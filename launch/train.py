@@ -42,6 +42,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(dict_cfg: DictConfig) -> None:
     from arctic_pretrain.train.run import run
+    from arctic_pretrain.train.trainer import TrainingDiverged
 
     try:
         cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
@@ -49,6 +50,9 @@ def main(dict_cfg: DictConfig) -> None:
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,17 @@ def random_docs() -> list[list[int]]:
     return [rng.integers(1, 1000, rng.integers(1, 40)).tolist() for _ in range(200)]
 
 
-def run_cli(args: list[str], env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launcher: list[str] | None = None
             ) -> subprocess.CompletedProcess:
     """Run a launch/ script the way a user does, from the project root."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = (launcher or [sys.executable]) + args
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -127,6 +127,28 @@ class LoggingConfig:
 
 
 @dataclass
+class GuardsConfig:
+    """What a bad step does: skipped (no update) and counted in metrics.jsonl; too many in a row stop the run."""
+
+    skip_nonfinite: bool = True  # a NaN/inf loss or gradient skips the update
+    max_consecutive_bad: int = 5  # this many non-finite steps in a row: save, then stop with an error
+    spike_zscore: float | None = None  # skip a step whose loss is this many std devs above the window mean (e.g. 6)
+    spike_window: int = 128  # recent accepted losses the z-score is taken over
+    spike_min_window: int = 32  # no spike decision before this many accepted steps
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection for the resume and guard tests. Never set in a real run."""
+
+    nan_loss_at_step: int | None = None  # rank 0's loss for this step (1-based) becomes NaN ...
+    nan_loss_count: int = 1  # ... and for the steps after it, this many in all
+    spike_at_step: int | None = None  # rank 0's loss for this step is multiplied by 100 (a finite spike)
+    kill_at_step: int | None = None  # rank 0 SIGKILLs itself at this step ...
+    kill_point: str = "after_step"  # ... after_step | during_save (files written, not published) | phase_transition
+
+
+@dataclass
 class PhaseEvalConfig:
     """Light evaluation at every phase end (rank 0, on the phase's export), logged like any metric."""
 
@@ -149,6 +171,11 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    init_from: str | None = None  # start from another run's checkpoint (<run_dir> or <run_dir>/checkpoints/<tag>)
+    init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
+    init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point
     run_dir: str = "runs/default"  # metrics.jsonl, checkpoints/, export/; rerun with the same run_dir to resume
     seed: int = 1234
     tokenizer: str | None = None  # HF tokenizer folder or hub name for exports; None: the sources' manifest

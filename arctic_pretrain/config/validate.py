@@ -15,6 +15,7 @@ DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("online", "offline", "disabled")
 WEIGHTINGS = ("explicit", "natural")
+KILL_POINTS = ("after_step", "during_save", "phase_transition")
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,13 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
              f"must be one of {WANDB_MODES}")
     _require(not cfg.evaluation.enabled or cfg.checkpoint.export_phases, "evaluation.enabled", True,
              "phase evaluation scores the phase exports: needs checkpoint.export_phases=true")
+    g = cfg.guards
+    _require(g.max_consecutive_bad > 0, "guards.max_consecutive_bad", g.max_consecutive_bad, "must be positive")
+    _require(g.spike_zscore is None or g.spike_zscore > 0, "guards.spike_zscore", g.spike_zscore, "must be positive")
+    _require(1 < g.spike_min_window <= g.spike_window, "guards.spike_min_window", g.spike_min_window,
+             f"must be in (1, guards.spike_window={g.spike_window}]")
+    _require(cfg.faults.kill_point in KILL_POINTS, "faults.kill_point", cfg.faults.kill_point,
+             f"must be one of {KILL_POINTS}")
     _require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
 
 

@@ -102,10 +102,13 @@ class Curriculum:
                 return phase
         return None
 
-    def lr_at(self, consumed: int) -> float:
+    def lr_at(self, consumed: int, restart: int | None = None) -> float:
+        """LR of the step starting at ``consumed``; ``restart`` (a branch with init_reset_schedule)
+        makes the phase that contains it run its schedule anew from there."""
         phase = self.phase_at(consumed)
-        step = (consumed - phase.start) // self.tokens_per_step
-        return lr_in_phase(phase.lr, step, phase.tokens // self.tokens_per_step)
+        start = restart if restart is not None and phase.start <= restart < phase.end else phase.start
+        step = (consumed - start) // self.tokens_per_step
+        return lr_in_phase(phase.lr, step, (phase.end - start) // self.tokens_per_step)
 
     def describe(self) -> list[dict]:
         tps = self.tokens_per_step

@@ -16,6 +16,9 @@ import logging
 import os
 import random
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +95,7 @@ class CheckpointManager:
         return sorted(p.parent.name for p in self.root.glob(f"*/{COMPLETE}"))
 
     # ---- writing -------------------------------------------------------------------------------
-    def save(self, engine, step: int, state: dict[str, Any], hf_config=None) -> str:
+    def save(self, engine, step: int, state: dict[str, Any], hf_config=None, before_publish=None) -> str:
         """Write a checkpoint on every rank, then publish it from rank 0. Collective."""
         tag = tag_for(step)
         folder = self.root / tag
@@ -112,6 +115,8 @@ class CheckpointManager:
                     with open(path, "rb+") as fh:
                         os.fsync(fh.fileno())
             atomic_write(folder / STATE, json.dumps(state, indent=2))
+            if before_publish is not None:
+                before_publish()  # fault injection: everything written, nothing published
             atomic_write(folder / COMPLETE, "")
             atomic_write(self.root / LATEST, tag)
             self.prune()
@@ -127,13 +132,76 @@ class CheckpointManager:
                 shutil.rmtree(self.root / tag, ignore_errors=True)
 
     # ---- loading -------------------------------------------------------------------------------
-    def load(self, engine, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
-        """Restore engine (model, optimizer) and this rank's RNG; return the trainer state."""
-        path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=load_optimizer,
-                                         load_lr_scheduler_states=False, load_module_only=not load_optimizer)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {self.root / tag}")
-        rng_file = self.root / tag / f"rng_rank{dist.rank()}.pt"
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        return self.read_state(tag)
+def load_engine(engine, root: Path, tag: str, load_optimizer: bool = True, rng_root: Path | None = None) -> None:
+    """Restore model (and optimizer) from ``root/tag``, and this rank's RNG when it was saved."""
+    path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=load_optimizer,
+                                     load_lr_scheduler_states=False, load_module_only=not load_optimizer)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+    rng_file = (rng_root or root) / tag / f"rng_rank{dist.rank()}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+
+
+@dataclass
+class RestorePlan:
+    """Where a starting run takes its state from, decided before DeepSpeed is initialised."""
+
+    root: Path  # folder holding the tag (a checkpoints/ dir)
+    tag: str
+    state: dict[str, Any]
+    universal: bool  # saved with another world size: load through DeepSpeed's universal format
+    branch: bool  # init_from another run (not a resume of this one)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """`<run_dir>`, `<run_dir>/checkpoints` or `<run_dir>/checkpoints/<tag>` -> (checkpoints root, tag)."""
+    path = Path(path)
+    if (path / STATE).is_file():
+        if not (path / COMPLETE).is_file():
+            raise FileNotFoundError(f"{path}: checkpoint is incomplete (no {COMPLETE} marker)")
+        return path.parent, path.name
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    tag = CheckpointManager(root, 1).latest_tag() if root.is_dir() else None
+    if tag is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint there (looked for {root / LATEST})")
+    return root, tag
+
+
+def plan_restore(own: CheckpointManager, init_from: str | None, world_size: int) -> RestorePlan | None:
+    tag = own.latest_tag()
+    if tag is not None:
+        root, branch = own.root, False
+    elif init_from:
+        try:
+            root, tag = resolve_checkpoint(init_from)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"init_from={init_from!r}: {err}") from None
+        branch = True
+    else:
+        return None
+    state = json.loads((root / tag / STATE).read_text())
+    return RestorePlan(root, tag, state, state["world_size"] != world_size, branch)
+
+
+def to_universal(plan: RestorePlan, own_root: Path) -> Path:
+    """Convert the planned checkpoint with DeepSpeed's ds_to_universal (rank 0, once); returns its root."""
+    out_root = own_root / ("universal-init" if plan.branch else "universal")
+    target = out_root / plan.tag
+    if dist.rank() == 0 and not (target / COMPLETE).is_file():
+        tmp = out_root / f".{plan.tag}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        log.info("world size changed (%d -> %d): converting %s to a universal checkpoint",
+                 plan.state["world_size"], dist.world_size(), plan.root / plan.tag)
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+               str(plan.root / plan.tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"ds_to_universal failed on {plan.root / plan.tag}:\n{proc.stderr[-3000:]}")
+        (tmp / COMPLETE).write_text("")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    dist.barrier()
+    return out_root

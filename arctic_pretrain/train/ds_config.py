@@ -26,7 +26,7 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainConfig, world_size: int, load_universal: bool = False) -> dict[str, Any]:
     t, ds, opt = cfg.training, cfg.deepspeed, cfg.optimizer
     gas = t.global_batch_size // (t.micro_batch_size * world_size)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
@@ -38,9 +38,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False  # exports read the fp32 checkpoint
-    params: dict[str, Any] = {"lr": 0.0, "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay}
-    if not torch.cuda.is_available() and not ds.offload_optimizer:
-        params["torch_adam"] = True  # FusedAdam is a CUDA kernel; torch's AdamW on CPU
+    # the optimizer is ours (guards.make_optimizer: AdamW that can skip a bad step), passed to initialize()
     config: dict[str, Any] = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
@@ -48,9 +46,10 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "gradient_clipping": opt.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": use_bf16(ds.precision)},
-        "optimizer": {"type": "AdamW", "params": params},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
     return _merge(config, dict(ds.extra))

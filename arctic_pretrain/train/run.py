@@ -20,9 +20,17 @@ from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import build_model, flops_per_token, padded_vocab_size, peak_flops
 from arctic_pretrain.train import distributed as dist
-from arctic_pretrain.train.checkpoint import CheckpointManager, atomic_write
+from arctic_pretrain.train.checkpoint import (
+    CheckpointManager,
+    RestorePlan,
+    atomic_write,
+    load_engine,
+    plan_restore,
+    to_universal,
+)
 from arctic_pretrain.train.ds_config import deepspeed_config
-from arctic_pretrain.train.export import export_checkpoint
+from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
+from arctic_pretrain.train.guards import StepGuard, make_optimizer
 from arctic_pretrain.train.metrics import MetricsSink
 from arctic_pretrain.train.trainer import Trainer
 
@@ -102,6 +110,20 @@ def phase_end_hook(cfg: TrainConfig):
     return hook
 
 
+def export_missing_phases(trainer: Trainer) -> None:
+    """A run killed between a phase-end checkpoint and its export writes the export on resume."""
+    if dist.rank() == 0:
+        root = trainer.checkpoints.root
+        for tag in trainer.checkpoints.complete_tags():
+            state = trainer.checkpoints.read_state(tag)
+            phase = state.get("phase_end")
+            if phase and not (trainer.run_dir / "export" / phase / EXPORT_META).is_file():
+                log.info("writing the missing export of phase %s from %s", phase, tag)
+                export_checkpoint(root / tag, trainer.run_dir / "export" / phase, tokenizer=trainer.tokenizer,
+                                  meta={"phase": phase, "phase_index": state["phase_index"]})
+    dist.barrier()
+
+
 def light_evaluation(cfg: TrainConfig, export_dir: Path, trainer: Trainer, phase: Phase) -> dict:
     from arctic_pretrain.eval.light import heldout_loss, light_humaneval
 
@@ -115,6 +137,25 @@ def light_evaluation(cfg: TrainConfig, export_dir: Path, trainer: Trainer, phase
         record.update({f"eval/{k}": v for k, v in scores.items()})
     log.info("phase %s evaluation: %s", phase.name, {k: v for k, v in record.items() if "/" in k})
     return record
+
+
+def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
+    """Resume this run, or branch from another (init_from), possibly across a world-size change."""
+    root = to_universal(plan, trainer.checkpoints.root) if plan.universal else plan.root
+    reset_optimizer = plan.branch and cfg.init_reset_optimizer
+    load_engine(trainer.engine, root, plan.tag, load_optimizer=not reset_optimizer, rng_root=plan.root)
+    trainer.load_state_dict(plan.state, metrics=not plan.branch)
+    if plan.branch:
+        trainer.provenance = {"init_from": str(plan.root / plan.tag)}
+        if cfg.init_reset_schedule:
+            trainer.schedule_restart = trainer.consumed_tokens
+        log.info("branched from %s at step %d (%d tokens)%s%s", plan.root / plan.tag, trainer.step,
+                 trainer.consumed_tokens, ", fresh optimizer" if reset_optimizer else "",
+                 ", LR schedule restarted" if cfg.init_reset_schedule else "")
+    else:
+        trainer.sink.truncate_after(trainer.step)
+        log.info("resumed from %s: step %d, %d tokens consumed%s", plan.tag, trainer.step, trainer.consumed_tokens,
+                 f" (saved by {plan.state['world_size']} ranks, now {trainer.world})" if plan.universal else "")
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -137,9 +178,12 @@ def run(cfg: TrainConfig) -> dict:
     model = build_model(cfg.model, vocab, eos_id=tok_info.eos_id)
     if cfg.deepspeed.zero_stage in (1, 2):  # lets ds_to_universal convert these checkpoints (world-size changes)
         model.universal_checkpoint_info = {"universal_checkpoint_version": 0.2}
-    ds_cfg = deepspeed_config(cfg, world)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.optimizer.weight_decay),
-                                      config=ds_cfg)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    plan = plan_restore(checkpoints, cfg.init_from, world)
+    ds_cfg = deepspeed_config(cfg, world, load_universal=bool(plan and plan.universal))
+    optimizer = make_optimizer(param_groups(model, cfg.optimizer.weight_decay), cfg.optimizer.betas,
+                               cfg.optimizer.eps, cfg.optimizer.weight_decay, cfg.deepspeed.offload_optimizer)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
     max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
@@ -152,19 +196,21 @@ def run(cfg: TrainConfig) -> dict:
         atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
         atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
     trainer = Trainer(
-        engine=engine, sampler=sampler, curriculum=curriculum,
-        checkpoints=CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last),
-        sink=MetricsSink(run_dir, cfg.logging, resolved, enabled=dist.rank() == 0),
+        engine=engine, optimizer=optimizer, sampler=sampler, curriculum=curriculum, checkpoints=checkpoints,
+        sink=MetricsSink(run_dir, cfg.logging, resolved, enabled=dist.rank() == 0), guard=StepGuard(cfg.guards),
         run_dir=run_dir, global_batch=cfg.training.global_batch_size, micro_batch=cfg.training.micro_batch_size,
         log_interval=cfg.logging.interval, checkpoint_interval=cfg.checkpoint.interval,
         flops_per_token=flops_per_token(cfg.model, vocab, cfg.training.seq_len), peak_flops=peak_flops(cfg.peak_tflops),
         on_phase_end=phase_end_hook(cfg) if cfg.checkpoint.export_phases else None,
-        hf_config=model.config, tokenizer=tokenizer, max_steps=cfg.max_steps,
+        hf_config=model.config, tokenizer=tokenizer, max_steps=cfg.max_steps, faults=cfg.faults,
     )
+    if plan is not None:
+        restore(trainer, plan, cfg)
+        if cfg.checkpoint.export_phases and not plan.branch:
+            export_missing_phases(trainer)
     for phase in curriculum.describe():
         log.info("phase %-13s steps %6d-%-6d weights %s", phase["phase"], phase["start_step"],
                  phase["start_step"] + phase["steps"], {k: round(v, 3) for k, v in phase["weights"].items()})
-    trainer.resume()
     result = trainer.fit()
     trainer.sink.close()
     if dist.rank() == 0 and (run_dir / "metrics.jsonl").is_file():

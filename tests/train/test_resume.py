@@ -1,0 +1,176 @@
+"""Resume users can trust: SIGKILL anywhere, world-size changes, branching, guards, signals.
+
+Real `deepspeed` runs on CPU in fp32 with the tiny model. Kills are real SIGKILLs, injected at exact
+points through the test-only `faults.*` config (rank 0 kills itself; the launcher takes the rest down).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from arctic_pretrain.train.export import consolidated_state_dict
+from arctic_pretrain.train.metrics import read_metrics
+from tests.conftest import ROOT, free_port, run_cli
+
+pytestmark = pytest.mark.slow
+CKPT = ["checkpoint.interval=4", "training.deterministic=true"]
+
+
+def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True):
+    launcher = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())] \
+        if ranks > 1 else None
+    args = ["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}", *CKPT,
+            *overrides]
+    proc = run_cli(args, launcher=launcher)
+    if expect_ok:
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+def losses(run_dir):
+    return [(r["step"], r["consumed_tokens"], r["loss"]) for r in read_metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, demo_cache):
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    launch(run_dir, demo_cache)
+    return run_dir
+
+
+def latest(run_dir) -> str:
+    return (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+@pytest.mark.parametrize("step,point,survivor", [
+    (10, "after_step", "step_00000008"),         # mid-phase
+    (16, "phase_transition", "step_00000016"),   # phase-end checkpoint published, export not yet written
+    (12, "during_save", "step_00000008"),        # checkpoint files written, not yet published
+])
+def test_sigkill_then_rerun_is_bit_exact(tmp_path, demo_cache, reference, step, point, survivor):
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, demo_cache, f"faults.kill_at_step={step}", f"faults.kill_point={point}", expect_ok=False)
+    assert proc.returncode != 0
+    assert latest(run_dir) == survivor
+    if point == "during_save":
+        assert (run_dir / "checkpoints" / "step_00000012").is_dir()  # written ...
+        assert not (run_dir / "checkpoints" / "step_00000012" / "COMPLETE").exists()  # ... never published
+    launch(run_dir, demo_cache)  # the same command again
+    assert losses(run_dir) == losses(reference)  # every step, every loss, to the last bit
+    for phase in ("general", "high_quality", "synthetic"):
+        assert (run_dir / "export" / phase / "model.safetensors").is_file()
+
+
+def test_pruning_keeps_phase_ends(reference):
+    tags = sorted(p.parent.name for p in (reference / "checkpoints").glob("*/COMPLETE"))
+    # keep_last=3 interval checkpoints (12, 20, 28 are phase ends or interval...), all phase ends
+    states = {t: json.loads((reference / "checkpoints" / t / "trainer_state.json").read_text()) for t in tags}
+    assert {s["phase_end"] for s in states.values() if s["phase_end"]} == {"general", "high_quality", "synthetic"}
+    assert len([t for t, s in states.items() if not s["phase_end"]]) <= 3
+    assert "step_00000004" not in tags  # the oldest interval checkpoint was pruned
+
+
+@pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3"])
+def test_two_ranks_to_one(tmp_path, demo_cache, reference, stage):
+    run_dir = tmp_path / "run"
+    launch(run_dir, demo_cache, f"deepspeed={stage}", "max_steps=8")
+    proc = launch(run_dir, demo_cache, f"deepspeed={stage}", "max_steps=12", ranks=1)
+    assert "saved by 2 ranks, now 1" in proc.stdout + proc.stderr
+    got, ref = losses(run_dir), losses(reference)[:12]
+    assert [r[:2] for r in got] == [r[:2] for r in ref]  # same steps, same token accounting
+    for (_, _, a), (_, _, b) in zip(got, ref, strict=True):
+        assert a == pytest.approx(b, rel=1e-3)  # only the reduction order (and ZeRO-3 partitioning) differs
+    state = json.loads((run_dir / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    ref_state = json.loads((reference / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert state["sampler"] == ref_state["sampler"]  # no sample skipped or read twice across the change
+
+
+def test_one_rank_to_two(tmp_path, demo_cache, reference):
+    run_dir = tmp_path / "run"
+    launch(run_dir, demo_cache, "max_steps=8", ranks=1)
+    launch(run_dir, demo_cache, "max_steps=12")
+    got, ref = losses(run_dir), losses(reference)[:12]
+    assert [r[:2] for r in got] == [r[:2] for r in ref]
+    assert got[-1][2] == pytest.approx(ref[-1][2], rel=2e-4)
+
+
+def test_branch_from_a_phase_end(tmp_path, demo_cache, reference):
+    run_dir = tmp_path / "branch"
+    launch(run_dir, demo_cache, f"init_from={reference / 'checkpoints' / 'step_00000016'}",
+           "curriculum.phases.high_quality.tokens=16K", "init_reset_optimizer=true", ranks=1)
+    rows = read_metrics(run_dir)
+    assert rows[0]["step"] == 17 and rows[0]["phase"] == "high_quality"
+    assert rows[-1]["step"] == 16 + 16 + 4  # the longer phase-2 budget moved the boundary
+    state = json.loads((run_dir / "checkpoints" / latest(run_dir) / "trainer_state.json").read_text())
+    assert state["init_from"].endswith("step_00000016")
+
+
+def test_branch_mid_phase_restarts_schedule(tmp_path, demo_cache, reference):
+    run_dir = tmp_path / "branch"
+    launch(run_dir, demo_cache, f"init_from={reference}/checkpoints/step_00000008", "init_reset_schedule=true",
+           "max_steps=10", ranks=1)
+    rows = read_metrics(run_dir)
+    ref = {r["step"]: r for r in read_metrics(reference)}
+    assert rows[0]["step"] == 9
+    assert rows[0]["lr"] == pytest.approx(3e-3 / 8)  # warmup begins again (capped at the 8 steps left)
+    assert ref[9]["lr"] == pytest.approx(3e-3 * 9 / 10)
+
+
+def test_nan_step_is_skipped_and_counted(tmp_path, demo_cache):
+    run_dir = tmp_path / "run"
+    launch(run_dir, demo_cache, "faults.nan_loss_at_step=3", "checkpoint.interval=1", "checkpoint.keep_last=10",
+           "max_steps=5")
+    rows = {r["step"]: r for r in read_metrics(run_dir)}
+    assert rows[3]["skipped"] == "nonfinite" and rows[3]["skipped_nonfinite"] == 1
+    assert rows[5]["skipped_nonfinite"] == 1 and rows[5]["loss"] is not None
+    ckpts = run_dir / "checkpoints"
+    before, after, next_ = (consolidated_state_dict(ckpts / f"step_0000000{s}") for s in (2, 3, 4))
+    for name in before:
+        assert torch.equal(before[name], after[name]), name  # the poisoned step changed nothing
+    assert any(not torch.equal(after[n], next_[n]) for n in after)  # the next step trains again
+
+
+def test_consecutive_bad_steps_stop_after_saving(tmp_path, demo_cache):
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, demo_cache, "faults.nan_loss_at_step=3", "faults.nan_loss_count=50",
+                  "guards.max_consecutive_bad=2", ranks=1, expect_ok=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "2 consecutive steps with a non-finite loss" in proc.stderr
+    assert latest(run_dir) == "step_00000004"  # saved before stopping
+    assert read_metrics(run_dir)[-1]["skipped_nonfinite"] == 2
+
+
+def test_spike_guard_skips_a_spike(tmp_path, demo_cache):
+    run_dir = tmp_path / "run"
+    launch(run_dir, demo_cache, "guards.spike_zscore=6", "guards.spike_window=8", "guards.spike_min_window=4",
+           "faults.spike_at_step=10", "max_steps=12", ranks=1)
+    rows = {r["step"]: r for r in read_metrics(run_dir)}
+    assert rows[10]["skipped"] == "spike"
+    assert [r["step"] for r in rows.values() if r["skipped"]] == [10]
+    assert rows[12]["skipped_spike"] == 1 and rows[12]["skipped_nonfinite"] == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_saves_and_exits_cleanly(tmp_path, demo_cache, signum):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}",
+           "checkpoint.interval=1000", "curriculum.phases.general.tokens=2M"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "stop signal received" in out
+    step = read_metrics(run_dir)[-1]["step"]
+    assert latest(run_dir) == f"step_{step:08d}"
