@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 USAGE = ("python launch/export.py checkpoint=<run_dir>[/checkpoints/<tag>] output=<dir> "
          "[dtype=bfloat16|float32] [tokenizer=<path or hub name>]")
 KEYS = {"checkpoint": None, "output": None, "dtype": "bfloat16", "tokenizer": None}
 DTYPES = ("bfloat16", "float32", "float16")
-
-
-class ExportError(Exception):
-    pass
 
 
 def parse(argv: list[str]) -> dict[str, str | None]:
@@ -43,39 +38,17 @@ def parse(argv: list[str]) -> dict[str, str | None]:
     return values
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A tag folder, a run's ``checkpoints`` folder or a run folder -> a complete tag folder."""
-    from arctic_pretrain.train.checkpoint import COMPLETE, LATEST
-
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"checkpoint={path}: no such file or directory")
-    if (path / "checkpoints").is_dir() and not (path / LATEST).is_file():
-        path = path / "checkpoints"
-    if (path / LATEST).is_file():  # a checkpoints folder: follow its latest pointer
-        tag = (path / LATEST).read_text().strip()
-        tag_dir = path / tag
-        if not (tag_dir / COMPLETE).is_file():
-            raise ExportError(f"checkpoint={path}: {path / LATEST} names {tag!r}, but {tag_dir} is not a "
-                              f"complete checkpoint (no {COMPLETE} file)")
-        return tag_dir
-    if (path / COMPLETE).is_file():
-        return path
-    if any(path.glob("*model_states.pt")) or (path / "trainer_state.json").exists():
-        raise ExportError(f"checkpoint={path}: incomplete checkpoint (no {COMPLETE} file: the save was "
-                          f"interrupted); export an earlier tag or the run's latest")
-    raise ExportError(f"checkpoint={path}: not a checkpoint (expected a tag folder with {COMPLETE}, or a "
-                      f"run or checkpoints folder with a {LATEST} file)")
-
-
 def main(argv: list[str] | None = None) -> int:
     values = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from arctic_pretrain.train.checkpoint import resolve_checkpoint
+
     try:
-        tag_dir = resolve_checkpoint(values["checkpoint"])
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
+        root, tag = resolve_checkpoint(values["checkpoint"])
+    except FileNotFoundError as err:
+        print(f"error: checkpoint={err}", file=sys.stderr)
         return 2
+    tag_dir = root / tag
     import torch
 
     from arctic_pretrain.train.export import export_checkpoint

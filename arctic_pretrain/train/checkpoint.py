@@ -155,17 +155,25 @@ class RestorePlan:
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
-    """`<run_dir>`, `<run_dir>/checkpoints` or `<run_dir>/checkpoints/<tag>` -> (checkpoints root, tag)."""
+    """A tag folder, a run's ``checkpoints`` folder or a run folder -> (checkpoints root, complete tag)."""
     path = Path(path)
-    if (path / STATE).is_file():
-        if not (path / COMPLETE).is_file():
-            raise FileNotFoundError(f"{path}: checkpoint is incomplete (no {COMPLETE} marker)")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if (path / "checkpoints").is_dir() and not (path / LATEST).is_file():
+        path = path / "checkpoints"
+    if (path / LATEST).is_file():  # a checkpoints folder: follow its latest pointer
+        tag = (path / LATEST).read_text().strip()
+        if not (path / tag / COMPLETE).is_file():
+            raise FileNotFoundError(f"{path}: {path / LATEST} names {tag!r}, but {path / tag} is not a "
+                                    f"complete checkpoint (no {COMPLETE} file)")
+        return path, tag
+    if (path / COMPLETE).is_file():
         return path.parent, path.name
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    tag = CheckpointManager(root, 1).latest_tag() if root.is_dir() else None
-    if tag is None:
-        raise FileNotFoundError(f"{path}: no complete checkpoint there (looked for {root / LATEST})")
-    return root, tag
+    if any(path.glob("*model_states.pt")) or (path / STATE).exists():
+        raise FileNotFoundError(f"{path}: incomplete checkpoint (no {COMPLETE} file: the save was "
+                                "interrupted); use an earlier tag or the run's latest")
+    raise FileNotFoundError(f"{path}: not a checkpoint (expected a tag folder with {COMPLETE}, or a run or "
+                            f"checkpoints folder with a {LATEST} file)")
 
 
 def plan_restore(own: CheckpointManager, init_from: str | None, world_size: int) -> RestorePlan | None:

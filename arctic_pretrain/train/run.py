@@ -128,8 +128,8 @@ def light_evaluation(cfg: TrainConfig, export_dir: Path, trainer: Trainer, phase
     from arctic_pretrain.eval.light import heldout_loss, light_humaneval
 
     ev = cfg.evaluation
-    record = {"step": trainer.state.step, "phase": phase.name, "phase_index": phase.index,
-              "consumed_tokens": trainer.state.consumed_tokens, "event": "phase_eval", "time": time.time()}
+    record = {"step": trainer.step, "phase": phase.name, "phase_index": phase.index,
+              "consumed_tokens": trainer.consumed_tokens, "event": "phase_eval", "time": time.time()}
     sources = {name: src.path for name, src in cfg.data.sources.items()}
     record.update(heldout_loss(export_dir, sources, windows=ev.heldout_windows, seq_len=cfg.training.seq_len))
     if ev.humaneval_limit > 0:
