@@ -36,7 +36,10 @@ def main(run_dir: Path, steps: int) -> None:
     vocab = padded_vocab_size(model_cfg, next(iter(sources.values())).tokenizer.vocab_size)
     torch.manual_seed(conf["seed"])
     model = build_model(model_cfg, vocab)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    opt = conf["optimizer"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=tuple(opt["betas"]), eps=opt["eps"],
+                                  weight_decay=opt["weight_decay"], foreach=True)  # plain AdamW: no guards
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     sampler = MixtureSampler(sources, conf["training"]["seq_len"], conf["seed"])
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     weights = {name: 1.0 for name in sources}
