@@ -24,8 +24,13 @@ class _SkipStepMixin:
     skipped_last: bool = False
 
     def _grads_finite(self) -> bool:
+        """One flag for all ranks, computed on the device with a single host sync (NCCL needs CUDA tensors)."""
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        finite = torch.tensor(1.0 if all(bool(torch.isfinite(g).all()) for g in grads) else 0.0)
+        if grads:
+            finite = torch.stack([torch.isfinite(g).all().to(device) for g in grads]).all().float()
+        else:
+            finite = torch.ones((), device=device)
         if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
             tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)  # every rank steps its partition: collective is safe
         return bool(finite.item() > 0)
