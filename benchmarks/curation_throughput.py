@@ -36,9 +36,15 @@ MAX_FILE = 1_000_000
 
 
 def _sources() -> list[tuple[Path, int]]:
-    """(root, depth at which a folder is a repository): stdlib modules, site-packages packages, headers."""
+    """(root, depth at which a folder is a repository): this Python's stdlib modules, /usr/include,
+    site-packages packages, then (for the 1 GB size) the Google Cloud SDK's packages and the other
+    pyenv Pythons' stdlibs: older versions of the same modules, the near-duplicates real crawls hold."""
     paths = sysconfig.get_paths()
-    return [(Path(paths["stdlib"]), 1), (Path("/usr/include"), 1), (Path(paths["purelib"]), 1)]
+    roots = [Path(paths["stdlib"]), Path("/usr/include"), Path(paths["purelib"])]
+    gcloud = Path("/usr/lib/google-cloud-sdk/lib")
+    roots += [gcloud / "third_party", gcloud / "googlecloudsdk", gcloud / "surface"]
+    roots += sorted(Path("/root/.pyenv/versions").glob("*/lib/python[23].*"), reverse=True)
+    return [(root, 1) for root in roots if root.is_dir()]
 
 
 def build_corpus(folder: Path, megabytes: float) -> float:
@@ -80,12 +86,20 @@ def build_corpus(folder: Path, megabytes: float) -> float:
 
 
 class PeakMemory:
-    """Poll the RSS of this process and its children: peak of the sum and of the largest process."""
+    """Poll the RSS of this process and its children: peak of the sum and of the largest process, and
+    the largest process's peak per stage (the stage whose log folder under ``logs`` is newest)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, logs: Path | None = None, interval: float = 0.2) -> None:
         self.interval, self.total, self.largest = interval, 0, 0
+        self.logs = logs
+        self.by_stage: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _stage(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            return max((d for d in self.logs.iterdir() if d.is_dir()), key=lambda d: d.stat().st_ctime).name
+        return "-"
 
     def _poll(self) -> None:
         me = psutil.Process()
@@ -95,6 +109,9 @@ class PeakMemory:
                 with contextlib.suppress(psutil.Error):
                     rss.append(p.memory_info().rss)
             self.total, self.largest = max(self.total, sum(rss)), max(self.largest, max(rss, default=0))
+            if self.logs is not None:
+                stage = self._stage()
+                self.by_stage[stage] = max(self.by_stage.get(stage, 0), max(rss, default=0))
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -191,7 +208,7 @@ def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool, rou
                        tokenize=TokenizeConfig(train_vocab_size=32_000, train_sample_mb=16), progress=True)
     walls: dict[str, float] = {}
     start = time.perf_counter()
-    with PeakMemory() as mem:
+    with PeakMemory(out / "logs") as mem:
         run(cfg, stage_wall_s=walls)
     wall = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
@@ -199,6 +216,7 @@ def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool, rou
         "corpus_mb": round(corpus_mb, 1), "workers": workers, "wall_s": round(wall, 1),
         "mb_s_per_core": round(corpus_mb / wall / workers, 3),
         "peak_rss_total_mb": round(mem.total / 2**20), "peak_rss_largest_process_mb": round(mem.largest / 2**20),
+        "peak_rss_largest_by_stage_mb": {k: round(v / 2**20) for k, v in mem.by_stage.items()},
         "stage_wall_share": {k: round(v / wall, 3) for k, v in walls.items()},
         "step_cpu_share": dict(sorted(report["stage_time_share"].items(), key=lambda kv: -kv[1])[:10]),
         "tokens": report["tokens"], "removals": report["removals"],

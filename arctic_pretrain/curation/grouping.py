@@ -18,9 +18,11 @@ import json
 import os
 import random
 import zlib
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -53,16 +55,24 @@ class AssignBucket(PipelineStep):
             yield doc
 
 
+def repo_order(repo: str, paths: list[str], cfg: GroupConfig, language: str) -> tuple[bool, list[int]]:
+    """A repository's file order (indices into ``paths``, which must be sorted) and its metadata coin:
+    a seeded shuffle, so the same repository gets the same document in every run."""
+    seed = int.from_bytes(hashlib.blake2b(f"{cfg.seed}\0{language}\0{repo}".encode(), digest_size=8).digest(), "little")
+    rng = random.Random(seed)
+    order = list(range(len(paths)))
+    rng.shuffle(order)
+    return rng.random() < cfg.metadata_probability, order
+
+
 def repo_pieces(repo: str, files: list[tuple[str, str]], cfg: GroupConfig, language: str) -> list[tuple[str, str]]:
     """One repository's document as (separator, text) pieces: files in a seeded random order, the
     repository name and file paths kept with probability ``cfg.metadata_probability``."""
-    seed = int.from_bytes(hashlib.blake2b(f"{cfg.seed}\0{language}\0{repo}".encode(), digest_size=8).digest(), "little")
-    rng = random.Random(seed)
     files = sorted(files)
-    rng.shuffle(files)
-    if rng.random() < cfg.metadata_probability:
-        return [(REPO_NAME, repo)] + [(FILE_SEP, f"{path}\n{code}") for path, code in files]
-    return [(FILE_SEP, code) for _, code in files]
+    keep_meta, order = repo_order(repo, [path for path, _ in files], cfg, language)
+    if keep_meta:
+        return [(REPO_NAME, repo)] + [(FILE_SEP, f"{files[i][0]}\n{files[i][1]}") for i in order]
+    return [(FILE_SEP, files[i][1]) for i in order]
 
 
 def repo_document(repo: str, files: list[tuple[str, str]], cfg: GroupConfig, language: str) -> str:
@@ -70,12 +80,61 @@ def repo_document(repo: str, files: list[tuple[str, str]], cfg: GroupConfig, lan
     return "".join(sep + text for sep, text in repo_pieces(repo, files, cfg, language))
 
 
-def group_repositories(records: Iterable[dict]) -> dict[str, list[tuple[str, str]]]:
-    repos: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for rec in records:
-        meta = rec.get("metadata", {})
-        repos[meta.get("repo", "")].append((meta.get("path", rec.get("id", "")), rec["text"]))
-    return repos
+@dataclass(frozen=True, order=True)
+class FileRef:
+    """Where one curated file lies in the documents folder: its text is read back only when encoded."""
+
+    path: str
+    file: int  # index into the bucket's documents files
+    offset: int  # byte offset of its JSON line
+
+
+class BucketIndex:
+    """Repository -> its files' locations for one bucket of one language, built in one streaming pass.
+
+    Holding locations instead of texts keeps a grouping task's memory at the index (~100 bytes a file)
+    plus one encode batch, whatever the corpus size; the texts are read back one batch at a time."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self.repos: dict[str, list[FileRef]] = defaultdict(list)
+        self.docs = self.bytes = 0
+        self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
+        for i, f in enumerate(files):
+            with open(f, "rb") as fh:
+                offset = 0
+                for line in fh:
+                    rec = json.loads(line)
+                    meta = rec.get("metadata", {})
+                    self.repos[meta.get("repo", "")].append(FileRef(meta.get("path", rec.get("id", "")), i, offset))
+                    self.docs += 1
+                    self.bytes += len(rec["text"].encode("utf-8", "replace"))
+                    offset += len(line)
+
+    def text(self, ref: FileRef) -> str:
+        fh = self._handles.pop(ref.file, None)
+        if fh is None:
+            if len(self._handles) >= 64:  # bounded open files, whatever the number of input shards
+                self._handles.popitem(last=False)[1].close()
+            fh = open(self.files[ref.file], "rb")  # noqa: SIM115 (closed in close())
+        self._handles[ref.file] = fh
+        fh.seek(ref.offset)
+        return json.loads(fh.readline())["text"]
+
+    def pieces(self, repo: str, cfg: GroupConfig, language: str) -> Iterator[tuple[str, str]]:
+        """``repo_pieces`` of one repository, reading each file's text only when it is reached."""
+        refs = sorted(self.repos[repo])
+        keep_meta, order = repo_order(repo, [r.path for r in refs], cfg, language)
+        if keep_meta:
+            yield REPO_NAME, repo
+        for i in order:
+            text = self.text(refs[i])
+            yield FILE_SEP, f"{refs[i].path}\n{text}" if keep_meta else text
+
+    def close(self) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()
 
 
 class GroupAndTokenize(PipelineStep):
@@ -93,32 +152,49 @@ class GroupAndTokenize(PipelineStep):
         self.documents_dir, self.tokens_dir, self.tokenizer_dir = documents_dir, tokens_dir, tokenizer_dir
         self.group, self.tok_cfg, self.threads = group, tokenize, threads
 
-    def _encode(self, writer: ShardWriter, docs: list[list[tuple[str, str]]], tokenizer, language: str) -> None:
-        """Encode the pieces of a batch of repository documents, ``tokenize.batch_size`` pieces per
-        encode_batch call, and write one document per repository.
+    def _encode(self, writer: ShardWriter, docs: Iterable[Iterable[tuple[str, str]]], tokenizer,
+                language: str) -> None:
+        """Encode repository documents given as (separator, text) pieces, ``tokenize.batch_size``
+        pieces per encode_batch call, streaming each document into the shard writer.
 
         The separators are added tokens, which the tokenizer splits the input on before anything
         else, so encoding the pieces apart gives the ids of the joined text, with per-file
-        parallelism instead of one thread per (possibly huge) repository. Ids are kept as uint32
-        arrays: a tokenizers Encoding costs ~100 bytes per token, which a large repository (a
-        framework's whole source tree) would turn into gigabytes."""
+        parallelism instead of one thread per (possibly huge) repository. Pieces are read, encoded and
+        written one batch at a time: a repository of hundreds of MB (a framework's whole source tree)
+        is never held whole, as text or as ids."""
         special = {sep: tokenizer.token_to_id(sep) for sep in (REPO_NAME, FILE_SEP)}
-        if None in special.values():  # a tokenizer without StarCoder2 separators: plain text
-            docs = [[("", "".join(sep + text for sep, text in doc))] for doc in docs]
-        flat = [(i, sep, text) for i, doc in enumerate(docs) for sep, text in doc]
-        parts: list[list[np.ndarray]] = [[] for _ in docs]
-        step = self.tok_cfg.batch_size
-        for lo in range(0, len(flat), step):
-            chunk = flat[lo:lo + step]
-            for (i, sep, _), enc in zip(chunk, tokenizer.encode_batch([t for _, _, t in chunk],
-                                                                      add_special_tokens=False), strict=True):
-                if sep:
-                    parts[i].append(np.asarray([special[sep]], dtype=np.uint32))
-                parts[i].append(np.asarray(enc.ids, dtype=np.uint32))
-        for pieces in parts:
-            ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint32)
-            writer.add_document(ids)
-            self.stat_update(f"tokens_{language}", value=int(ids.size) + 1)  # + the EOS the writer appends
+        plain = None in special.values()  # a tokenizer without StarCoder2 separators: separators as text
+        chunk: list[tuple[str, str] | None] = []  # None: the end of a document
+        state = {"open": False, "tokens": 0}
+
+        def flush() -> None:
+            texts = [sep + text if plain else text for sep, text in filter(None, chunk)]
+            encodings = iter(tokenizer.encode_batch(texts, add_special_tokens=False) if texts else ())
+            for piece in chunk:
+                if not state["open"]:
+                    writer.begin_document()
+                    state["open"] = True
+                if piece is None:
+                    writer.end_document()
+                    self.stat_update(f"tokens_{language}", value=state["tokens"] + 1)  # + the EOS
+                    state.update(open=False, tokens=0)
+                    continue
+                sep, text = piece
+                self.stat_update("out_bytes", value=len((sep + text).encode("utf-8", "replace")))
+                ids = np.asarray(next(encodings).ids, dtype=np.uint32)
+                if sep and not plain:
+                    ids = np.concatenate([np.asarray([special[sep]], dtype=np.uint32), ids])
+                writer.extend_document(ids)
+                state["tokens"] += int(ids.size)
+            chunk.clear()
+
+        for doc in docs:
+            for piece in doc:
+                chunk.append(piece)
+                if len(chunk) >= self.tok_cfg.batch_size:
+                    flush()
+            chunk.append(None)
+        flush()
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if self.threads:  # read when the process's thread pool starts: the first encode_batch
@@ -129,32 +205,21 @@ class GroupAndTokenize(PipelineStep):
         info = TokenizerInfo(**json.loads((Path(self.tokenizer_dir) / INFO).read_text()))
         for lang_dir in sorted(p for p in Path(self.documents_dir).iterdir() if p.is_dir()):
             language = lang_dir.name
+            files = sorted(lang_dir.glob(f"g{rank:04d}-r*.jsonl"))
             with self.track_time("bucket"):
-                records = []
-                for f in sorted(lang_dir.glob(f"g{rank:04d}-r*.jsonl")):
-                    with open(f, encoding="utf-8") as fh:
-                        records += [json.loads(line) for line in fh]
-                if not records:
-                    continue
-                repos = group_repositories(records)
-                self.stat_update("in_docs", value=len(records))
-                self.stat_update("in_bytes", value=sum(len(r["text"].encode("utf-8", "replace")) for r in records))
-                del records
-                writer = ShardWriter(Path(self.tokens_dir) / language, info, prefix=f"g{rank:04d}",
-                                     shard_tokens=self.tok_cfg.shard_tokens)
-                batch: list[list[tuple[str, str]]] = []
-                pieces = 0
-                for repo in sorted(repos):
-                    batch.append(repo_pieces(repo, repos[repo], self.group, language))
-                    pieces += len(batch[-1])
-                    self.stat_update("out_docs")
-                    self.stat_update("out_bytes", value=sum(len((s + t).encode("utf-8", "replace")) for s, t in batch[-1]))
-                    self.stat_update(f"repos_{language}")
-                    if pieces >= self.tok_cfg.batch_size:
-                        self._encode(writer, batch, tokenizer, language)
-                        batch, pieces = [], 0
-                if batch:
-                    self._encode(writer, batch, tokenizer, language)
-                writer.close(finalize=False)
+                index = BucketIndex(files)
+            if not index.docs:
+                continue
+            self.stat_update("in_docs", value=index.docs)
+            self.stat_update("in_bytes", value=index.bytes)
+            repos = sorted(index.repos)
+            self.stat_update("out_docs", value=len(repos))
+            self.stat_update(f"repos_{language}", value=len(repos))
+            writer = ShardWriter(Path(self.tokens_dir) / language, info, prefix=f"g{rank:04d}",
+                                 shard_tokens=self.tok_cfg.shard_tokens)
+            try:
+                self._encode(writer, (index.pieces(repo, self.group, language) for repo in repos), tokenizer, language)
+            finally:
+                index.close()
+            writer.close(finalize=False)
         yield from ()
-

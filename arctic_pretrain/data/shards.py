@@ -168,18 +168,35 @@ class ShardWriter:
         self.entries.append(ShardEntry(name=name, tokens=self._pos, documents=len(self._starts)))
 
     def add_document(self, ids: Sequence[int] | np.ndarray) -> None:
-        arr = np.asarray(ids, dtype=np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() >= self.tokenizer.vocab_size):
-            raise ValueError(f"token id out of range [0, {self.tokenizer.vocab_size}) in document")
-        if self.append_eos:
-            arr = np.append(arr, self.tokenizer.eos_id)
-        if arr.size == 0:
-            return
+        self.begin_document()
+        self.extend_document(ids)
+        self.end_document()
+
+    def begin_document(self) -> None:
+        """Start a document written in parts (``extend_document``), so a huge one (a repository of
+        hundreds of MB) never has to be held in memory whole."""
         if self._fh is None:
             self._open()
         self._starts.append(self._pos)
-        self._fh.write(arr.astype(self.dtype).tobytes())
+
+    def extend_document(self, ids: Sequence[int] | np.ndarray) -> None:
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
+        if int(arr.min()) < 0 or int(arr.max()) >= self.tokenizer.vocab_size:
+            raise ValueError(f"token id out of range [0, {self.tokenizer.vocab_size}) in document")
+        self._fh.write(arr.astype(self.dtype, copy=False).tobytes())
         self._pos += arr.size
+
+    def end_document(self) -> None:
+        if self.append_eos:
+            self._fh.write(np.asarray([self.tokenizer.eos_id], dtype=self.dtype).tobytes())
+            self._pos += 1
+        if self._pos == self._starts[-1]:  # nothing written: no empty document in the index
+            self._starts.pop()
+            return
         if self._pos >= self.shard_tokens:
             self._seal()
 

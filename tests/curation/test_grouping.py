@@ -12,6 +12,7 @@ from arctic_pretrain.curation.config import GroupConfig, TokenizeConfig
 from arctic_pretrain.curation.grouping import (
     FILE_SEP,
     REPO_NAME,
+    BucketIndex,
     GroupAndTokenize,
     bucket_of,
     repo_document,
@@ -88,24 +89,52 @@ def test_repository_spread_over_shards_becomes_one_document(tmp_path: Path, toke
     assert step.stats["repos_python"].total == 2 and step.stats["tokens_c"].total > 0
 
 
-def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path) -> None:
+@pytest.mark.parametrize("batch_size", [256, 2])  # 2: documents span several encode batches
+def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path, batch_size: int) -> None:
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     files = [(f"json/{n}.py", stdlib_file(f"json/{n}.py")) for n in ("decoder", "encoder", "tool")]
     docs = [repo_pieces("org/json", files, GroupConfig(metadata_probability=p), "python") for p in (0.0, 1.0)]
 
     class Capture:
+        """The ShardWriter's streaming interface, recording each document's ids."""
+
         def __init__(self) -> None:
             self.docs: list[list[int]] = []
 
-        def add_document(self, ids: list[int]) -> None:
-            self.docs.append(list(ids))
+        def begin_document(self) -> None:
+            self.docs.append([])
+
+        def extend_document(self, ids) -> None:
+            self.docs[-1] += [int(i) for i in ids]
+
+        def end_document(self) -> None:
+            pass
 
     writer = Capture()
-    step = GroupAndTokenize("", "", str(tokenizer_dir), GroupConfig(), TokenizeConfig())
-    step._encode(writer, docs, tok, "python")
+    step = GroupAndTokenize("", "", str(tokenizer_dir), GroupConfig(), TokenizeConfig(batch_size=batch_size))
+    step._encode(writer, iter(docs), tok, "python")
     joined = ["".join(s + t for s, t in d) for d in docs]
-    assert [list(d) for d in writer.docs] == [tok.encode(text, add_special_tokens=False).ids for text in joined]
+    assert writer.docs == [tok.encode(text, add_special_tokens=False).ids for text in joined]
     assert writer.docs[1][0] == tok.token_to_id(REPO_NAME) and writer.docs[0][0] == tok.token_to_id(FILE_SEP)
+
+
+def test_bucket_index_reads_back_the_same_documents(tmp_path: Path) -> None:
+    """The streaming index (locations, texts read back lazily) builds exactly the in-memory documents."""
+    names = ("decoder", "encoder", "scanner", "tool")
+    shards = [tmp_path / "g0000-r00000.jsonl", tmp_path / "g0000-r00001.jsonl"]
+    expected: dict[str, list[tuple[str, str]]] = {}
+    for i, name in enumerate(names):
+        repo, path, text = f"repo{i % 2}", f"json/{name}.py", stdlib_file(f"json/{name}.py")
+        expected.setdefault(repo, []).append((path, text))
+        with open(shards[i // 2], "a") as fh:  # each repository spread over both shards
+            fh.write(json.dumps({"text": text, "metadata": {"repo": repo, "path": path}}) + "\n")
+    index = BucketIndex(shards)
+    assert index.docs == 4 and sorted(index.repos) == ["repo0", "repo1"]
+    for p in (0.0, 1.0):
+        cfg = GroupConfig(metadata_probability=p)
+        for repo, files in expected.items():
+            assert list(index.pieces(repo, cfg, "python")) == repo_pieces(repo, files, cfg, "python")
+    index.close()
 
 
 def test_tokenizer_loads_by_path(tmp_path: Path, tokenizer_dir: Path) -> None:
