@@ -38,12 +38,17 @@ MAX_FILE = 1_000_000
 def _sources() -> list[tuple[Path, int]]:
     """(root, depth at which a folder is a repository): this Python's stdlib modules, /usr/include,
     site-packages packages, then (for the 1 GB size) the Google Cloud SDK's packages and the other
-    pyenv Pythons' stdlibs: older versions of the same modules, the near-duplicates real crawls hold."""
+    pyenv Pythons' stdlibs (older versions of the same modules: the near-duplicates real crawls hold),
+    their site-packages, and the remaining code trees here (gcloud platform, npm, CUDA headers, Rust)."""
     paths = sysconfig.get_paths()
     roots = [Path(paths["stdlib"]), Path("/usr/include"), Path(paths["purelib"])]
     gcloud = Path("/usr/lib/google-cloud-sdk/lib")
     roots += [gcloud / "third_party", gcloud / "googlecloudsdk", gcloud / "surface"]
     roots += sorted(Path("/root/.pyenv/versions").glob("*/lib/python[23].*"), reverse=True)
+    roots += sorted(Path("/root/.pyenv/versions").glob("*/lib/python[23].*/site-packages"))
+    roots += [Path("/usr/lib/google-cloud-sdk/platform"), Path("/usr/lib/python3/dist-packages"),
+              Path("/usr/lib/node_modules"), *sorted(Path("/usr/local").glob("cuda*/include")),
+              *sorted(Path("/root/.rustup/toolchains").glob("*"))]
     return [(root, 1) for root in roots if root.is_dir()]
 
 

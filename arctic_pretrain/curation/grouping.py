@@ -33,6 +33,9 @@ from arctic_pretrain.curation.tokenize import INFO
 from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
 
 REPO_NAME, FILE_SEP = "<repo_name>", "<file_sep>"
+# An encode batch also ends at this much text: a tokenizers Encoding costs ~100 bytes a token, so 256
+# files of 1 MB would need gigabytes; 8 MiB (~2.5M tokens) keeps a task's peak in the hundreds of MB.
+BATCH_TEXT_BYTES = 8 * 2**20
 
 
 def bucket_of(repo: str, buckets: int) -> int:
@@ -155,7 +158,8 @@ class GroupAndTokenize(PipelineStep):
     def _encode(self, writer: ShardWriter, docs: Iterable[Iterable[tuple[str, str]]], tokenizer,
                 language: str) -> None:
         """Encode repository documents given as (separator, text) pieces, ``tokenize.batch_size``
-        pieces per encode_batch call, streaming each document into the shard writer.
+        pieces (at most ``BATCH_TEXT_BYTES`` of text) per encode_batch call, streaming each document
+        into the shard writer.
 
         The separators are added tokens, which the tokenizer splits the input on before anything
         else, so encoding the pieces apart gives the ids of the joined text, with per-file
@@ -188,11 +192,14 @@ class GroupAndTokenize(PipelineStep):
                 state["tokens"] += int(ids.size)
             chunk.clear()
 
+        size = 0
         for doc in docs:
             for piece in doc:
                 chunk.append(piece)
-                if len(chunk) >= self.tok_cfg.batch_size:
+                size += len(piece[1])
+                if len(chunk) >= self.tok_cfg.batch_size or size >= BATCH_TEXT_BYTES:
                     flush()
+                    size = 0
             chunk.append(None)
         flush()
 

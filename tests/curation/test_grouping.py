@@ -89,8 +89,11 @@ def test_repository_spread_over_shards_becomes_one_document(tmp_path: Path, toke
     assert step.stats["repos_python"].total == 2 and step.stats["tokens_c"].total > 0
 
 
-@pytest.mark.parametrize("batch_size", [256, 2])  # 2: documents span several encode batches
-def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path, batch_size: int) -> None:
+# small batches (by files, or by text bytes) make documents span several encode batches
+@pytest.mark.parametrize(("batch_size", "batch_bytes"), [(256, 2**23), (2, 2**23), (256, 1000)])
+def test_piecewise_encoding_equals_joined_text(tokenizer_dir: Path, batch_size: int, batch_bytes: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("arctic_pretrain.curation.grouping.BATCH_TEXT_BYTES", batch_bytes)
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     files = [(f"json/{n}.py", stdlib_file(f"json/{n}.py")) for n in ("decoder", "encoder", "tool")]
     docs = [repo_pieces("org/json", files, GroupConfig(metadata_probability=p), "python") for p in (0.0, 1.0)]
