@@ -132,16 +132,30 @@ class TokenizeConfig:
     batch_size: int = 256  # files per encode_batch call (whole repositories, so possibly more)
 
 
+def _slurm_defaults() -> dict[str, Any]:
+    """SlurmPipelineExecutor arguments, listed so that `executor.slurm.<key>=...` needs no `+`. partition has
+    no default (executor=slurm requires it); qos None leaves the cluster's default QOS (datatrove would force
+    "normal"); env_command None runs the submitting environment's datatrove; other keys, e.g.
+    `+executor.slurm.sbatch_args.account=<name>`, take a `+`."""
+    return {"partition": None, "time": "24:00:00", "cpus_per_task": 1, "mem_per_cpu_gb": 2, "qos": None,
+            "env_command": None, "sbatch_args": {}}
+
+
 @dataclass
 class ExecutorConfig:
     """Where datatrove runs the stages: local (default), slurm, or ray (where installed)."""
 
     kind: str = "local"  # local | slurm | ray
     tasks: int = 4  # input shards per parallel stage; datatrove splits work by task
-    workers: int = 2  # concurrent processes (local); -1: one per task
+    workers: int = 2  # concurrent tasks of a stage (local processes, slurm array %limit, ray); -1: one per task
     start_method: str = "forkserver"  # local: datatrove's default
-    slurm: dict[str, Any] = field(default_factory=dict)  # passed to SlurmPipelineExecutor (partition, time, ...)
-    ray: dict[str, Any] = field(default_factory=dict)  # passed to RayPipelineExecutor
+    # slurm: any SlurmPipelineExecutor argument (partition, time, cpus_per_task, mem_per_cpu_gb, qos,
+    # sbatch_args, env_command, ...); jobs are chained with afterok and submitted with --kill-on-invalid-dep=yes
+    slurm: dict[str, Any] = field(default_factory=_slurm_defaults)
+    ray: dict[str, Any] = field(default_factory=dict)  # passed to RayPipelineExecutor (cpus_per_task, ...)
+    # slurm: false returns once the chain is queued (report.json appears when the last job ends); true polls
+    # squeue until the jobs leave the queue, then checks every stage completed. local/ray always wait.
+    wait: bool = False
 
 
 @dataclass
@@ -226,7 +240,8 @@ def validate(cfg: CurateConfig) -> None:
     _require(e.start_method in ("fork", "forkserver", "spawn"), "executor.start_method", e.start_method,
              "must be fork, forkserver or spawn")
     if e.kind == "slurm":
-        _require("partition" in e.slurm, "executor.slurm", dict(e.slurm), "needs a partition")
+        _require(bool(e.slurm.get("partition")), "executor.slurm.partition", e.slurm.get("partition"),
+                 "executor=slurm needs a partition (executor.slurm.partition=<name>)")
 
 
 def _check_keys(node: Any, schema: type, prefix: str) -> None:
@@ -264,6 +279,5 @@ def register() -> None:
     cs.store(name="curate_schema", node=CurateConfig)
     # the executor group: `executor=local|slurm|ray` on the command line swaps the whole block
     cs.store(group="executor", name="local", node=ExecutorConfig(kind="local"))
-    cs.store(group="executor", name="slurm", node=ExecutorConfig(kind="slurm", tasks=256, workers=-1,
-                                                                  slurm={"time": "24:00:00", "cpus_per_task": 1}))
+    cs.store(group="executor", name="slurm", node=ExecutorConfig(kind="slurm", tasks=256, workers=-1))
     cs.store(group="executor", name="ray", node=ExecutorConfig(kind="ray", tasks=64, workers=-1))

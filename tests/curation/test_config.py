@@ -31,8 +31,13 @@ def test_yaml_composes_with_recipe_defaults() -> None:
 
 
 def test_executor_group_swaps() -> None:
-    cfg = _compose("executor=slurm", "+executor.slurm.partition=cpu")
+    cfg = _compose("executor=slurm", "executor.slurm.partition=cpu")  # the README's command, no `+`
+    validate(cfg)
     assert cfg.executor.kind == "slurm" and cfg.executor.slurm["partition"] == "cpu"
+    assert cfg.executor.slurm["time"] == "24:00:00" and cfg.executor.tasks == 256
+    with pytest.raises(CurationConfigError, match=r"executor\.slurm\.partition"):
+        validate(_compose("executor=slurm"))
+    assert _compose("executor=ray").executor.kind == "ray"
 
 
 def test_unknown_key_fails() -> None:
