@@ -15,7 +15,8 @@ register()
 
 @hydra.main(version_base=None, config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="curate")
 def main(cfg: DictConfig) -> None:
-    from arctic_pretrain.curation.pipeline import run, submitted_jobs
+    from arctic_pretrain.curation.pipeline import run
+    from arctic_pretrain.curation.slurm import submitted_jobs
 
     config: CurateConfig = to_config(cfg)
     try:

@@ -213,20 +213,21 @@ class GroupAndTokenize(PipelineStep):
         for lang_dir in sorted(p for p in Path(self.documents_dir).iterdir() if p.is_dir()):
             language = lang_dir.name
             files = sorted(lang_dir.glob(f"g{rank:04d}-r*.jsonl"))
-            with self.track_time("bucket"):
+            with self.track_time("bucket"):  # one timing per (bucket, language): index, read, encode, write
                 index = BucketIndex(files)
-            if not index.docs:
-                continue
-            self.stat_update("in_docs", value=index.docs)
-            self.stat_update("in_bytes", value=index.bytes)
-            repos = sorted(index.repos)
-            self.stat_update("out_docs", value=len(repos))
-            self.stat_update(f"repos_{language}", value=len(repos))
-            writer = ShardWriter(Path(self.tokens_dir) / language, info, prefix=f"g{rank:04d}",
-                                 shard_tokens=self.tok_cfg.shard_tokens)
-            try:
-                self._encode(writer, (index.pieces(repo, self.group, language) for repo in repos), tokenizer, language)
-            finally:
-                index.close()
-            writer.close(finalize=False)
+                if not index.docs:
+                    continue
+                self.stat_update("in_docs", value=index.docs)
+                self.stat_update("in_bytes", value=index.bytes)
+                repos = sorted(index.repos)
+                self.stat_update("out_docs", value=len(repos))
+                self.stat_update(f"repos_{language}", value=len(repos))
+                writer = ShardWriter(Path(self.tokens_dir) / language, info, prefix=f"g{rank:04d}",
+                                     shard_tokens=self.tok_cfg.shard_tokens)
+                try:
+                    self._encode(writer, (index.pieces(repo, self.group, language) for repo in repos), tokenizer,
+                                 language)
+                finally:
+                    index.close()
+                writer.close(finalize=False)
         yield from ()
