@@ -42,13 +42,17 @@ def _sources() -> list[tuple[Path, int]]:
     their site-packages, and the remaining code trees here (gcloud platform, npm, CUDA headers, Rust)."""
     paths = sysconfig.get_paths()
     roots = [Path(paths["stdlib"]), Path("/usr/include"), Path(paths["purelib"])]
-    gcloud = Path("/usr/lib/google-cloud-sdk/lib")
-    roots += [gcloud / "third_party", gcloud / "googlecloudsdk", gcloud / "surface"]
-    roots += sorted(Path("/root/.pyenv/versions").glob("*/lib/python[23].*"), reverse=True)
-    roots += sorted(Path("/root/.pyenv/versions").glob("*/lib/python[23].*/site-packages"))
-    roots += [Path("/usr/lib/google-cloud-sdk/platform"), Path("/usr/lib/python3/dist-packages"),
-              Path("/usr/lib/node_modules"), *sorted(Path("/usr/local").glob("cuda*/include")),
-              *sorted(Path("/root/.rustup/toolchains").glob("*"))]
+    gcloud = shutil.which("gcloud")
+    sdk = Path(gcloud).resolve().parent.parent if gcloud else None
+    if sdk is not None:
+        roots += [sdk / "lib" / "third_party", sdk / "lib" / "googlecloudsdk", sdk / "lib" / "surface"]
+    installs = Path(paths["stdlib"]).resolve().parents[2]  # e.g. pyenv's versions/: this Python's siblings
+    roots += sorted(installs.glob("*/lib/python[23].*"), reverse=True)
+    roots += sorted(installs.glob("*/lib/python[23].*/site-packages"))
+    roots += [sdk / "platform"] if sdk is not None else []
+    roots += [Path("/usr/lib/python3/dist-packages"), Path("/usr/lib/node_modules"),
+              *sorted(Path("/usr/local").glob("cuda*/include")),
+              *sorted(Path(os.environ.get("RUSTUP_HOME", Path.home() / ".rustup")).glob("toolchains/*"))]
     return [(root, 1) for root in roots if root.is_dir()]
 
 
