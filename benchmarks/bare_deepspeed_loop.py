@@ -49,6 +49,7 @@ def main(run_dir: Path, steps: int) -> None:
     for step in range(steps):
         for m in range(gas):
             ids, positions = batches[step * gas + m]  # same document-masked attention as the framework
+            ids, positions = ids.to(engine.device), positions.to(engine.device)
             loss = engine(input_ids=ids, position_ids=positions, labels=ids, use_cache=False).loss
             engine.backward(loss)
             engine.step()

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from arctic_pretrain.config.schema import TrainConfig
     from arctic_pretrain.data.shards import TokenSource
 
-ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "flex_attention", "eager")
 DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("online", "offline", "disabled")

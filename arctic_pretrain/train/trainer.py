@@ -235,5 +235,7 @@ class Trainer:
                   "step_seconds": averaged.get("step_seconds"), "time": time.time(),
                   "skipped": result.skipped, "skipped_nonfinite": self.guard.counts["nonfinite"],
                   "skipped_spike": self.guard.counts["spike"]}
+        if torch.cuda.is_available():  # the accelerator's high-water mark, for sizing batches
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         record.update({k: v for k, v in averaged.items() if k.startswith("loss/")})
         self.sink.write(record)
