@@ -45,7 +45,10 @@ def run(attention: str, steps: int, warmup: int, out: Path, overrides: list[str]
     if not rows:
         return {"attention": attention, "error": note or "no metrics written"}
     steady = [r for r in rows if r["step"] > warmup] or rows
-    med = lambda key: statistics.median(r[key] for r in steady if r.get(key) is not None)  # noqa: E731
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in steady if r.get(key) is not None)
+
     return {"attention": attention, "steps_timed": len(steady), "tokens_per_s": round(med("tokens_per_s")),
             "mfu": round(med("mfu"), 4) if any(r.get("mfu") for r in steady) else None,
             "step_seconds": round(med("step_seconds"), 3),

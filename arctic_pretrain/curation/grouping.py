@@ -169,19 +169,20 @@ class GroupAndTokenize(PipelineStep):
         special = {sep: tokenizer.token_to_id(sep) for sep in (REPO_NAME, FILE_SEP)}
         plain = None in special.values()  # a tokenizer without StarCoder2 separators: separators as text
         chunk: list[tuple[str, str] | None] = []  # None: the end of a document
-        state = {"open": False, "tokens": 0}
+        doc_open, doc_tokens = False, 0  # the document being written may span several chunks
 
         def flush() -> None:
+            nonlocal doc_open, doc_tokens
             texts = [sep + text if plain else text for sep, text in filter(None, chunk)]
             encodings = iter(tokenizer.encode_batch(texts, add_special_tokens=False) if texts else ())
             for piece in chunk:
-                if not state["open"]:
+                if not doc_open:
                     writer.begin_document()
-                    state["open"] = True
+                    doc_open = True
                 if piece is None:
                     writer.end_document()
-                    self.stat_update(f"tokens_{language}", value=state["tokens"] + 1)  # + the EOS
-                    state.update(open=False, tokens=0)
+                    self.stat_update(f"tokens_{language}", value=doc_tokens + 1)  # + the EOS
+                    doc_open, doc_tokens = False, 0
                     continue
                 sep, text = piece
                 self.stat_update("out_bytes", value=len((sep + text).encode("utf-8", "replace")))
@@ -189,7 +190,7 @@ class GroupAndTokenize(PipelineStep):
                 if sep and not plain:
                     ids = np.concatenate([np.asarray([special[sep]], dtype=np.uint32), ids])
                 writer.extend_document(ids)
-                state["tokens"] += int(ids.size)
+                doc_tokens += int(ids.size)
             chunk.clear()
 
         size = 0

@@ -30,7 +30,6 @@ def slurm_arguments(cfg: CurateConfig) -> dict:
     (its bin folder first on PATH, so an unactivated venv works), the array %limit is executor.workers, and
     a failed stage cancels the jobs after it (--kill-on-invalid-dep=yes) instead of leaving them pending."""
     args = dict(cfg.executor.slurm)
-    args.setdefault("time", "24:00:00")
     args.setdefault("workers", cfg.executor.workers)
     args["sbatch_args"] = {"kill-on-invalid-dep": "yes", **dict(args.get("sbatch_args") or {})}
     if not any(args.get(k) for k in ("env_command", "condaenv", "venv_path")):
