@@ -18,10 +18,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from arctic_pretrain.config.schema import ModelConfig
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import build_model, padded_vocab_size
+from arctic_pretrain.model.config import ModelConfig
 
 
 def main(run_dir: Path, steps: int) -> None:

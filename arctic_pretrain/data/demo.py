@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
+from arctic_pretrain.data.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<repo_name>", "<file_sep>", "<fim_prefix>", "<fim_middle>",
-                  "<fim_suffix>", "<fim_pad>"]
 READY = "READY.json"
 _MAX_FILE_BYTES = 200_000
 
@@ -95,24 +94,6 @@ def demo_texts(megabytes: float) -> dict[str, list[str]]:
 def _chain(*iterators: Iterator[Path]) -> Iterator[Path]:
     for it in iterators:
         yield from it
-
-
-def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> TokenizerInfo:
-    """Byte-level BPE (the StarCoder family's kind) with the StarCoder2 special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:])
-    fast.save_pretrained(out_dir)
-    return TokenizerInfo.from_file(out_dir / "tokenizer.json", name=str(out_dir))
 
 
 def build_demo(root: Path, megabytes: float, vocab_size: int) -> Path:

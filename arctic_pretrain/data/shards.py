@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arctic_pretrain.common.io import atomic_write
+
 FORMAT = "arctic-pretrain/shards"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -107,15 +109,6 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: invalid manifest: {err}") from err
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -209,7 +202,7 @@ class ShardWriter:
         self._seal()
         part = {"tokenizer": asdict(self.tokenizer), "dtype": self.dtype.name,
                 "shards": [asdict(e) for e in self.entries]}
-        _atomic_write_text(self.folder / f"{self.prefix}.part.json", json.dumps(part))
+        atomic_write(self.folder / f"{self.prefix}.part.json", json.dumps(part))
         if finalize:
             finalize_source(self.folder, metadata=metadata)
         return self.entries
@@ -240,7 +233,7 @@ def finalize_source(folder: str | Path, *, metadata: dict | None = None) -> Mani
         tokenizer, dtype = info, part["dtype"]
         shards += [ShardEntry(**s) for s in part["shards"]]
     manifest = Manifest(tokenizer=tokenizer, dtype=dtype, shards=shards, metadata=metadata or {})
-    _atomic_write_text(folder / MANIFEST, json.dumps(manifest.to_json(), indent=2))
+    atomic_write(folder / MANIFEST, json.dumps(manifest.to_json(), indent=2))
     return manifest
 
 

@@ -8,7 +8,7 @@ import logging
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from arctic_pretrain.config.schema import ModelConfig
+from arctic_pretrain.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from arctic_pretrain.config.schema import ModelConfig
+from arctic_pretrain.model.config import ModelConfig
 
 # Dense bf16 peak TFLOP/s by device-name fragment (vendor datasheets).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.train import distributed as dist
 
 log = logging.getLogger(__name__)
@@ -34,22 +35,6 @@ STATE = "trainer_state.json"
 COMPLETE = "COMPLETE"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from arctic_pretrain.config.schema import TrainConfig
+from arctic_pretrain.train.config import TrainConfig
 
 
 def use_bf16(precision: str) -> bool:

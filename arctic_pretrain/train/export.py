@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from arctic_pretrain.model import EXPORT_META
+
 log = logging.getLogger(__name__)
 
-EXPORT_META = "arctic_export.json"
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:

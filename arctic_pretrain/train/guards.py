@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from arctic_pretrain.config.schema import GuardsConfig
+from arctic_pretrain.train.config import GuardsConfig
 
 
 class _SkipStepMixin:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from arctic_pretrain.config.schema import LoggingConfig
+from arctic_pretrain.train.config import LoggingConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from arctic_pretrain.config import TrainConfig, validate_config, validate_data_plan
-from arctic_pretrain.curriculum import Curriculum, Phase
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import build_model, flops_per_token, padded_vocab_size, peak_flops
@@ -28,11 +26,14 @@ from arctic_pretrain.train.checkpoint import (
     plan_restore,
     to_universal,
 )
+from arctic_pretrain.train.config import TrainConfig
+from arctic_pretrain.train.curriculum import Curriculum, Phase
 from arctic_pretrain.train.ds_config import deepspeed_config
 from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
 from arctic_pretrain.train.guards import StepGuard, make_optimizer
 from arctic_pretrain.train.metrics import MetricsSink
 from arctic_pretrain.train.trainer import Trainer
+from arctic_pretrain.train.validate import validate_config, validate_data_plan
 
 log = logging.getLogger("arctic_pretrain")
 
@@ -125,7 +126,7 @@ def export_missing_phases(trainer: Trainer) -> None:
 
 
 def light_evaluation(cfg: TrainConfig, export_dir: Path, trainer: Trainer, phase: Phase) -> dict:
-    from arctic_pretrain.eval.light import heldout_loss, light_humaneval
+    from arctic_pretrain.evaluate.light import heldout_loss, light_humaneval
 
     ev = cfg.evaluation
     record = {"step": trainer.step, "phase": phase.name, "phase_index": phase.index,

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from arctic_pretrain.config.schema import FaultConfig
-from arctic_pretrain.curriculum import Curriculum, Phase
 from arctic_pretrain.data.sampler import MixtureSampler
+from arctic_pretrain.model.loss import packed_next_token_loss
 from arctic_pretrain.train import distributed as dist
 from arctic_pretrain.train.checkpoint import CheckpointManager
+from arctic_pretrain.train.config import FaultConfig
+from arctic_pretrain.train.curriculum import Curriculum, Phase
 from arctic_pretrain.train.guards import StepGuard
-from arctic_pretrain.train.loss import packed_next_token_loss
 from arctic_pretrain.train.metrics import IntervalAverage, MetricsSink
 
 log = logging.getLogger(__name__)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from arctic_pretrain.config.schema import ModelConfig
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import build_model, flops_per_token, padded_vocab_size, resolve_attention
-from arctic_pretrain.train.loss import packed_next_token_loss
+from arctic_pretrain.model.loss import packed_next_token_loss
+from arctic_pretrain.train.config import ModelConfig
 from tests.conftest import make_source
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from arctic_pretrain.config.schema import ModelConfig
 from arctic_pretrain.model import build_model
 from arctic_pretrain.train.checkpoint import COMPLETE, CheckpointManager
+from arctic_pretrain.train.config import ModelConfig
 from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
 from tests.conftest import run_cli
 

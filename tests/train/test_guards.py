@@ -5,7 +5,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from arctic_pretrain.config.schema import GuardsConfig
+from arctic_pretrain.train.config import GuardsConfig
 from arctic_pretrain.train.guards import GuardedAdamW, StepGuard
 
 

@@ -1,0 +1,102 @@
+"""The schema of `launch/evaluate.py`; field comments are the configuration reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.evaluate.tasks import EVOEVAL_SUBSETS, TASKS
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding. The paper reports greedy pass@1; sampling (do_sample, n_samples) gives pass@k."""
+
+    backend: str = "auto"  # auto (vLLM when it imports on a GPU, else transformers) | hf | vllm
+    batch_size: int = 8  # prompts per transformers generate() call (left padded)
+    max_new_tokens: int = 512
+    do_sample: bool = False  # false: greedy
+    temperature: float = 0.8  # used only when do_sample
+    top_p: float = 0.95  # used only when do_sample
+    n_samples: int = 1  # completions per problem; must be >= every k in pass_k
+    pass_k: list[int] = field(default_factory=lambda: [1])  # unbiased estimator (Chen et al. 2021)
+    strip_prompt_newlines: bool = True  # the paper's convention: trailing newlines removed from prompts
+    dtype: str = "auto"  # auto (bf16 on GPUs that support it, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 1234
+
+
+@dataclass
+class SandboxConfig:
+    """Execution of model-written code (see arctic_pretrain/evaluate/sandbox.py for the isolation layers)."""
+
+    timeout_s: float = 10.0  # per HumanEval sample; evalplus derives per-input limits, BigCodeBench gets 6x
+    memory_mb: int = 4096  # address-space rlimit of each sample's process (0: none)
+    workers: int = 0  # samples executed at once; 0: one per CPU core
+
+
+@dataclass
+class DataConfig:
+    """Where benchmark data lives. null: the benchmark's default location (env variables honoured)."""
+
+    humaneval_plus: str | None = None  # evalplus HumanEvalPlus jsonl (else HUMANEVAL_OVERRIDE_PATH, evalplus cache)
+    mbpp_plus: str | None = None  # evalplus MbppPlus jsonl (else MBPP_OVERRIDE_PATH, evalplus cache)
+    evoeval: str | None = None  # folder of EvoEval release files EvoEval_<subset>.jsonl (else EVOEVAL_OVERRIDE_PATH)
+    evoeval_subsets: list[str] = field(default_factory=lambda: list(EVOEVAL_SUBSETS))  # scored together
+    bigcodebench: str | None = None  # BigCodeBench jsonl (else BIGCODEBENCH_OVERRIDE_PATH)
+    download: bool = False  # let evalplus download its data when no local copy exists (needs network)
+
+
+@dataclass
+class EvalConfig:
+    """`python launch/evaluate.py model=<run_dir or HF path> tasks=[humaneval] output_dir=<path> limit=<n>`."""
+
+    model: str = MISSING  # a run directory (every export/<phase>/ becomes a row) or one HF folder/hub name
+    baselines: list[str] = field(default_factory=list)  # more HF folders/hub names, one row each
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    output_dir: str = "eval_results"  # results.json, results.md, pass_at_1.png, cache/
+    limit: int | None = None  # evaluate only the first n problems of each task
+    cache: bool = True  # reuse results of (model, task, generation, limit) already computed
+    cache_dir: str | None = None  # null: <output_dir>/cache
+    progress: bool = True  # progress bars on stderr
+    reference: bool = True  # add the paper's rows to the table and the plot
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def validate(cfg: EvalConfig) -> None:
+    """Cross-field rules, checked before any model loads."""
+    for task in cfg.tasks:
+        if task not in TASKS:
+            raise ConfigError(f"tasks: unknown task {task!r}; known: {', '.join(TASKS)}")
+    if not cfg.tasks:
+        raise ConfigError("tasks: empty; name at least one of " + ", ".join(TASKS))
+    g = cfg.generation
+    if g.backend not in ("auto", "hf", "vllm"):
+        raise ConfigError(f"generation.backend={g.backend!r}: must be auto, hf or vllm")
+    if g.n_samples < 1 or g.batch_size < 1 or g.max_new_tokens < 1:
+        raise ConfigError("generation.n_samples, batch_size and max_new_tokens must be positive")
+    if not g.pass_k or min(g.pass_k) < 1 or max(g.pass_k) > g.n_samples:
+        raise ConfigError(f"generation.pass_k={list(g.pass_k)}: every k must be in 1..n_samples={g.n_samples}")
+    if not g.do_sample and g.n_samples > 1:
+        raise ConfigError(f"generation.n_samples={g.n_samples}: greedy decoding gives one distinct "
+                              "completion; set generation.do_sample=true for pass@k")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConfigError(f"limit={cfg.limit}: must be positive (or null for all problems)")
+    if cfg.sandbox.timeout_s <= 0:
+        raise ConfigError(f"sandbox.timeout_s={cfg.sandbox.timeout_s}: must be positive")
+
+
+def register_configs(yaml_path: str | Path | None = None) -> None:
+    """Register the schema (so conf/evaluate.yaml is type-checked: unknown keys fail) and, when given, the yaml."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    cs.store(name="evaluate_schema", node=EvalConfig)
+    if yaml_path is not None:
+        cs.store(name="evaluate", node=OmegaConf.load(yaml_path))

@@ -1,0 +1,199 @@
+"""One evaluation run: models x tasks -> generate -> cut at stops -> sandboxed execution -> pass@k -> files.
+
+The loop is small on purpose: every concern lives in its module (generation, tasks, sandbox, results,
+cache). `backend_factory` is the seam where tests plug in a fake model.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from arctic_pretrain.evaluate.cache import ResultCache, cache_key, model_fingerprint
+from arctic_pretrain.evaluate.config import ConfigError, EvalConfig, GenerationConfig, validate
+from arctic_pretrain.evaluate.results import score, write_outputs
+from arctic_pretrain.evaluate.sandbox import execute_many
+from arctic_pretrain.evaluate.tasks import Problem, Task, TaskUnavailable, build_task
+from arctic_pretrain.generation.backends import Backend, SamplingParams, build_backend, truncate_at_stop
+from arctic_pretrain.model import EXPORT_META
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One row of the table: a phase export of a run, a single checkpoint, or a baseline."""
+
+    name: str
+    path: str
+    phase: str | None = None
+    phase_index: int | None = None
+    step: int | None = None
+    consumed_tokens: int | None = None
+
+
+BackendFactory = Callable[[ModelSpec, GenerationConfig], Backend]
+
+
+def _spec(path: Path, name: str | None = None) -> ModelSpec:
+    meta_file = path / EXPORT_META
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        return ModelSpec(name or meta["phase"], str(path), meta["phase"], meta.get("phase_index"),
+                         meta.get("step"), meta.get("consumed_tokens"))
+    return ModelSpec(name or path.name, str(path))
+
+
+def resolve_models(model: str, baselines: list[str] | None = None) -> list[ModelSpec]:
+    """A run directory gives one spec per export/<phase>/ in phase order; anything else one spec."""
+    root = Path(model)
+    specs: list[ModelSpec] = []
+    if (root / "export").is_dir() and not (root / "config.json").is_file():
+        exports = [_spec(d) for d in (root / "export").iterdir() if (d / EXPORT_META).is_file()]
+        if not exports:
+            raise ConfigError(f"model={model}: a run directory without finished phase exports "
+                                  f"(no export/<phase>/{EXPORT_META})")
+        specs = sorted(exports, key=lambda s: (s.phase_index if s.phase_index is not None else 1 << 30, s.name))
+    elif root.is_dir():
+        specs = [_spec(root)]
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ConfigError(f"model={model}: no such folder (give a run directory, an HF folder or a hub name)")
+    else:
+        specs = [ModelSpec(model, model)]  # a hub name, resolved by transformers/vLLM
+    for b in baselines or []:
+        specs.append(_spec(Path(b)) if Path(b).is_dir() else ModelSpec(b, b))
+    return specs
+
+
+def default_backend_factory(spec: ModelSpec, gen: GenerationConfig) -> Backend:
+    return build_backend(spec.path, gen.backend, gen.batch_size, gen.dtype, gen.device)
+
+
+def prepare_prompt(prompt: str, strip: bool) -> str:
+    """The paper's convention: trailing newlines (and spaces) removed, so the model writes the line break."""
+    return prompt.rstrip() if strip else prompt
+
+
+def run_task(task: Task, problems: list[Problem], backend: Backend, cfg: EvalConfig,
+             label: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate, execute and score one task for one model; returns (summary, per-sample records)."""
+    from tqdm.auto import tqdm
+
+    g = cfg.generation
+    params = SamplingParams(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
+                            top_p=g.top_p, n=g.n_samples, seed=g.seed)
+    prompts = [prepare_prompt(p.prompt, g.strip_prompt_newlines) for p in problems]
+    t0 = time.perf_counter()
+    with tqdm(total=len(prompts), desc=f"{label} {task.name}: generate", disable=not cfg.progress,
+              leave=False) as bar:
+        raw = backend.generate(prompts, task.stop, params, progress=bar.update)
+    gen_s = time.perf_counter() - t0
+    completions = [[truncate_at_stop(c, task.stop) for c in cs] for cs in raw]
+    jobs = [task.job(p, prompt, c, cfg.sandbox.timeout_s)
+            for p, prompt, cs in zip(problems, prompts, completions, strict=True) for c in cs]
+    t0 = time.perf_counter()
+    with tqdm(total=len(jobs), desc=f"{label} {task.name}: execute", disable=not cfg.progress, leave=False) as bar:
+        outcomes = execute_many(jobs, cfg.sandbox.workers, cfg.sandbox.memory_mb, on_done=lambda: bar.update(1))
+    exec_s = time.perf_counter() - t0
+    records, passed, i = [], [], 0
+    for p, cs in zip(problems, completions, strict=True):
+        verdicts = []
+        for c in cs:
+            o = outcomes[i]
+            i += 1
+            verdicts.append(o.passed)
+            records.append({"task_id": p.task_id, "completion": c, "passed": o.passed, "status": o.status})
+        passed.append(verdicts)
+    statuses = Counter(r["status"].split(":")[0] for r in records)
+    isolation = next((o.isolation for o in outcomes if o.isolation), None)
+    summary = {**score(passed, g.pass_k), "problems": len(problems), "samples_per_problem": g.n_samples,
+               "statuses": dict(statuses), "generate_s": round(gen_s, 2), "execute_s": round(exec_s, 2),
+               "sandbox_isolation": isolation}
+    return summary, records
+
+
+def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> dict[str, Any]:
+    """Evaluate every model on every task (cached where possible) and write the output files."""
+    validate(cfg)
+    factory = backend_factory or default_backend_factory
+    out_dir = Path(cfg.output_dir)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache"
+    cache = ResultCache(cache_dir, cfg.cache)
+    models = resolve_models(cfg.model, list(cfg.baselines))
+    gen = asdict(cfg.generation) if not isinstance(cfg.generation, dict) else dict(cfg.generation)
+    # batch size, backend and device change speed, not (intended) results: they stay out of the key
+    gen_key = {k: v for k, v in gen.items() if k not in ("batch_size", "backend", "device")}
+    sandbox_key = {"timeout_s": cfg.sandbox.timeout_s, "memory_mb": cfg.sandbox.memory_mb}
+
+    tasks: dict[str, Task | str] = {}
+    problems: dict[str, list[Problem]] = {}
+    for name in cfg.tasks:
+        task = build_task(name, cfg.data, str(cache_dir))
+        try:
+            problems[name] = task.load(cfg.limit)
+            tasks[name] = task
+        except TaskUnavailable as err:
+            log.warning("task %s skipped: %s", name, err)
+            tasks[name] = str(err)
+
+    results: dict[str, Any] = {"tasks": list(cfg.tasks), "limit": cfg.limit, "generation": gen,
+                               "sandbox": sandbox_key, "models": []}
+    for spec in models:
+        row: dict[str, Any] = {**asdict(spec), "tasks": {}}
+        backend: Backend | None = None
+        fingerprint = model_fingerprint(spec.path)
+        for name in cfg.tasks:
+            task = tasks[name]
+            if isinstance(task, str):
+                row["tasks"][name] = {"skipped": task}
+                continue
+            key = cache_key(model=fingerprint, task=name, data=task.fingerprint, generation=gen_key,
+                            limit=cfg.limit, sandbox=sandbox_key)
+            hit = cache.get(name, key)
+            if hit is not None:
+                row["tasks"][name] = {**hit["summary"], "cached": True}
+                continue
+            if backend is None:
+                backend = factory(spec, cfg.generation)
+            summary, records = run_task(task, problems[name], backend, cfg, label=spec.name)
+            cache.put(name, key, {"summary": summary, "model": spec.path, "samples": records})
+            _write_samples(out_dir / "samples" / f"{_safe(spec.name)}-{name}.jsonl", records)
+            row["tasks"][name] = {**summary, "cached": False}
+            log.info("%s %s: pass@1 %.3f over %d problems", spec.name, name, summary["pass@1"], summary["problems"])
+        results["models"].append(row)
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
+        del backend
+        _free_memory()
+        write_outputs(results, out_dir, cfg.reference)  # partial results survive a crash of a later model
+    write_outputs(results, out_dir, cfg.reference)
+    return results
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _write_samples(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

@@ -1,0 +1,1 @@
+"""Generation backends shared by evaluation (completions) and synthesis (LLM-written documents)."""

