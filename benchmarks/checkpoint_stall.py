@@ -25,15 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from arctic_pretrain.train.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(args: argparse.Namespace, run_dir: Path) -> float:

@@ -25,6 +25,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from arctic_pretrain.train.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,13 +48,6 @@ def launch(args: argparse.Namespace, run_dir: Path, *overrides: str) -> tuple[fl
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return start, proc
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(run_dir: Path) -> list[dict]:

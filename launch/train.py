@@ -32,12 +32,34 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return out
 
 
+def reject_moved_keys(argv: list[str]) -> None:
+    """Command lines of earlier versions fail with the new spelling, before Hydra parses them."""
+    for arg in argv[1:]:
+        if arg.lstrip("+~").startswith("faults."):
+            print(f"error: {arg!r}: fault injection is no longer a config key; it is test-only and set through "
+                  "the environment: ARCTIC_PRETRAIN_FAULTS='kill_at_step=12,kill_point=during_save' "
+                  "(see arctic_pretrain/train/callbacks/faults.py)", file=sys.stderr)
+            sys.exit(2)
+
+
 sys.argv = strip_launcher_args(sys.argv)
+reject_moved_keys(sys.argv)
 
 from arctic_pretrain.common.config import ConfigError, conf_dir  # noqa: E402
 from arctic_pretrain.train.config import TrainConfig, register_configs  # noqa: E402
 
 register_configs()
+
+
+def stage_callbacks(cfg: TrainConfig) -> list:
+    """Other stages join the step loop here, and only here: phase-end evaluation (evaluation.enabled)."""
+    if not cfg.evaluation.enabled:
+        return []
+    from arctic_pretrain.evaluate.phase_end import PhaseEndEvaluation
+
+    ev = cfg.evaluation
+    return [PhaseEndEvaluation(os.path.join(cfg.run_dir, "export"), cfg.data.sources,
+                               cfg.training.seq_len, ev.heldout_windows, ev.humaneval_limit, ev.max_new_tokens)]
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir("train"), config_name="train")
@@ -47,7 +69,7 @@ def main(dict_cfg: DictConfig) -> None:
 
     try:
         cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
-        run(cfg)
+        run(cfg, callbacks=stage_callbacks(cfg))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -43,9 +43,17 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launch
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    import socket
+from arctic_pretrain.train.distributed import free_port  # noqa: E402  (one helper, shared with benchmarks)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@pytest.fixture
+def process_group(monkeypatch):
+    """A world-size-1 process group in this process (gloo on CPU), as the trainer's ranks have."""
+    import deepspeed
+    import torch.distributed as tdist
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)  # DeepSpeed's engine reads them; later subprocesses must not
+    if not tdist.is_initialized():
+        deepspeed.init_distributed(dist_backend=None, verbose=False)

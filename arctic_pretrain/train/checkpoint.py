@@ -57,9 +57,15 @@ def tag_for(step: int) -> str:
 
 
 class CheckpointManager:
-    def __init__(self, root: str | Path, keep_last: int) -> None:
+    """Writes ``root/<tag>/`` on every rank and publishes it as ``latest`` only when all of it is on disk.
+
+    ``hf_config`` (the model's transformers config) is saved into each checkpoint, so any checkpoint
+    exports to an HF folder later without the run's YAML."""
+
+    def __init__(self, root: str | Path, keep_last: int, hf_config=None) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
+        self.hf_config = hf_config
 
     # ---- reading -------------------------------------------------------------------------------
     def latest_tag(self) -> str | None:
@@ -80,7 +86,7 @@ class CheckpointManager:
         return sorted(p.parent.name for p in self.root.glob(f"*/{COMPLETE}"))
 
     # ---- writing -------------------------------------------------------------------------------
-    def save(self, engine, step: int, state: dict[str, Any], hf_config=None, before_publish=None) -> str:
+    def save(self, engine, step: int, state: dict[str, Any], before_publish=None) -> str:
         """Write a checkpoint on every rank, then publish it from rank 0. Collective."""
         tag = tag_for(step)
         folder = self.root / tag
@@ -93,15 +99,15 @@ class CheckpointManager:
         torch.save(rng_state(), folder / f"rng_rank{dist.rank()}.pt")
         dist.barrier()
         if dist.rank() == 0:
-            if hf_config is not None:
-                hf_config.save_pretrained(folder / "hf_config")
+            if self.hf_config is not None:
+                self.hf_config.save_pretrained(folder / "hf_config")
             for path in folder.rglob("*"):
                 if path.is_file():
                     with open(path, "rb+") as fh:
                         os.fsync(fh.fileno())
             atomic_write(folder / STATE, json.dumps(state, indent=2))
             if before_publish is not None:
-                before_publish()  # fault injection: everything written, nothing published
+                before_publish()  # rank 0's checkpoint_written callbacks: everything written, nothing published
             atomic_write(folder / COMPLETE, "")
             atomic_write(self.root / LATEST, tag)
             self.prune()

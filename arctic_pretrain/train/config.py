@@ -121,17 +121,6 @@ class GuardsConfig:
 
 
 @dataclass
-class FaultConfig:
-    """Fault injection for the resume and guard tests. Never set in a real run."""
-
-    nan_loss_at_step: int | None = None  # rank 0's loss for this step (1-based) becomes NaN ...
-    nan_loss_count: int = 1  # ... and for the steps after it, this many in all
-    spike_at_step: int | None = None  # rank 0's loss for this step is multiplied by 100 (a finite spike)
-    kill_at_step: int | None = None  # rank 0 SIGKILLs itself at this step ...
-    kill_point: str = "after_step"  # ... after_step | during_save (files written, not published) | phase_transition
-
-
-@dataclass
 class PhaseEvalConfig:
     """Light evaluation at every phase end (rank 0, on the phase's export), logged like any metric."""
 
@@ -155,7 +144,6 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
-    faults: FaultConfig = field(default_factory=FaultConfig)
     init_from: str | None = None  # start from another run's checkpoint (<run_dir> or <run_dir>/checkpoints/<tag>)
     init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
     init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point

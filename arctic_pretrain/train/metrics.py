@@ -1,8 +1,4 @@
-"""Metric lines: averaged over the logging interval, written to metrics.jsonl and wandb (rank 0).
-
-The interval accumulator is part of the checkpoint, so a resumed run writes the same lines an
-uninterrupted one would.
-"""
+"""Metric lines: written to metrics.jsonl and wandb (rank 0); the interval accumulator they are averaged with."""
 
 from __future__ import annotations
 
@@ -14,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from arctic_pretrain.train.callbacks import Callback
 from arctic_pretrain.train.config import LoggingConfig
 
 log = logging.getLogger(__name__)
@@ -47,8 +44,11 @@ class IntervalAverage:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
 
 
-class MetricsSink:
-    """Append-only JSONL plus wandb. Only rank 0 constructs one with ``enabled=True``."""
+class MetricsSink(Callback):
+    """Append-only JSONL plus wandb, fed by ``trainer.log``. Only rank 0 has one with ``enabled=True``.
+    A resumed run first drops the lines written after the checkpoint it restarts from."""
+
+    name = "sink"
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config: dict[str, Any], enabled: bool) -> None:
         self.path = Path(run_dir) / METRICS
@@ -56,6 +56,7 @@ class MetricsSink:
         self._wandb = None
         if not enabled:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if cfg.wandb_mode != "disabled":
             import wandb
 
@@ -74,6 +75,16 @@ class MetricsSink:
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)
 
+    def pre_train(self, trainer, resumed: bool) -> None:
+        if resumed:
+            self.truncate_after(trainer.step)
+
+    def log_metrics(self, trainer, record: dict[str, Any]) -> None:
+        self.write(record)
+
+    def post_train(self, trainer, result: dict[str, Any]) -> None:
+        self.close()
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -85,6 +96,7 @@ class MetricsSink:
     def close(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()
+            self._wandb = None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

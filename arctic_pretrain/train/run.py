@@ -1,4 +1,9 @@
-"""Wire a run from its config in a handful of lines: data -> model -> engine -> trainer -> fit."""
+"""Wire a run from its config: data -> model -> engine -> callbacks -> trainer -> fit.
+
+Each piece comes from a narrow builder below; logging, seeding and restoring live in their own helpers
+so ``run`` reads as the recipe. Other stages plug in only through ``callbacks`` (launch/train.py
+attaches phase-end evaluation that way): this package never imports another stage.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,37 @@ import logging
 import os
 import random
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import build_model, flops_per_token, padded_vocab_size, peak_flops
+from arctic_pretrain.model.loss import build_loss
 from arctic_pretrain.train import distributed as dist
+from arctic_pretrain.train.callbacks import Callback
+from arctic_pretrain.train.callbacks.export import PhaseExport
+from arctic_pretrain.train.callbacks.faults import FaultInjection
+from arctic_pretrain.train.callbacks.progress import ProgressBar
+from arctic_pretrain.train.callbacks.speed import MetricsRecorder
 from arctic_pretrain.train.checkpoint import (
     CheckpointManager,
     RestorePlan,
-    atomic_write,
     load_engine,
     plan_restore,
     to_universal,
 )
 from arctic_pretrain.train.config import TrainConfig
-from arctic_pretrain.train.curriculum import Curriculum, Phase
+from arctic_pretrain.train.curriculum import Curriculum
 from arctic_pretrain.train.ds_config import deepspeed_config
-from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
 from arctic_pretrain.train.guards import StepGuard, make_optimizer
 from arctic_pretrain.train.metrics import MetricsSink
-from arctic_pretrain.train.trainer import Trainer
+from arctic_pretrain.train.trainer import LoopSettings, Trainer
 from arctic_pretrain.train.validate import validate_config, validate_data_plan
 
 log = logging.getLogger("arctic_pretrain")
@@ -95,49 +105,23 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def phase_end_hook(cfg: TrainConfig):
-    """Phase end: rank 0 exports run_dir/export/<phase> from the checkpoint just published, then
-    (evaluation.enabled) scores the export and logs the figures as a metric line."""
-
-    def hook(trainer: Trainer, phase: Phase) -> None:
-        if dist.rank() == 0:
-            tag = trainer.checkpoints.latest_tag()
-            out = export_checkpoint(trainer.checkpoints.root / tag, trainer.run_dir / "export" / phase.name,
-                                    tokenizer=trainer.tokenizer, meta={"phase": phase.name, "phase_index": phase.index})
-            if cfg.evaluation.enabled:
-                trainer.sink.write(light_evaluation(cfg, out, trainer, phase))
-        dist.barrier()
-
-    return hook
-
-
-def export_missing_phases(trainer: Trainer) -> None:
-    """A run killed between a phase-end checkpoint and its export writes the export on resume."""
-    if dist.rank() == 0:
-        root = trainer.checkpoints.root
-        for tag in trainer.checkpoints.complete_tags():
-            state = trainer.checkpoints.read_state(tag)
-            phase = state.get("phase_end")
-            if phase and not (trainer.run_dir / "export" / phase / EXPORT_META).is_file():
-                log.info("writing the missing export of phase %s from %s", phase, tag)
-                export_checkpoint(root / tag, trainer.run_dir / "export" / phase, tokenizer=trainer.tokenizer,
-                                  meta={"phase": phase, "phase_index": state["phase_index"]})
-    dist.barrier()
-
-
-def light_evaluation(cfg: TrainConfig, export_dir: Path, trainer: Trainer, phase: Phase) -> dict:
-    from arctic_pretrain.evaluate.light import heldout_loss, light_humaneval
-
-    ev = cfg.evaluation
-    record = {"step": trainer.step, "phase": phase.name, "phase_index": phase.index,
-              "consumed_tokens": trainer.consumed_tokens, "event": "phase_eval", "time": time.time()}
-    sources = {name: src.path for name, src in cfg.data.sources.items()}
-    record.update(heldout_loss(export_dir, sources, windows=ev.heldout_windows, seq_len=cfg.training.seq_len))
-    if ev.humaneval_limit > 0:
-        scores = light_humaneval(export_dir, limit=ev.humaneval_limit, max_new_tokens=ev.max_new_tokens)
-        record.update({f"eval/{k}": v for k, v in scores.items()})
-    log.info("phase %s evaluation: %s", phase.name, {k: v for k, v in record.items() if "/" in k})
-    return record
+def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer: str, flops: float, resolved: dict,
+                    extra: Sequence[Callback]) -> list[Callback]:
+    """The loop's side concerns, in firing order: metrics, sink, progress, export, then ``extra``
+    (e.g. evaluation, after the export it reads), then test-only fault injection (last: it may kill)."""
+    rank0 = dist.rank() == 0
+    callbacks: list[Callback] = [
+        MetricsRecorder(cfg.logging.interval, flops, peak_flops(cfg.peak_tflops)),
+        MetricsSink(run_dir, cfg.logging, resolved, enabled=rank0),
+        ProgressBar(enabled=rank0),
+    ]
+    if cfg.checkpoint.export_phases:
+        callbacks.append(PhaseExport(run_dir, tokenizer))
+    callbacks.extend(extra)
+    faults = FaultInjection.from_env()
+    if faults is not None:
+        callbacks.append(faults)
+    return callbacks
 
 
 def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
@@ -147,20 +131,20 @@ def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
     load_engine(trainer.engine, root, plan.tag, load_optimizer=not reset_optimizer, rng_root=plan.root)
     trainer.load_state_dict(plan.state, metrics=not plan.branch)
     if plan.branch:
-        trainer.provenance = {"init_from": str(plan.root / plan.tag)}
+        trainer.provenance["init_from"] = str(plan.root / plan.tag)
         if cfg.init_reset_schedule:
             trainer.schedule_restart = trainer.consumed_tokens
         log.info("branched from %s at step %d (%d tokens)%s%s", plan.root / plan.tag, trainer.step,
                  trainer.consumed_tokens, ", fresh optimizer" if reset_optimizer else "",
                  ", LR schedule restarted" if cfg.init_reset_schedule else "")
     else:
-        trainer.sink.truncate_after(trainer.step)
         log.info("resumed from %s: step %d, %d tokens consumed%s", plan.tag, trainer.step, trainer.consumed_tokens,
                  f" (saved by {plan.state['world_size']} ranks, now {trainer.world})" if plan.universal else "")
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train ``cfg`` to the end of its curriculum (or max_steps), resuming from run_dir if possible."""
+def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train ``cfg`` to the end of its curriculum (or max_steps), resuming from run_dir if possible.
+    ``callbacks`` are added after the built-in ones (see ``build_callbacks``)."""
     import deepspeed
 
     world = dist.env_world_size()
@@ -179,7 +163,7 @@ def run(cfg: TrainConfig) -> dict:
     model = build_model(cfg.model, vocab, eos_id=tok_info.eos_id)
     if cfg.deepspeed.zero_stage in (1, 2):  # lets ds_to_universal convert these checkpoints (world-size changes)
         model.universal_checkpoint_info = {"universal_checkpoint_version": 0.2}
-    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, hf_config=model.config)
     plan = plan_restore(checkpoints, cfg.init_from, world)
     ds_cfg = deepspeed_config(cfg, world, load_universal=bool(plan and plan.universal))
     optimizer = make_optimizer(param_groups(model, cfg.optimizer.weight_decay), cfg.optimizer.betas,
@@ -196,24 +180,19 @@ def run(cfg: TrainConfig) -> dict:
         atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
         atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
-    trainer = Trainer(
-        engine=engine, optimizer=optimizer, sampler=sampler, curriculum=curriculum, checkpoints=checkpoints,
-        sink=MetricsSink(run_dir, cfg.logging, resolved, enabled=dist.rank() == 0), guard=StepGuard(cfg.guards),
-        run_dir=run_dir, global_batch=cfg.training.global_batch_size, micro_batch=cfg.training.micro_batch_size,
-        log_interval=cfg.logging.interval, checkpoint_interval=cfg.checkpoint.interval,
-        flops_per_token=flops_per_token(cfg.model, vocab, cfg.training.seq_len), peak_flops=peak_flops(cfg.peak_tflops),
-        on_phase_end=phase_end_hook(cfg) if cfg.checkpoint.export_phases else None,
-        hf_config=model.config, tokenizer=tokenizer, max_steps=cfg.max_steps, faults=cfg.faults,
-    )
+    settings = LoopSettings(cfg.training.global_batch_size, cfg.training.micro_batch_size,
+                            cfg.checkpoint.interval, cfg.max_steps)
+    flops = flops_per_token(cfg.model, vocab, cfg.training.seq_len)
+    trainer = Trainer(engine, optimizer, sampler, curriculum, checkpoints, StepGuard(cfg.guards), settings,
+                      callbacks=build_callbacks(cfg, run_dir, tokenizer, flops, resolved, callbacks),
+                      loss_fn=build_loss(cfg.model))
+    trainer.provenance["tokenizer"] = tokenizer
     if plan is not None:
         restore(trainer, plan, cfg)
-        if cfg.checkpoint.export_phases and not plan.branch:
-            export_missing_phases(trainer)
     for phase in curriculum.describe():
         log.info("phase %-13s steps %6d-%-6d weights %s", phase["phase"], phase["start_step"],
                  phase["start_step"] + phase["steps"], {k: round(v, 3) for k, v in phase["weights"].items()})
-    result = trainer.fit()
-    trainer.sink.close()
+    result = trainer.fit(resumed=plan is not None and not plan.branch)
     if dist.rank() == 0 and (run_dir / "metrics.jsonl").is_file():
         from arctic_pretrain.train.plots import plot_losses
 

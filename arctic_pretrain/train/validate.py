@@ -16,7 +16,6 @@ DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("online", "offline", "disabled")
 WEIGHTINGS = ("explicit", "natural")
-KILL_POINTS = ("after_step", "during_save", "phase_transition")
 
 
 def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -89,8 +88,6 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
     require(g.spike_zscore is None or g.spike_zscore > 0, "guards.spike_zscore", g.spike_zscore, "must be positive")
     require(1 < g.spike_min_window <= g.spike_window, "guards.spike_min_window", g.spike_min_window,
              f"must be in (1, guards.spike_window={g.spike_window}]")
-    require(cfg.faults.kill_point in KILL_POINTS, "faults.kill_point", cfg.faults.kill_point,
-             f"must be one of {KILL_POINTS}")
     require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
 
 

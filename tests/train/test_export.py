@@ -13,31 +13,11 @@ from arctic_pretrain.model import build_model
 from arctic_pretrain.train.checkpoint import COMPLETE, CheckpointManager
 from arctic_pretrain.train.config import ModelConfig
 from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 TINY = ModelConfig(name="tiny-export", hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4,
                    num_kv_heads=4, max_seq_len=64, vocab_size=96, attention="sdpa")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def process_group(monkeypatch):
-    """A world-size-1 process group in this process (gloo on CPU), as the trainer's ranks have."""
-    import deepspeed
-    import torch.distributed as tdist
-
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(key, value)  # DeepSpeed's engine reads them; later subprocesses must not
-    if not tdist.is_initialized():
-        deepspeed.init_distributed(dist_backend=None, verbose=False)
 
 
 def ds_config(stage: int) -> dict:

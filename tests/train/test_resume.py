@@ -1,7 +1,8 @@
 """Resume users can trust: SIGKILL anywhere, world-size changes, branching, guards, signals.
 
 Real `deepspeed` runs on CPU in fp32 with the tiny model. Kills are real SIGKILLs, injected at exact
-points through the test-only `faults.*` config (rank 0 kills itself; the launcher takes the rest down).
+points through the test-only ARCTIC_PRETRAIN_FAULTS environment (rank 0 kills itself; the launcher takes
+the rest down).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ pytestmark = pytest.mark.slow
 CKPT = ["checkpoint.interval=4", "training.deterministic=true"]
 
 
-def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True):
+def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True, faults=None):
     launcher = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())] \
         if ranks > 1 else None
     args = ["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}", *CKPT,
             *overrides]
-    proc = run_cli(args, launcher=launcher)
+    proc = run_cli(args, launcher=launcher, env={"ARCTIC_PRETRAIN_FAULTS": faults} if faults else None)
     if expect_ok:
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return proc
@@ -57,7 +58,7 @@ def latest(run_dir) -> str:
 ])
 def test_sigkill_then_rerun_is_bit_exact(tmp_path, demo_cache, reference, step, point, survivor):
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, demo_cache, f"faults.kill_at_step={step}", f"faults.kill_point={point}", expect_ok=False)
+    proc = launch(run_dir, demo_cache, faults=f"kill_at_step={step},kill_point={point}", expect_ok=False)
     assert proc.returncode != 0
     assert latest(run_dir) == survivor
     if point == "during_save":
@@ -126,8 +127,8 @@ def test_branch_mid_phase_restarts_schedule(tmp_path, demo_cache, reference):
 
 def test_nan_step_is_skipped_and_counted(tmp_path, demo_cache):
     run_dir = tmp_path / "run"
-    launch(run_dir, demo_cache, "faults.nan_loss_at_step=3", "checkpoint.interval=1", "checkpoint.keep_last=10",
-           "max_steps=5")
+    launch(run_dir, demo_cache, "checkpoint.interval=1", "checkpoint.keep_last=10",
+           "max_steps=5", faults="nan_loss_at_step=3")
     rows = {r["step"]: r for r in read_metrics(run_dir)}
     assert rows[3]["skipped"] == "nonfinite" and rows[3]["skipped_nonfinite"] == 1
     assert rows[5]["skipped_nonfinite"] == 1 and rows[5]["loss"] is not None
@@ -140,8 +141,8 @@ def test_nan_step_is_skipped_and_counted(tmp_path, demo_cache):
 
 def test_consecutive_bad_steps_stop_after_saving(tmp_path, demo_cache):
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, demo_cache, "faults.nan_loss_at_step=3", "faults.nan_loss_count=50",
-                  "guards.max_consecutive_bad=2", ranks=1, expect_ok=False)
+    proc = launch(run_dir, demo_cache, "guards.max_consecutive_bad=2", ranks=1, expect_ok=False,
+                  faults="nan_loss_at_step=3,nan_loss_count=50")
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "2 consecutive steps with a non-finite loss" in proc.stderr
     assert latest(run_dir) == "step_00000004"  # saved before stopping
@@ -151,7 +152,7 @@ def test_consecutive_bad_steps_stop_after_saving(tmp_path, demo_cache):
 def test_spike_guard_skips_a_spike(tmp_path, demo_cache):
     run_dir = tmp_path / "run"
     launch(run_dir, demo_cache, "guards.spike_zscore=6", "guards.spike_window=8", "guards.spike_min_window=4",
-           "faults.spike_at_step=10", "max_steps=12", ranks=1)
+           "max_steps=12", ranks=1, faults="spike_at_step=10")
     rows = {r["step"]: r for r in read_metrics(run_dir)}
     assert rows[10]["skipped"] == "spike"
     assert [r["step"] for r in rows.values() if r["skipped"]] == [10]

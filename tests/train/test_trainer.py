@@ -1,0 +1,201 @@
+"""The step loop and each of its callbacks, in-process: a real DeepSpeed engine (1 rank, gloo), real
+token sources, the real curriculum; no launcher. The multi-rank behaviour is in test_deepspeed_run/test_resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from arctic_pretrain.data.sampler import MixtureSampler
+from arctic_pretrain.data.shards import TokenSource
+from arctic_pretrain.model import EXPORT_META, build_model
+from arctic_pretrain.model.config import ModelConfig
+from arctic_pretrain.model.loss import logits_loss
+from arctic_pretrain.train.callbacks import EVENTS, Callback
+from arctic_pretrain.train.callbacks.export import PhaseExport
+from arctic_pretrain.train.callbacks.faults import ENV, FaultInjection, Faults
+from arctic_pretrain.train.callbacks.progress import ProgressBar
+from arctic_pretrain.train.callbacks.speed import MetricsRecorder
+from arctic_pretrain.train.checkpoint import CheckpointManager
+from arctic_pretrain.train.config import (
+    CurriculumConfig,
+    GuardsConfig,
+    LoggingConfig,
+    LRScheduleConfig,
+    PhaseConfig,
+)
+from arctic_pretrain.train.curriculum import Curriculum
+from arctic_pretrain.train.guards import StepGuard, make_optimizer
+from arctic_pretrain.train.metrics import MetricsSink, read_metrics
+from arctic_pretrain.train.trainer import LoopSettings, StepResult, Trainer
+from tests.conftest import make_source
+
+TINY = ModelConfig(name="tiny-loop", hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4,
+                   num_kv_heads=4, max_seq_len=32, vocab_size=128, attention="sdpa")
+SEQ, BATCH = 16, 4
+
+
+class Recorder(Callback):
+    """Records the events it sees, in order (what a user-written callback would observe)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        for event in EVENTS:
+            setattr(self, event, self._recorder(event))
+
+    def _recorder(self, event):
+        def record(trainer, *args):
+            self.events.append((event, trainer.step, *(getattr(a, "name", a) for a in args[:1])))
+        return record
+
+
+def curriculum_cfg() -> CurriculumConfig:
+    lr = LRScheduleConfig(peak_lr=1e-2, end_lr=0.0, warmup_steps=1, decay="linear")
+    return CurriculumConfig(name="unit", phases={
+        "general": PhaseConfig(tokens=str(3 * SEQ * BATCH), mixture={"a": 1.0}, lr=lr),
+        "high_quality": PhaseConfig(tokens=str(2 * SEQ * BATCH), mixture={"b": 1.0}, lr=lr)})
+
+
+@pytest.fixture
+def build(tmp_path, process_group):
+    """A factory for a fresh Trainer over the same sources and run dir (a second call = a restart)."""
+    import deepspeed
+
+    rng = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, 120, (int(n),), generator=rng).tolist() for n in torch.randint(5, 40, (60,), generator=rng)]
+    sources = {"a": TokenSource(make_source(tmp_path / "a", docs[:30], vocab=128)),
+               "b": TokenSource(make_source(tmp_path / "b", docs[30:], vocab=128))}
+    run_dir = tmp_path / "run"
+
+    def make(callbacks=(), max_steps=None, interval=2):
+        torch.manual_seed(0)
+        model = build_model(TINY, TINY.vocab_size, eos_id=0)
+        optimizer = make_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], (0.9, 0.95),
+                                   1e-8, 0.0, False)
+        ds = {"train_batch_size": BATCH, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
+              "steps_per_print": 10**9, "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+        curriculum = Curriculum(curriculum_cfg(), SEQ * BATCH, {n: s.num_tokens for n, s in sources.items()})
+        trainer = Trainer(engine, optimizer, MixtureSampler(sources, SEQ, seed=1), curriculum,
+                          CheckpointManager(run_dir / "checkpoints", keep_last=2, hf_config=model.config),
+                          StepGuard(GuardsConfig()), LoopSettings(BATCH, 2, interval, max_steps),
+                          callbacks=list(callbacks), loss_fn=logits_loss)
+        return trainer
+
+    make.run_dir = run_dir
+    return make
+
+
+def test_fit_walks_the_curriculum_and_fires_events_in_order(build):
+    rec = Recorder()
+    trainer = build([rec])
+    result = trainer.fit()
+    assert result == {"step": 5, "consumed_tokens": 5 * SEQ * BATCH, "status": "done"}
+    names = [e[0] for e in rec.events]
+    assert names[0] == "pre_train" and names[-1] == "post_train"
+    assert names.count("post_step") == 5
+    assert [e[2] for e in rec.events if e[0] == "phase_end"] == ["general", "high_quality"]
+    # a phase end: post_step, then the phase-end checkpoint (written, published), then phase_end
+    i = names.index("phase_end")
+    assert names[i - 3:i + 1] == ["post_step", "checkpoint_written", "post_checkpoint", "phase_end"]
+    assert [e[1] for e in rec.events if e[0] == "post_checkpoint"] == [2, 3, 4, 5]  # interval 2 + phase ends 3, 5
+    assert trainer.checkpoints.latest_tag() == "step_00000005"
+
+
+def test_callback_state_is_checkpointed_and_restored(build):
+    metrics = MetricsRecorder(interval=100, flops_per_token=1.0, peak_flops=None)  # accumulates across steps
+    trainer = build([metrics], max_steps=2)
+    trainer.fit()
+    state = json.loads((build.run_dir / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["callbacks"]["metrics"]["counts"]["loss"] == 2  # two steps since the last line
+    fresh = MetricsRecorder(interval=100, flops_per_token=1.0, peak_flops=None)
+    restarted = build([fresh])
+    restarted.load_state_dict(state)
+    assert fresh.average.state_dict() == metrics.average.state_dict()
+    branched = MetricsRecorder(interval=100, flops_per_token=1.0, peak_flops=None)
+    other = build([branched])
+    other.load_state_dict(state, metrics=False)  # a branch keeps its own accumulators
+    assert branched.average.state_dict() == {"sums": {}, "counts": {}}
+
+
+def test_metrics_recorder_and_sink_write_interval_averages(build):
+    sink = MetricsSink(build.run_dir, LoggingConfig(wandb_mode="disabled"), {}, enabled=True)
+    trainer = build([MetricsRecorder(interval=2, flops_per_token=6.0, peak_flops=1e12), sink])
+    trainer.fit()
+    rows = read_metrics(build.run_dir)
+    assert [r["step"] for r in rows] == [2, 3, 4, 5]  # every 2 steps, and at both phase ends (3, 5)
+    assert [r["phase"] for r in rows] == ["general", "general", "high_quality", "high_quality"]
+    assert all(r["mfu"] > 0 and r["loss/a" if r["phase"] == "general" else "loss/b"] > 0 for r in rows)
+    sink.truncate_after(3)  # what a resume from step 3 does first
+    assert [r["step"] for r in read_metrics(build.run_dir)] == [2, 3]
+
+
+def test_metrics_recorder_averages_over_the_interval():
+    class Loop:  # the attributes MetricsRecorder reads from the trainer
+        step, consumed_tokens, world = 0, 0, 1
+        guard = StepGuard(GuardsConfig())
+        curriculum = Curriculum(curriculum_cfg(), SEQ * BATCH)
+        logged: list[dict] = []
+
+        def log(self, record):
+            self.logged.append(record)
+
+    loop, rec = Loop(), MetricsRecorder(interval=2, flops_per_token=1.0, peak_flops=None)
+    phase = loop.curriculum.phase_at(0)
+    for step, loss in [(1, 4.0), (2, 2.0)]:
+        loop.step, loop.consumed_tokens = step, step * SEQ * BATCH
+        rec.post_step(loop, phase, 1e-3, StepResult(loss, 1.0, {"a": loss}, 0.5, None, False))
+    assert len(loop.logged) == 1 and loop.logged[0]["loss"] == 3.0 and loop.logged[0]["loss/a"] == 3.0
+    assert loop.logged[0]["tokens_per_s"] == SEQ * BATCH / 0.5 and loop.logged[0]["mfu"] is None
+
+
+def test_progress_bar_counts_steps(build):
+    bar = ProgressBar(enabled=True)
+    seen = {}
+
+    class Peek(Callback):
+        def post_step(self, trainer, phase, lr, result):
+            seen[trainer.step] = (bar.bar.n, bar.bar.total)
+
+    build([bar, Peek()]).fit()
+    assert seen[5] == (5, 5)
+    assert bar.bar is None  # closed at post_train
+
+
+def test_phase_export_writes_and_recovers_exports(build):
+    trainer = build([PhaseExport(build.run_dir, tokenizer=None)])
+    trainer.fit()
+    for phase in ("general", "high_quality"):
+        assert (build.run_dir / "export" / phase / EXPORT_META).is_file()
+    meta = json.loads((build.run_dir / "export" / "general" / EXPORT_META).read_text())
+    assert meta["phase"] == "general" and meta["step"] == 3
+    (build.run_dir / "export" / "general" / EXPORT_META).unlink()  # as if killed before the export
+    again = build([PhaseExport(build.run_dir, tokenizer=None)])
+    again.callbacks[0].pre_train(again, resumed=True)
+    assert (build.run_dir / "export" / "general" / EXPORT_META).is_file()
+
+
+def test_fault_injection_poisons_the_loss_and_parses_its_spec(build, monkeypatch):
+    assert Faults.parse("kill_at_step=12,kill_point=during_save") == Faults(kill_at_step=12, kill_point="during_save")
+    with pytest.raises(ValueError, match="unknown fault 'kill_at'"):
+        Faults.parse("kill_at=3")
+    with pytest.raises(ValueError, match="kill_point='later'"):
+        Faults.parse("kill_at_step=3,kill_point=later")
+    monkeypatch.delenv(ENV, raising=False)
+    assert FaultInjection.from_env() is None  # never attached unless a test asks for it
+    monkeypatch.setenv(ENV, "nan_loss_at_step=2")
+    trainer = build([FaultInjection.from_env()], max_steps=3)
+    trainer.fit()
+    assert trainer.guard.counts["nonfinite"] == 1  # step 2 was poisoned and skipped, the others trained
+
+
+def test_a_launch_with_the_old_faults_key_names_the_new_spelling():
+    from tests.conftest import run_cli
+
+    proc = run_cli(["launch/train.py", "experiment=tiny", "faults.kill_at_step=3"], timeout=120)
+    assert proc.returncode == 2
+    assert "ARCTIC_PRETRAIN_FAULTS" in proc.stderr
