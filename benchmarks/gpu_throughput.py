@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["experiment=snowcoder_1b3", "data=demo", "curriculum=demo", "data.demo_vocab_size=64000",
+BASE = ["experiment=snowcoder_1b3", "data=standin", "curriculum=demo", "data.demo_vocab_size=64000",
         "curriculum.phases.general.tokens=4M", "training.global_batch_size=8", "training.micro_batch_size=2",
         "logging.interval=1", "logging.wandb_mode=disabled", "checkpoint.interval=1000000",
         "checkpoint.export_phases=false"]

@@ -128,3 +128,52 @@ def build_demo(root: Path, megabytes: float, vocab_size: int) -> Path:
         os.replace(tmp, folder)
         log.info("demo corpus ready: %s", counts)
     return folder
+
+
+def _repo_of(base: Path, path: Path, prefix: str) -> str:
+    parts = path.relative_to(base).parts
+    return f"{prefix}-{parts[0]}" if len(parts) > 1 else prefix
+
+
+def write_demo_inputs(out: str | Path, megabytes: float) -> Path:
+    """Raw inputs for the demo recipe (launch/pipeline.py experiment=demo): about ``megabytes`` each of this
+    machine's Python sources and C headers, copied as ``out/<repository>/<path>`` (a repository per top-level
+    package or header folder), so curation sees real repositories. Written once, published by rename."""
+    out = Path(out)
+    ready = out.with_name(out.name + ".ready.json")  # beside the inputs, not inside them (curation reads all)
+    if ready.is_file() and out.is_dir():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    budget = int(megabytes * 2**20)
+    stdlib, site = Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])
+    include = Path(sysconfig.get_paths()["include"])
+    is_test = lambda p: "test" in p.parts or p.name.startswith("test_")  # noqa: E731
+    groups = [
+        [(stdlib, p, "cpython") for p in _files(stdlib, (".py",), lambda p: not is_test(p))]
+        + [(site, p, "site") for p in _files(site, (".py",), lambda p: not is_test(p))],
+        [(r, p, name) for r, name in ((include, "python-include"), (Path("/usr/include"), "usr-include"))
+         for p in _files(r, (".h", ".c"))],
+    ]
+    counts = {}
+    for label, group in zip(("python", "c"), groups, strict=True):
+        total = files = 0
+        for base, path, prefix in group:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if not data.strip() or len(data) > _MAX_FILE_BYTES or b"\0" in data:
+                continue
+            dest = tmp / _repo_of(base, path, prefix) / path.relative_to(base)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            total, files = total + len(data), files + 1
+            if total >= budget:
+                break
+        counts[label] = {"files": files, "bytes": total}
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    ready.write_text(json.dumps({"inputs": counts, "python": sys.version}, indent=2))
+    return out

@@ -56,7 +56,8 @@ class DataConfig:
     name: str = MISSING
     root: str = "data"  # where the data stages wrote their outputs; source paths may use ${data.root}
     sources: dict[str, DataSourceConfig] = MISSING
-    prepare_demo: bool = False  # build the embedded demo corpus and tokenizer when missing (experiment=demo)
+    prepare_demo: bool = False  # build the stand-in corpus and tokenizer when missing (data=standin: tests, CI)
+    missing_hint: str | None = None  # said when a source is missing (e.g. which command writes this data)
     demo_dir: str = "${oc.env:ARCTIC_PRETRAIN_CACHE,${oc.env:HOME}/.cache/arctic-pretrain}/demo"
     demo_megabytes: float = 6.0  # size of the demo's general sources (per language)
     demo_vocab_size: int = 4096

@@ -83,7 +83,8 @@ def open_sources(cfg: TrainConfig) -> dict[str, TokenSource]:
         try:
             sources[name] = TokenSource(src.path)
         except (FileNotFoundError, ValueError) as err:
-            raise FileNotFoundError(f"data.sources.{name}.path={src.path!r}: {err}") from None
+            hint = f"\n{cfg.data.missing_hint}" if cfg.data.missing_hint else ""
+            raise FileNotFoundError(f"data.sources.{name}.path={src.path!r}: {err}{hint}") from None
     return sources
 
 

@@ -1,0 +1,45 @@
+"""The whole recipe in one command: curate -> annotate -> synthesize -> train -> evaluate -> report.
+
+Examples:
+    python launch/pipeline.py experiment=demo                  # this machine's code, CPU, minutes
+    python launch/pipeline.py experiment=snowcoder_1b3 workdir=/lustre/sc    # the paper, on a SLURM cluster
+    python launch/pipeline.py experiment=demo only=[train,evaluate]          # some stages
+    python launch/pipeline.py experiment=demo --cfg job                      # print the composed config
+
+Each stage runs as its own command (printed in <workdir>/pipeline.json, logged in <workdir>/logs/) and is
+skipped when the file it writes last exists; a failing stage stops the pipeline with its name and log.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from arctic_pretrain.common.config import ConfigError, conf_dir, register, to_object
+from arctic_pretrain.pipeline.runner import PipelineConfig, StageFailed, run_pipeline
+
+register("pipeline", PipelineConfig)
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir("pipeline"), config_name="pipeline")
+def main(dict_cfg: DictConfig) -> None:
+    try:
+        cfg: PipelineConfig = to_object(dict_cfg, PipelineConfig)
+        summary = run_pipeline(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except StageFailed as err:
+        print(f"pipeline stopped: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"\nrecipe {cfg.name}: everything is under {cfg.workdir}/")
+    for name, rec in summary["stages"].items():
+        print(f"  {name:<11} {rec.get('status', ''):<20} {rec['done']}")
+    if summary.get("report"):
+        print(f"  report      {summary['report']}")
+
+
+if __name__ == "__main__":
+    main()
