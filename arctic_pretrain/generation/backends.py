@@ -137,7 +137,7 @@ class HFBackend:
             raw = tok.batch_decode(new, skip_special_tokens=False)
             texts = [_cut_at_specials(t, specials) for t in raw]
             # "stop" when an EOS/special token or a stop sequence ended the row, else it ran out of tokens
-            ends = ["stop" if c != t or truncate_at_stop(c, stop) != c else "length" for c, t in zip(texts, raw)]
+            ends = ["stop" if c != t or truncate_at_stop(c, stop) != c else "length" for c, t in zip(texts, raw, strict=True)]
             for j, i in enumerate(idx):
                 by_index[i] = texts[j * params.n:(j + 1) * params.n]
                 reasons[i] = ends[j * params.n]

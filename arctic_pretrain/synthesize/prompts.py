@@ -46,7 +46,7 @@ class PromptTemplate:
         if not m or m.group(1) not in FORMATS:
             raise ConfigError(f"prompt.template={cfg.template!r}: {path} must start with "
                               f"'{{#- format: sections|code -#}}' (how its replies are parsed)")
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         try:
             template = env.from_string(text)
         except jinja2.TemplateSyntaxError as err:

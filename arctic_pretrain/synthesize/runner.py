@@ -195,7 +195,7 @@ def finalize(cfg: SynthesizeConfig, out: Path, selection: Selection, runs: list[
     requests = sum(sum(r["verdicts"].values()) for r in runs)
     summary = {
         "seeds": str(Path(cfg.seeds).resolve()), "model": cfg.backend.model, "template": cfg.prompt.template,
-        "requested": sum(selection.quotas(cfg.seeding).values()), "generated": len(records),
+        "requested": sum(selection.available(cfg.seeding).values()), "generated": len(records),
         "kept": len(kept), "rejected": dict(sorted(rejected.items())), "duplicate_records": duplicates,
         "tokens_kept": counts["tokens"], "documents_kept": counts["documents"],
         "by_language": {k: dict(v) for k, v in sorted(by_lang.items())},

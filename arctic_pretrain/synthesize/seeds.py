@@ -104,6 +104,15 @@ class Selection:
             shares = {lang: v / norm for lang, v in pinned.items()}
         return {lang: round(cfg.num_seeds * share) for lang, share in shares.items() if round(cfg.num_seeds * share)}
 
+    def available(self, cfg: SeedingConfig) -> dict[str, int]:
+        """Seeds per language that the selection can give: the quota, or fewer selected files."""
+        out = {}
+        for lang, quota in self.quotas(cfg).items():
+            path = self.folder / "selected" / f"{lang}.jsonl"
+            with open(path, "rb") as fh:
+                out[lang] = min(quota, sum(1 for line in fh if line.strip()))
+        return out
+
     def seeds(self, cfg: SeedingConfig, skip: set[str] | None = None, worker: int = 0, num_workers: int = 1,
               counts: dict | None = None) -> Iterator[Seed]:
         """Seeds of ``worker`` in selection order (language by language, best first), without those in

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -75,6 +76,7 @@ class OpenAIServer:
         self.requests = 0
         self.faults_served: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # prompt text -> successful replies
+        self.auth: Counter[str] = Counter()  # Authorization headers seen
         self.log: list[tuple[float, str, str]] = []  # (time, prompt sha1, outcome)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,7 +96,7 @@ class OpenAIServer:
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
                 body_raw = await reader.readexactly(int(headers.get("content-length", 0)))
-                if not await self._respond(method, path, body_raw, writer):
+                if not await self._respond(method, path, body_raw, writer, headers):
                     return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
@@ -105,12 +107,14 @@ class OpenAIServer:
         writer.write(f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
                      f"{extra}\r\n".encode() + body)
 
-    async def _respond(self, method: str, path: str, body_raw: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(self, method: str, path: str, body_raw: bytes, writer: asyncio.StreamWriter,
+                       headers: dict) -> bool:
         """Answer one request; False closes the connection."""
         if method != "POST" or path.rstrip("/") not in ("/v1/chat/completions", "/v1/completions"):
             self._send(writer, "404 Not Found", b'{"error": {"message": "not found"}}')
             return True
         body = json.loads(body_raw)
+        self.auth[headers.get("authorization", "")] += 1
         with self._lock:
             n = self.requests
             self.requests += 1
@@ -162,11 +166,16 @@ class OpenAIServer:
     def __enter__(self) -> OpenAIServer:
         def main() -> None:
             self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
             self._task = self._loop.create_task(self.serve())
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 self._loop.run_until_complete(self._task)
-            except asyncio.CancelledError:
-                pass
+            rest = asyncio.all_tasks(self._loop)  # connections still open: close them on a running loop
+            for task in rest:
+                task.cancel()
+            if rest:
+                self._loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            self._loop.close()
 
         self._thread = threading.Thread(target=main, daemon=True)
         self._thread.start()
