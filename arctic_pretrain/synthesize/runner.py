@@ -102,7 +102,8 @@ class Recorder:
         if reply.error is not None:
             verdict, document, syntax = "request_error", None, None
         else:
-            v = judge(reply.prefill + reply.text, reply.finish_reason, self.template.format, seed.language,
+            text = reply.prefill + reply.text if reply.text.strip() else ""  # a prefill alone is an empty reply
+            v = judge(text, reply.finish_reason, self.template.format, seed.language,
                       seed.file_text, reject_truncated=f.truncated == "reject", syntax=f.syntax,
                       seed_copy=f.seed_copy, min_chars=f.min_chars)
             verdict, document, syntax = v.verdict, v.document, v.syntax

@@ -54,7 +54,8 @@ def python_file(key: str, lines: int = 12) -> str:
         target = f"{rng.choice(names)}_{i}"
         body.append(f"    {target} = {rng.choice(known)} {rng.choice(OPS)} {rng.randint(1, 9999)}")
         known.append(target)
-    return (f"def {names[0]}_{names[1]}_{key[:6]}({', '.join(params)}):\n"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:6]
+    return (f"def {names[0]}_{names[1]}_{tag}({', '.join(params)}):\n"
             f"    \"\"\"Combine {names[2]} and {names[3]}.\"\"\"\n" + "\n".join(body) + f"\n    return {known[-1]}\n")
 
 
