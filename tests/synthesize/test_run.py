@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,9 +179,10 @@ def test_cli_config_error_exits_2(data_root):
 
 
 def tiny_model(vocab: int, eos: int, max_pos: int = 1024):
+    from omegaconf import OmegaConf
+
     from arctic_pretrain.model import build_model
     from arctic_pretrain.model.config import ModelConfig
-    from omegaconf import OmegaConf
 
     mc = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), {
         "name": "t", "hidden_size": 64, "num_layers": 2, "intermediate_size": 128, "num_heads": 4,
