@@ -184,7 +184,12 @@ def to_config(cfg: Any) -> SynthesizeConfig:
 
 
 def register() -> None:
-    """The schema and the ``backend`` group (``backend=openai|vllm|transformers``) in Hydra's ConfigStore."""
+    """The schema and the ``backend`` group (``backend=openai|vllm|transformers``) in Hydra's ConfigStore,
+    and the resolver that puts Hydra's log folder inside the (default) output_dir."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("synthesize_output_dir", lambda out, seeds: out or f"{seeds}/../synthetic",
+                                    replace=True)
     register_schema("synthesize", SynthesizeConfig, {"backend": {
         "openai": BackendConfig(kind="openai"),
         "vllm": BackendConfig(kind="vllm"),
