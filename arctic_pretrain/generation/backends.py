@@ -77,6 +77,7 @@ class HFBackend:
         self.model.to(self.device).eval()
         self.batch_size = batch_size
         self.tokens_generated = 0  # for throughput reports
+        self.last_finish_reasons: list[str] = []  # "stop" | "length" per prompt of the last generate()
         self._warned = False
 
     def _room(self, prompt_len: int, wanted: int) -> int:
@@ -100,6 +101,7 @@ class HFBackend:
         # Longest prompts first keeps padding small within a batch; the order is restored at the end.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         by_index: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
         torch.manual_seed(params.seed)
 
         class StopOnText(StoppingCriteria):
@@ -132,11 +134,16 @@ class HFBackend:
             self.tokens_generated += int((new != tok.pad_token_id).sum())
             # Special tokens end the code (EOS, padding, <file_sep>): cut there rather than skip them, which
             # would glue the next file's text onto the completion.
-            texts = [_cut_at_specials(t, specials) for t in tok.batch_decode(new, skip_special_tokens=False)]
+            raw = tok.batch_decode(new, skip_special_tokens=False)
+            texts = [_cut_at_specials(t, specials) for t in raw]
+            # "stop" when an EOS/special token or a stop sequence ended the row, else it ran out of tokens
+            ends = ["stop" if c != t or truncate_at_stop(c, stop) != c else "length" for c, t in zip(texts, raw, strict=True)]
             for j, i in enumerate(idx):
                 by_index[i] = texts[j * params.n:(j + 1) * params.n]
+                reasons[i] = ends[j * params.n]
             if progress:
                 progress(len(idx))
+        self.last_finish_reasons = [reasons[i] for i in range(len(prompts))]  # of each prompt's first completion
         return [by_index[i] for i in range(len(prompts))]
 
 
