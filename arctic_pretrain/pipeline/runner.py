@@ -21,8 +21,11 @@ PROJECT = Path(__file__).resolve().parents[2]  # launch/ lives beside the packag
 
 @dataclass
 class StageConfig:
-    """One stage: ``launcher launch/<stage>.py args...``; complete (and skipped) once ``done`` exists."""
+    """One step of the recipe: ``launcher launch/<stage>.py args...``; complete (and skipped) once ``done``
+    exists. Steps run in the order written; a stage may appear twice (the demo trains phases 1-2, synthesizes
+    with its own phase-2 export, then resumes the same run for phase 3)."""
 
+    stage: str | None = None  # curate | annotate | synthesize | train | evaluate; default: the step's name
     enabled: bool = True
     launcher: list[str] = field(default_factory=list)  # e.g. [deepspeed, --num_gpus, "8"] or [sbatch, --wait, ...]; [] = python
     script: str | None = None  # default launch/<stage>.py; e.g. launch/slurm_train.sbatch for sbatch
@@ -37,22 +40,24 @@ class PipelineConfig:
     name: str = MISSING
     workdir: str = MISSING  # everything of this recipe run lives here: data/, train/, eval/, logs/, report.html
     demo_inputs_mb: float | None = None  # demo: first copy this much of this machine's Python and C code to workdir/inputs
-    stages: dict[str, StageConfig] = field(default_factory=dict)
+    stages: dict[str, StageConfig] = field(default_factory=dict)  # step name -> step, run in this order
     report: bool = True  # launch/report.py on the training run at the end
     run_dir: str = "${workdir}/train"  # the training run (for the report)
     eval_dir: str = "${workdir}/eval"
-    only: list[str] | None = None  # run just these stages (e.g. [train,evaluate]); the others are not checked
+    only: list[str] | None = None  # run just these steps (e.g. [train,evaluate]); the others are not checked
 
 
 def validate(cfg: PipelineConfig) -> None:
-    for name in [*cfg.stages, *(cfg.only or [])]:
-        require(name in STAGES, f"stages.{name}", name, f"unknown stage; the recipe's stages are {list(STAGES)}")
-    for name, stage in cfg.stages.items():
-        require(bool(stage.done), f"stages.{name}.done", stage.done, "needs the file that marks the stage complete")
+    for name, step in cfg.stages.items():
+        kind = step.stage or name
+        require(kind in STAGES, f"stages.{name}.stage", kind, f"unknown stage; the recipe's stages are {list(STAGES)}")
+        require(bool(step.done), f"stages.{name}.done", step.done, "needs the file that marks the step complete")
+    for name in cfg.only or []:
+        require(name in cfg.stages, "only", list(cfg.only), f"{name!r} is not a step of this pipeline: {list(cfg.stages)}")
 
 
 def command(name: str, stage: StageConfig) -> list[str]:
-    script = str(PROJECT / (stage.script or f"launch/{name}.py"))
+    script = str(PROJECT / (stage.script or f"launch/{stage.stage or name}.py"))
     launcher = list(stage.launcher) or [sys.executable]
     return [*launcher, script, *stage.args]
 
@@ -72,7 +77,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
         with console.status(f"demo inputs: copying {cfg.demo_inputs_mb:g} MB each of this machine's Python and C code"):
             write_demo_inputs(work / "inputs", cfg.demo_inputs_mb)
-    order = [s for s in STAGES if s in cfg.stages and (cfg.only is None or s in cfg.only)]
+    order = [s for s in cfg.stages if cfg.only is None or s in cfg.only]
     for name in order:
         stage = cfg.stages[name]
         record = {"command": command(name, stage), "done": stage.done, "log": str(logs / f"{name}.log")}
