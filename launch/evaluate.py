@@ -17,9 +17,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from arctic_pretrain.common.config import ConfigError, conf_dir
-from arctic_pretrain.evaluate.config import EvalConfig, register_configs
+from arctic_pretrain.evaluate.config import EvalConfig, register
 
-register_configs()
+register()
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir("evaluate"), config_name="evaluate")

@@ -46,9 +46,9 @@ sys.argv = strip_launcher_args(sys.argv)
 reject_moved_keys(sys.argv)
 
 from arctic_pretrain.common.config import ConfigError, conf_dir  # noqa: E402
-from arctic_pretrain.train.config import TrainConfig, register_configs  # noqa: E402
+from arctic_pretrain.train.config import TrainConfig, register  # noqa: E402
 
-register_configs()
+register()
 
 
 def stage_callbacks(cfg: TrainConfig) -> list:

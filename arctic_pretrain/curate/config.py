@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from arctic_pretrain.common.config import ConfigError, require, to_object
+from arctic_pretrain.common.config import register as register_schema
 from arctic_pretrain.data.grouping import GroupConfig
 from arctic_pretrain.data.languages import DEFAULT_LANGUAGES, LANGUAGES
 from arctic_pretrain.data.tokenizer import TokenizeConfig
@@ -200,9 +200,8 @@ def to_config(cfg: Any) -> CurateConfig:
 
 def register() -> None:
     """Put the schema in Hydra's ConfigStore: YAML is type-checked and unknown keys fail."""
-    cs = ConfigStore.instance()
-    cs.store(name="curate_schema", node=CurateConfig)
     # the executor group: `executor=local|slurm|ray` on the command line swaps the whole block
-    cs.store(group="executor", name="local", node=ExecutorConfig(kind="local"))
-    cs.store(group="executor", name="slurm", node=ExecutorConfig(kind="slurm", tasks=256, workers=-1))
-    cs.store(group="executor", name="ray", node=ExecutorConfig(kind="ray", tasks=64, workers=-1))
+    register_schema("curate", CurateConfig, {"executor": {
+        "local": ExecutorConfig(kind="local"),
+        "slurm": ExecutorConfig(kind="slurm", tasks=256, workers=-1),
+        "ray": ExecutorConfig(kind="ray", tasks=64, workers=-1)}})

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from omegaconf import MISSING
 
 from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.config import register as register_schema
 from arctic_pretrain.evaluate.tasks import EVOEVAL_SUBSETS, TASKS
 
 
@@ -91,12 +91,6 @@ def validate(cfg: EvalConfig) -> None:
         raise ConfigError(f"sandbox.timeout_s={cfg.sandbox.timeout_s}: must be positive")
 
 
-def register_configs(yaml_path: str | Path | None = None) -> None:
-    """Register the schema (so conf/evaluate.yaml is type-checked: unknown keys fail) and, when given, the yaml."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    cs = ConfigStore.instance()
-    cs.store(name="evaluate_schema", node=EvalConfig)
-    if yaml_path is not None:
-        cs.store(name="evaluate", node=OmegaConf.load(yaml_path))
+def register() -> None:
+    """Register the schema so that conf/evaluate/evaluate.yaml is type-checked (unknown keys fail)."""
+    register_schema("evaluate", EvalConfig)

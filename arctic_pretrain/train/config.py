@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from arctic_pretrain.common.config import register as register_schema
 from arctic_pretrain.model.config import ModelConfig
 
 __all__ = ["ModelConfig"]  # part of the training schema; defined with the model (shared base)
@@ -155,9 +156,6 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many steps (smoke tests); the curriculum decides otherwise
 
 
-def register_configs() -> None:
-    """Register the schemas so that conf/*.yaml are checked against them (unknown keys fail)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
+def register() -> None:
+    """Register the schema so that conf/train/*.yaml are checked against it (unknown keys fail)."""
+    register_schema("train", TrainConfig)

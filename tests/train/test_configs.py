@@ -10,11 +10,11 @@ from omegaconf import OmegaConf
 
 from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.data.shards import TokenSource
-from arctic_pretrain.train.config import TrainConfig, register_configs
+from arctic_pretrain.train.config import TrainConfig, register
 from arctic_pretrain.train.validate import validate_config, validate_data_plan
 from tests.conftest import ROOT, make_source, run_cli
 
-register_configs()
+register()
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "train" / "experiment").glob("*.yaml"))
 
 
