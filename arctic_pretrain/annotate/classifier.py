@@ -94,7 +94,7 @@ class TrainClassifier:
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if run is not None:
