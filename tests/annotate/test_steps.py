@@ -121,7 +121,7 @@ def test_config_errors_name_the_key(curated, tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     for args, needle in [([f"curated={curated}", "+select.tokenz=5"], "select.tokenz"),
                          ([f"curated={tmp_path / 'nowhere'}"], "curated="),
-                         ([f"curated={curated}", "select.shares={python: -1.0}"], "select.shares.python")]:
+                         ([f"curated={curated}", "+select.shares.python=-1"], "select.shares.python")]:
         proc = subprocess.run([sys.executable, str(ROOT / "launch" / "annotate.py"), *args,
                                f"output_dir={tmp_path / 'o'}"], capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
