@@ -113,7 +113,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if scorer.device.startswith("cuda") else f"CPU x{torch.get_num_threads()}"
     result = {"device": device, "encoder": args.encoder, "max_length": args.max_length, "curated": str(curated),
               "precision": str(scorer.dtype or "fp32"), "rows": rows, "best_batch": best["batch"],
-              "gpu_hours_per_400B_corpus_tokens": round(400e9 / best["framework_corpus_tokens_per_s"] / 3600, 1),
+              "device_hours_per_400B_corpus_tokens": round(400e9 / best["framework_corpus_tokens_per_s"] / 3600, 1),
               "python": platform.python_version(), "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
