@@ -106,15 +106,20 @@ class BucketIndex:
     Holding locations instead of texts keeps a grouping task's memory at the index (~100 bytes a file)
     plus one encode batch, whatever the corpus size; the texts are read back one batch at a time."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], keep: dict[str, set[int]] | None = None) -> None:
+        """``keep``: only these files, as {documents file name: byte offsets} (a selection); None: all."""
         self.files = files
         self.repos: dict[str, list[FileRef]] = defaultdict(list)
         self.docs = self.bytes = 0
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         for i, f in enumerate(files):
+            wanted = None if keep is None else keep.get(f.name, set())
             with open(f, "rb") as fh:
                 offset = 0
                 for line in fh:
+                    if wanted is not None and offset not in wanted:
+                        offset += len(line)
+                        continue
                     rec = json.loads(line)
                     meta = rec.get("metadata", {})
                     self.repos[meta.get("repo", "")].append(FileRef(meta.get("path", rec.get("id", "")), i, offset))
@@ -148,20 +153,37 @@ class BucketIndex:
         self._handles.clear()
 
 
+def read_selection(path: Path) -> dict[str, set[int]]:
+    """A selection list (JSON lines with ``file``, relative to documents/, and ``offset``) as
+    {documents file name: offsets}, the ``keep`` argument of ``BucketIndex``."""
+    keep: dict[str, set[int]] = defaultdict(set)
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            keep[Path(rec["file"]).name].add(int(rec["offset"]))
+    return keep
+
+
 class GroupAndTokenize(PipelineStep):
-    """One task per bucket: for each language, build repository documents, encode, write shards."""
+    """One task per bucket: for each language, build repository documents, encode, write shards.
+
+    ``select_dir`` (the annotator's ``selected/``): only the files listed in ``<language>.jsonl`` go in,
+    grouped exactly as phase 1 groups them; languages without a list are skipped. ``merge_languages``:
+    every language writes into ``tokens_dir`` itself (one source, shards prefixed by language)."""
 
     type = "🔢 - TOKENIZER"
     name = "group + tokenize"
 
     def __init__(self, documents_dir: str, tokens_dir: str, tokenizer_dir: str, group: GroupConfig,
-                 tokenize: TokenizeConfig, threads: int = 0) -> None:
+                 tokenize: TokenizeConfig, threads: int = 0, select_dir: str | None = None,
+                 merge_languages: bool = False) -> None:
         """``threads``: encoding threads per task (0: the tokenizers default, every core). Several local
         workers each using every core oversubscribe the CPU: measured 0.54x of raw encode_batch with 2
         workers x 2 threads on 2 cores, 0.98x with 2 x 1."""
         super().__init__()
         self.documents_dir, self.tokens_dir, self.tokenizer_dir = documents_dir, tokens_dir, tokenizer_dir
         self.group, self.tok_cfg, self.threads = group, tokenize, threads
+        self.select_dir, self.merge_languages = select_dir, merge_languages
 
     def _encode(self, writer: ShardWriter, docs: Iterable[Iterable[tuple[str, str]]], tokenizer,
                 language: str) -> None:
@@ -222,8 +244,14 @@ class GroupAndTokenize(PipelineStep):
         for lang_dir in sorted(p for p in Path(self.documents_dir).iterdir() if p.is_dir()):
             language = lang_dir.name
             files = sorted(lang_dir.glob(f"g{rank:04d}-r*.jsonl"))
+            keep = None
+            if self.select_dir is not None:
+                listed = Path(self.select_dir) / f"{language}.jsonl"
+                if not listed.is_file():
+                    continue
+                keep = read_selection(listed)
             with self.track_time("bucket"):  # one timing per (bucket, language): index, read, encode, write
-                index = BucketIndex(files)
+                index = BucketIndex(files, keep)
                 if not index.docs:
                     continue
                 self.stat_update("in_docs", value=index.docs)
@@ -231,8 +259,10 @@ class GroupAndTokenize(PipelineStep):
                 repos = sorted(index.repos)
                 self.stat_update("out_docs", value=len(repos))
                 self.stat_update(f"repos_{language}", value=len(repos))
-                writer = ShardWriter(Path(self.tokens_dir) / language, info, prefix=f"g{rank:04d}",
-                                     shard_tokens=self.tok_cfg.shard_tokens)
+                folder, prefix = Path(self.tokens_dir) / language, f"g{rank:04d}"
+                if self.merge_languages:
+                    folder, prefix = Path(self.tokens_dir), f"{language}-g{rank:04d}"
+                writer = ShardWriter(folder, info, prefix=prefix, shard_tokens=self.tok_cfg.shard_tokens)
                 try:
                     self._encode(writer, (index.pieces(repo, self.group, language) for repo in repos), tokenizer,
                                  language)

@@ -1,0 +1,346 @@
+"""The annotation run: train -> score -> select (+ group and tokenize the selection) -> report.
+
+    <output_dir>/training_data/   train.jsonl, validation.jsonl, manifest.json
+    <output_dir>/model/           the classifier (AutoModelForSequenceClassification), metrics.json
+    <output_dir>/scores/          one record per curated file, keyed by DocumentRef; manifest.json
+    <output_dir>/selected/        <language>.jsonl: the selected files, highest score first
+    <output_dir>/all/, python/    phase-2 token sources (training shard format)
+    <output_dir>/selection.json   per language: threshold, files, tokens, share, repeats; encoder, positives, metrics
+    <output_dir>/report/          scores.png, report.json, report.md
+    <output_dir>/manifest.json    what went in, what came out, config hashes (written last)
+
+Each stage records the hash of the config it depends on. A complete stage with the same hash is
+skipped; ``select`` and ``report`` are redone when their config changes (they are cheap); a trained
+classifier or finished scores made with another config are never overwritten (ConfigError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from datatrove.pipeline.base import PipelineStep
+from loguru import logger
+from omegaconf import OmegaConf
+
+from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
+from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.data.documents import documents_files
+
+ORDER = ("train", "score", "select", "report")
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(node) -> object:
+    return OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
+
+
+class Paths:
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        self.curated = Path(cfg.curated).expanduser().resolve()
+        self.out = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else self.curated / "high_quality"
+        self.documents = self.curated / "documents"
+        self.data, self.model, self.scores = self.out / "training_data", self.out / "model", self.out / "scores"
+        self.logs = self.out / "logs"
+
+
+def stage_hashes(cfg: AnnotateConfig, paths: Paths) -> dict[str, str]:
+    train = _hash(str(paths.curated), _plain(cfg.positives), _plain(cfg.data), _plain(cfg.model),
+                  _plain(cfg.decontamination))
+    score = _hash(train, cfg.executor.tasks)  # tasks decide which byte slice each partial file holds
+    select = _hash(score, _plain(cfg.select))
+    return {"train": train, "score": score, "select": select, "report": _hash(select, _plain(cfg.report))}
+
+
+def _recorded(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("config_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def curated_settings(curated: Path) -> tuple[dict, dict, int]:
+    """(group, tokenize, buckets) of the curation run, so the selection is grouped exactly as phase 1."""
+    record = curated / "curate_config.json"
+    config = json.loads(record.read_text())["config"] if record.is_file() else {}
+    group, tokenize = config.get("group", {}), config.get("tokenize", {})
+    buckets = group.get("buckets")
+    if buckets is None:
+        found = [int(m.group(1)) for f in documents_files(curated / "documents")
+                 if (m := re.match(r"g(\d+)-", f.name))]
+        buckets = max(found, default=0) + 1
+    return group, tokenize, buckets
+
+
+class Annotate:
+    """Runs (or resumes) the stages named by ``cfg.stage``; every stage writes its own completion record."""
+
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        validate(cfg)
+        self.cfg, self.paths = cfg, Paths(cfg)
+        if not documents_files(self.paths.documents):
+            raise ConfigError(f"curated={cfg.curated!r}: no curated files under {self.paths.documents} "
+                              "(expected a launch/curate.py output_dir)")
+        self.hashes = stage_hashes(cfg, self.paths)
+        self.wall: dict[str, float] = {}
+
+    def run(self) -> Path:
+        self.paths.out.mkdir(parents=True, exist_ok=True)
+        stages = ORDER if self.cfg.stage == "all" else (self.cfg.stage,)
+        for name in stages:
+            start = time.perf_counter()
+            done = getattr(self, name)()
+            if done is False:  # submitted to a scheduler: later stages run in its jobs
+                break
+            self.wall[name] = round(time.perf_counter() - start, 2)
+        self.write_manifest()
+        return self.paths.out
+
+    # -- train ---------------------------------------------------------------------------------------
+    def train(self) -> None:
+        from arctic_pretrain.annotate.classifier import META, TrainClassifier
+        from arctic_pretrain.annotate.training_data import BuildTrainingData
+
+        p, h = self.paths, self.hashes["train"]
+        recorded = _recorded(p.model / META)
+        if recorded == h:
+            logger.info(f"train: {p.model} is complete (same config), skipped")
+            return
+        if recorded is not None:
+            raise ConfigError(f"output_dir={str(p.out)!r}: model/ was trained with another config (positives, data, "
+                              "model or decontamination changed); use a new output_dir or delete model/ and scores/")
+        logger.info("[train] building training data")
+        BuildTrainingData(self.cfg, p.curated, p.out).run()
+        logger.info(f"[train] fine-tuning {self.cfg.model.encoder}")
+        TrainClassifier(self.cfg, p.data, p.model).run()
+        meta = json.loads((p.model / META).read_text())
+        atomic_write(p.model / META, json.dumps({**meta, "config_hash": h}, indent=2))
+
+    # -- score ---------------------------------------------------------------------------------------
+    def score(self) -> bool | None:
+        from arctic_pretrain.annotate.classifier import META
+
+        p, h = self.paths, self.hashes["score"]
+        if _recorded(p.model / META) != self.hashes["train"]:
+            raise ConfigError(f"stage=score: {p.model} holds no classifier of this config; run stage=train first")
+        recorded = _recorded(p.scores / "manifest.json")
+        if recorded == h:
+            logger.info(f"score: {p.scores} is complete (same config), skipped")
+            return None
+        plan = p.scores / "plan.json"
+        if recorded is not None or (_recorded(plan) not in (None, h)):
+            raise ConfigError(f"output_dir={str(p.out)!r}: scores/ was made with another classifier or "
+                              f"executor.tasks; delete {p.scores} (and {p.logs / 'score'}) to score again")
+        if not plan.is_file():  # a fresh start: no completion markers from an earlier, deleted run
+            shutil.rmtree(p.logs / "score", ignore_errors=True)
+            p.scores.mkdir(parents=True, exist_ok=True)
+            atomic_write(plan, json.dumps({"config_hash": h, "tasks": self.cfg.executor.tasks}))
+        executor = self.score_executor()
+        if self.cfg.executor.kind == "slurm":
+            finish = self.finish_executor(executor)
+            finish.run()
+            logger.info(f"submitted scoring ({self.cfg.executor.tasks} tasks) and select+report as SLURM jobs; "
+                        f"outputs appear in {p.out}; logs in {p.logs}")
+            return False
+        executor.run()
+        missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
+        if missing:
+            raise RuntimeError(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
+        self.write_scores_manifest()
+        return None
+
+    def score_executor(self):
+        from arctic_pretrain.annotate.scoring import ScoreFiles
+
+        e, p = self.cfg.executor, self.paths
+        workers = e.tasks if e.workers == -1 else min(e.workers, e.tasks)
+        threads = max(1, (os.cpu_count() or 1) // workers) if e.kind == "local" else 0
+        step = ScoreFiles(str(p.documents), str(p.scores), str(p.model), str(p.curated / "tokenizer"), self.cfg.score,
+                          threads=threads)
+        return self._executor([step], e.tasks, "score")
+
+    def finish_executor(self, depends):
+        """SLURM: one job after scoring that writes the scores manifest, selects and reports."""
+        return self._executor([FinishAfterScoring(self.cfg)], 1, "finish", depends=depends)
+
+    def _executor(self, pipeline: list, tasks: int, name: str, depends=None):
+        e = self.cfg.executor
+        common = {"pipeline": pipeline, "tasks": tasks, "logging_dir": str(self.paths.logs / name)}
+        if e.kind == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            workers = tasks if e.workers == -1 else min(e.workers, tasks)
+            return LocalPipelineExecutor(**common, workers=workers, start_method=e.start_method)
+        if e.kind == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            slurm = {k: v for k, v in dict(e.slurm).items() if v is not None}
+            if e.workers != -1:
+                slurm["workers"] = e.workers
+            return SlurmPipelineExecutor(**common, job_name=f"annotate-{name}", depends=depends, **slurm)
+        try:
+            from datatrove.executor.ray import RayPipelineExecutor
+        except ImportError as err:
+            raise ConfigError(f"executor.kind='ray': ray is not installed ({err})") from None
+        return RayPipelineExecutor(**common, workers=e.workers, **dict(e.ray))
+
+    def write_scores_manifest(self) -> dict:
+        from arctic_pretrain.annotate.scoring import iter_scores
+
+        counts: dict = {"files": 0, "status": {}, "languages": {}, "tokens": 0}
+        for rec in iter_scores(self.paths.scores):
+            counts["files"] += 1
+            counts["status"][rec["status"]] = counts["status"].get(rec["status"], 0) + 1
+            counts["languages"][rec["language"]] = counts["languages"].get(rec["language"], 0) + 1
+            counts["tokens"] += rec["tokens"]
+        stats = self._datatrove_stats("score")
+        manifest = {**counts, "undecodable": stats.get("undecodable", 0), "long": stats.get("long", 0),
+                    "config_hash": self.hashes["score"], "tasks": self.cfg.executor.tasks}
+        atomic_write(self.paths.scores / "manifest.json", json.dumps(manifest, indent=2))
+        return manifest
+
+    def _datatrove_stats(self, name: str) -> dict:
+        path = self.paths.logs / name / "stats.json"
+        out: dict = {}
+        try:
+            for step in json.loads(path.read_text()):
+                for key, value in step.get("stats", {}).items():
+                    out[key] = value.get("total", value) if isinstance(value, dict) else value
+        except (OSError, ValueError, AttributeError):
+            pass
+        return out
+
+    # -- select --------------------------------------------------------------------------------------
+    def select(self) -> None:
+        from arctic_pretrain.annotate.classifier import METRICS
+        from arctic_pretrain.annotate.selection import SelectTop
+
+        p, h = self.paths, self.hashes["select"]
+        if _recorded(p.scores / "manifest.json") != self.hashes["score"]:
+            raise ConfigError(f"stage=select: {p.scores} is not complete for this config; run stage=score first")
+        if _recorded(p.out / "selection.json") == h and all((p.out / s / "manifest.json").is_file()
+                                                             for s in ("all", "python")):
+            logger.info("select: selection.json and all/, python/ are complete (same config), skipped")
+            return
+        (p.out / "selection.json").unlink(missing_ok=True)  # published again last
+        metrics = json.loads((p.model / METRICS).read_text())
+        selection = SelectTop(self.cfg, p.curated, p.out, metrics).run()
+        sources = self.tokenize_selection()
+        selection.update({"sources": sources, "config_hash": h})
+        atomic_write(p.out / "selection.json", json.dumps(selection, indent=2))
+        logger.info("selected: " + ", ".join(f"{k}: {v['files']} files, {v['tokens']} tokens"
+                                             for k, v in selection["languages"].items()))
+
+    def tokenize_selection(self) -> dict:
+        """Group the selected files by language then repository, exactly as phase 1, into ``all/``;
+        ``python/`` holds the Python shards of ``all/`` (hard links)."""
+        from arctic_pretrain.annotate.selection import link_python
+        from arctic_pretrain.data.grouping import GroupAndTokenize, GroupConfig
+        from arctic_pretrain.data.shards import finalize_source
+        from arctic_pretrain.data.tokenizer import TokenizeConfig
+
+        p = self.paths
+        group, tokenize, buckets = curated_settings(p.curated)
+        tok_cfg = TokenizeConfig(**tokenize)
+        all_dir, python_dir = p.out / "all", p.out / "python"
+        for folder in (all_dir, python_dir, p.logs / "tokenize"):
+            shutil.rmtree(folder, ignore_errors=True)
+        e = self.cfg.executor
+        workers = buckets if e.workers == -1 else min(e.workers, buckets)
+        step = GroupAndTokenize(str(p.documents), str(all_dir), str(p.curated / "tokenizer"), GroupConfig(**group),
+                                tok_cfg, threads=max(1, (os.cpu_count() or 1) // workers),
+                                select_dir=str(p.out / "selected"), merge_languages=True)
+        from datatrove.executor import LocalPipelineExecutor
+
+        executor = LocalPipelineExecutor(pipeline=[step], tasks=buckets, workers=workers,
+                                         logging_dir=str(p.logs / "tokenize"), start_method=e.start_method)
+        executor.run()
+        missing = executor.get_incomplete_ranks(range(buckets))
+        if missing:
+            raise RuntimeError(f"tokenize selection: tasks {missing} did not complete; see {p.logs / 'tokenize'}")
+        meta = {"grouping": "language/repository", "selection": str(p.out / "selection.json"),
+                "config_hash": self.hashes["select"]}
+        out = {}
+        if not list(all_dir.glob("*.part.json")):
+            raise RuntimeError(f"tokenize selection: no files selected; see {p.out / 'selected'}")
+        out["all"] = finalize_source(all_dir, metadata={**meta, "languages": "all"}).tokens
+        link_python(all_dir, python_dir)
+        if list(python_dir.glob("*.part.json")):
+            out["python"] = finalize_source(python_dir, metadata={**meta, "languages": "python"}).tokens
+        else:
+            logger.warning(f"no Python files selected: {python_dir} stays empty")
+        return out
+
+    # -- report --------------------------------------------------------------------------------------
+    def report(self) -> None:
+        from arctic_pretrain.annotate.report import WriteReport
+
+        p, h = self.paths, self.hashes["report"]
+        if _recorded(p.out / "selection.json") != self.hashes["select"]:
+            raise ConfigError(f"stage=report: {p.out / 'selection.json'} is not complete for this config; "
+                              "run stage=select first")
+        if _recorded(p.out / "report" / "report.json") == h:
+            logger.info("report: complete (same config), skipped")
+            return
+        report = WriteReport(self.cfg, p.curated, p.out).run()
+        atomic_write(p.out / "report" / "report.json", json.dumps({**report, "config_hash": h}, indent=2))
+        he = report.get("humaneval", {})
+        logger.info(f"report: {p.out / 'report' / 'report.md'}" + (f"; HumanEval ROC-AUC {he['roc_auc']:.3f}"
+                                                                    if "roc_auc" in he else ""))
+
+    # -- manifest ------------------------------------------------------------------------------------
+    def write_manifest(self) -> None:
+        p = self.paths
+        files = documents_files(p.documents)
+
+        def read(path: Path):
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+
+        selection = read(p.out / "selection.json") or {}
+        manifest = {
+            "stage": "annotate",
+            "inputs": {"curated": str(p.curated), "documents_files": len(files),
+                       "documents_bytes": sum(f.stat().st_size for f in files),
+                       "positives": {s.name: s.source for s in self.cfg.positives},
+                       "training_data": read(p.data / "manifest.json")},
+            "outputs": {"model": read(p.model / "metrics.json"), "scores": read(p.scores / "manifest.json"),
+                        "selection": selection.get("languages"), "sources": selection.get("sources"),
+                        "report": str(p.out / "report" / "report.md")},
+            "config_hash": _hash(self.hashes), "stage_hashes": self.hashes, "wall_s": self.wall,
+            "config": _plain(self.cfg)}
+        atomic_write(p.out / "manifest.json", json.dumps(manifest, indent=2))
+
+
+class FinishAfterScoring(PipelineStep):
+    """SLURM: the job after scoring: scores manifest, then select and report, in one task."""
+
+    type = "🏅 - ANNOTATE"
+    name = "select + report"
+
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        annotate = Annotate(self.cfg)
+        annotate.write_scores_manifest()
+        annotate.select()
+        annotate.report()
+        annotate.write_manifest()
+        yield from ()
+
+
+def run(cfg: AnnotateConfig) -> Path:
+    """Validate, then run (or resume) the configured stages; returns the output folder."""
+    return Annotate(cfg).run()

@@ -1,0 +1,46 @@
+"""Phase-2 data: ``python launch/annotate.py curated=<curation output_dir> [output_dir=...] [select.tokens=N]``.
+
+Trains the quality classifier, scores every curated file, selects the top per language and tokenizes
+the selection into ``<output_dir>/all`` and ``<output_dir>/python`` (default output_dir:
+``<curated>/high_quality``, where conf/train/data/snowcoder.yaml looks). ``stage=train|score|select|report``
+runs one stage; finished stages are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from arctic_pretrain.common.config import ConfigError, conf_dir
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # datatrove forks workers after tokenizers ran
+
+
+@hydra.main(version_base=None, config_path=conf_dir("annotate"), config_name="annotate")
+def main(cfg: DictConfig) -> None:
+    from arctic_pretrain.annotate import run
+    from arctic_pretrain.annotate.config import to_config
+    from arctic_pretrain.annotate.training_data import ContaminatedPositives
+
+    try:
+        out = run(to_config(cfg))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ContaminatedPositives as err:
+        print(f"annotate: refusing to train on contaminated positives: {err}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as err:
+        print(f"annotate failed: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md")
+
+
+if __name__ == "__main__":
+    from arctic_pretrain.annotate.config import register
+
+    register()
+    main()
