@@ -301,7 +301,7 @@ def _runner(job: dict, root: str, req: int, rep: int, kernel: bool) -> None:
     except BaseException as err:  # noqa: BLE001 - any failure of model code is a failed sample
         send(rep, {"error": _error(err)})
         return
-    fn = namespace.get(job.get("entry_point") or "", None)
+    fn = namespace.get(job.get("entry_point") or "")
     if kind != "program" and not callable(fn):
         send(rep, {"error": f"NameError: {job.get('entry_point')!r} is not defined"})
         return

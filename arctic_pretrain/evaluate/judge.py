@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -44,10 +45,10 @@ def _compiled(source: str, name: str):
 
 def _check(job: Job, session: Session) -> str:
     namespace: dict[str, Any] = {"__name__": "__judge__", "print": lambda *a, **k: None}
-    try:
-        exec(_compiled(job.context, "<prompt>"), namespace)  # the benchmark's helpers (its prompt, not the model's)
-    except Exception:  # noqa: BLE001 - a prompt that is not a module on its own: the test needs no helper
-        pass
+    # the benchmark's helpers come from its prompt, not the model's code; a prompt that is not a module
+    # on its own has none the test needs
+    with contextlib.suppress(Exception):
+        exec(_compiled(job.context, "<prompt>"), namespace)
     exec(_compiled(job.test, "<test>"), namespace)
 
     def candidate(*args: Any, **kwargs: Any) -> Any:
