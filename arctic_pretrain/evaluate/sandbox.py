@@ -194,7 +194,7 @@ class Session:
         return reply.get("isolation") if reply else None
 
 
-def _kernel_refusal(kernel: dict[str, Any]) -> str:
+def kernel_refusal(kernel: dict[str, Any]) -> str:
     missing = [name for name in ("user_ns", "pid_ns", "net_ns") if not kernel.get(name)]
     if not kernel.get("landlock_abi"):
         missing.append("Landlock")
@@ -229,7 +229,7 @@ def execute_many(jobs: Sequence[Job], workers: int = 0, memory_mb: int = 4096,
     servers.put(first)
     if not child.kernel_confined(first.kernel) and not unsafe_no_kernel_isolation:
         first.close()
-        raise SandboxUnavailable(_kernel_refusal(first.kernel))
+        raise SandboxUnavailable(kernel_refusal(first.kernel))
     for _ in range(workers - 1):
         servers.put(_Server())
 

