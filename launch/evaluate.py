@@ -6,6 +6,7 @@ Examples:
         data.humaneval_plus=/data/HumanEvalPlus-v0.1.10.jsonl data.mbpp_plus=/data/MbppPlus-v0.2.0.jsonl
     python launch/evaluate.py model=runs/demo generation.do_sample=true generation.n_samples=10 \
         generation.pass_k=[1,10]
+    python launch/evaluate.py samples=completions.jsonl tasks=[humaneval] output_dir=eval/theirs  # made elsewhere
 """
 
 from __future__ import annotations

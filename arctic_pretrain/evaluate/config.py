@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from omegaconf import MISSING
+from pathlib import Path
 
 from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.common.config import register as register_schema
@@ -36,6 +35,10 @@ class SandboxConfig:
     timeout_s: float = 10.0  # per HumanEval sample; evalplus derives per-input limits, BigCodeBench gets 6x
     memory_mb: int = 4096  # address-space rlimit of each sample's process (0: none)
     workers: int = 0  # samples executed at once; 0: one per CPU core
+    # Without Landlock and user/PID/network namespaces (old kernels, containers that forbid them) the sandbox
+    # refuses to run model code. true runs it anyway, confined only by rlimits and Python audit hooks: model
+    # code can then write any file this user can, reach the network, and forge its own verdict.
+    unsafe_no_kernel_isolation: bool = False
 
 
 @dataclass
@@ -52,9 +55,13 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    """`python launch/evaluate.py model=<run_dir or HF path> tasks=[humaneval] output_dir=<path> limit=<n>`."""
+    """`python launch/evaluate.py model=<run_dir or HF path> tasks=[humaneval] output_dir=<path> limit=<n>`,
+    or `samples=<file.jsonl>` in place of model."""
 
-    model: str = MISSING  # a run directory (every export/<phase>/ becomes a row) or one HF folder/hub name
+    model: str | None = None  # a run directory (every export/<phase>/ becomes a row) or one HF folder/hub name
+    # instead of model: a jsonl of completions made elsewhere (evalplus's format): task_id plus completion
+    # (appended to the benchmark's prompt) or solution (a whole program); every sample is scored
+    samples: str | None = None
     baselines: list[str] = field(default_factory=list)  # more HF folders/hub names, one row each
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     output_dir: str = "eval_results"  # results.json, results.md, pass_at_1.png, cache/
@@ -75,15 +82,23 @@ def validate(cfg: EvalConfig) -> None:
             raise ConfigError(f"tasks: unknown task {task!r}; known: {', '.join(TASKS)}")
     if not cfg.tasks:
         raise ConfigError("tasks: empty; name at least one of " + ", ".join(TASKS))
+    if (cfg.model is None) == (cfg.samples is None):
+        raise ConfigError("model / samples: give exactly one: model=<run dir, HF folder or hub name> to generate, "
+                          "or samples=<file.jsonl> to score completions made elsewhere")
+    if cfg.samples is not None and not Path(cfg.samples).is_file():
+        raise ConfigError(f"samples={cfg.samples}: no such file")
     g = cfg.generation
-    if g.backend not in ("auto", "hf", "vllm"):
-        raise ConfigError(f"generation.backend={g.backend!r}: must be auto, hf or vllm")
-    if g.n_samples < 1 or g.batch_size < 1 or g.max_new_tokens < 1:
-        raise ConfigError("generation.n_samples, batch_size and max_new_tokens must be positive")
-    if not g.pass_k or min(g.pass_k) < 1 or max(g.pass_k) > g.n_samples:
-        raise ConfigError(f"generation.pass_k={list(g.pass_k)}: every k must be in 1..n_samples={g.n_samples}")
-    if not g.do_sample and g.n_samples > 1:
-        raise ConfigError(f"generation.n_samples={g.n_samples}: greedy decoding gives one distinct "
+    if not g.pass_k or min(g.pass_k) < 1:
+        raise ConfigError(f"generation.pass_k={list(g.pass_k)}: every k must be at least 1")
+    if cfg.samples is None:  # generation settings matter only when this run generates
+        if g.backend not in ("auto", "hf", "vllm"):
+            raise ConfigError(f"generation.backend={g.backend!r}: must be auto, hf or vllm")
+        if g.n_samples < 1 or g.batch_size < 1 or g.max_new_tokens < 1:
+            raise ConfigError("generation.n_samples, batch_size and max_new_tokens must be positive")
+        if max(g.pass_k) > g.n_samples:
+            raise ConfigError(f"generation.pass_k={list(g.pass_k)}: every k must be in 1..n_samples={g.n_samples}")
+        if not g.do_sample and g.n_samples > 1:
+            raise ConfigError(f"generation.n_samples={g.n_samples}: greedy decoding gives one distinct "
                               "completion; set generation.do_sample=true for pass@k")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"limit={cfg.limit}: must be positive (or null for all problems)")

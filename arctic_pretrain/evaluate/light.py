@@ -7,6 +7,7 @@ files) while going through the same generation, stop handling and sandbox as the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,25 +16,35 @@ import numpy as np
 
 from arctic_pretrain.evaluate.config import EvalConfig, GenerationConfig, SandboxConfig
 from arctic_pretrain.evaluate.runner import run_task
+from arctic_pretrain.evaluate.sandbox import kernel_isolation, kernel_refusal
 from arctic_pretrain.evaluate.tasks import HumanEval
 from arctic_pretrain.generation.backends import Backend, HFBackend
 
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 
 def light_humaneval(model_dir: str | Path, limit: int = 20, max_new_tokens: int = 128, timeout_s: float = 3.0,
-                    batch_size: int = 8, workers: int = 0, backend: Backend | None = None) -> dict[str, float]:
+                    batch_size: int = 8, workers: int = 0, backend: Backend | None = None,
+                    unsafe_no_kernel_isolation: bool = False) -> dict[str, float]:
     """{"humaneval_pass@1": fraction passed, "humaneval_problems": count} for an HF export folder.
 
     ``model_dir`` is a phase export (config.json, weights, tokenizer). ``backend`` overrides loading it
-    (tests; or a trainer that wants to reuse its in-memory model through its own Backend).
+    (tests; or a trainer that wants to reuse its in-memory model through its own Backend). Where the
+    kernel cannot confine model code it returns {} with a warning: a training run does not stop for it.
     """
+    kernel = kernel_isolation()
+    if not kernel["confined"] and not unsafe_no_kernel_isolation:
+        log.warning("light HumanEval skipped: %s", kernel_refusal(kernel))
+        return {}
     task = HumanEval()
     problems = task.load(limit)
     cfg = EvalConfig(model=str(model_dir), tasks=["humaneval"], limit=limit, cache=False, progress=False,
                      generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),
-                     sandbox=SandboxConfig(timeout_s=timeout_s, workers=workers))
+                     sandbox=SandboxConfig(timeout_s=timeout_s, workers=workers,
+                                           unsafe_no_kernel_isolation=unsafe_no_kernel_isolation))
     if backend is None:
         backend = HFBackend(str(model_dir), batch_size=batch_size)
     summary, _ = run_task(task, problems, backend, cfg, label="light")

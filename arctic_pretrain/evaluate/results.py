@@ -78,8 +78,10 @@ def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
             lines.append(f"| {ref['name']} | {ref['tokens']} | " + " | ".join(cells) + " |")
     gen = results.get("generation", {})
     mode = "sampled" if gen.get("do_sample") else "greedy"
-    head = [f"pass@1 (%), {mode} decoding, n={gen.get('n_samples', 1)} per problem"
-            + (f", first {results['limit']} problems per task" if results.get("limit") else "") + ".", ""]
+    source = (f"completions from {gen['samples']}" if gen.get("samples") else
+              f"{mode} decoding, n={gen.get('n_samples', 1)} per problem")
+    head = [f"pass@1 (%), {source}" + (f", first {results['limit']} problems per task" if results.get("limit") else "")
+            + ".", ""]
     counts = sorted({f"- {TITLES[t]}: {e['problems']} problems" for row in results["models"]
                      for t, e in row["tasks"].items() if "problems" in e})
     tail = []

