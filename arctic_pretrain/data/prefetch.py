@@ -13,6 +13,7 @@ block) stops and joins the worker even while it is blocked on a full queue.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -106,10 +107,8 @@ class Prefetcher:
         self._closed.set()
         self._jobs.put(_STOP)
         while self._thread.is_alive():
-            try:  # a worker blocked on a full queue gets room, sees the flag and leaves
+            with contextlib.suppress(queue.Empty):  # a worker blocked on a full queue gets room and leaves
                 self._ready.get_nowait()
-            except queue.Empty:
-                pass
             self._thread.join(timeout=0.05)
 
     def __enter__(self) -> Prefetcher:
