@@ -118,8 +118,8 @@ SWEEPS = {
         "chunked_sdpa_mb4": {**_gpu(4, loss="chunked"), "model_overrides": {"attention": "sdpa", "loss": "chunked"}},
     },
 }
-_CPU = {"model": "small", "vocab": 4096, "seq_len": 256, "steps": 5, "warmup": 2, "precision": "fp32",
-        "zero_stage": 1}
+_CPU = {"model": "small", "vocab": 4096, "seq_len": 256, "steps": 4, "warmup": 1, "precision": "fp32",
+        "zero_stage": 1, "overlap_comm": False}  # 1 CPU thread per process (KNOB_CPU_THREADS)
 
 
 def _cpu(micro: int, **model) -> dict:

@@ -82,6 +82,8 @@ def main(c: dict) -> dict:
         os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     cuda = torch.cuda.is_available()
+    if not cuda:  # one thread: on a shared CPU, OpenMP barriers across starved threads swamp the figures
+        torch.set_num_threads(int(os.environ.get("KNOB_CPU_THREADS", "1")))
     cfg = model_config(c["model"], c["model_overrides"])
     data_dir = Path(c["data_dir"] or Path(tempfile.gettempdir()) / f"knob-data-{c['vocab']}")
     tokens = c["seq_len"] * c["micro"] * c["gas"] * (c["steps"] + 2)

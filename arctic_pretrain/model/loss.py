@@ -7,7 +7,8 @@ logits (about 2 GB a sequence in fp32 for the paper's 1.3B at seq 8192); the oth
 - ``chunked``: plain PyTorch, a chunk of sequence positions at a time; backward recomputes each chunk's
   logits from the saved hidden states (one extra lm_head GEMM, ~3% of the 1.3B model's step FLOPs).
 - ``liger``: liger-kernel's fused linear + cross-entropy (Triton, GPU), one call per sequence with
-  ``reduction="sum"`` so the per-sequence sums stay exact and its gradients are computed in forward.
+  ``reduction="sum"`` so the per-sequence sums stay exact and its gradients are computed in forward
+  (``reduction="none"`` would recompute everything in backward).
 - ``cut_ce``: Apple's cut cross-entropy (Triton, GPU), per-token losses (``reduction="none"``), gradient
   filtering off (``filter_eps=None``) so the gradient is exact, not approximated.
 
@@ -123,7 +124,8 @@ def _masked_targets(input_ids, position_ids):
 def liger_head_loss() -> HeadLoss:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-    fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+    # fp32 weight-gradient accumulation over liger's chunks, as one bf16 GEMM (fp32 accumulate) does on the plain path
+    fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum", accum_dtype=torch.float32)
 
     def head(weight, hidden, input_ids, position_ids):
         targets, valid = _masked_targets(input_ids, position_ids)

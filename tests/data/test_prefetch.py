@@ -106,3 +106,28 @@ def test_pinned_non_blocking_copies_on_gpu(sampler):
             want = sampler.read(samples[start:start + 4])
             assert np.array_equal((got.input_ids * 1).cpu().numpy(), want.input_ids)  # a compute-stream use
             assert np.array_equal(got.position_ids.cpu().numpy(), want.position_ids)
+
+
+def test_a_token_source_opened_from_two_threads_at_once(sampler):
+    """The prefetcher's thread and the main thread (held-out loss) may open the same shard together."""
+    folder = sampler.sources[0].folder
+    reference = TokenSource(folder)
+    want = [reference.window(w, 16) for w in range(reference.num_windows(16))]
+    for _ in range(5):
+        fresh, errors, barrier = TokenSource(folder), [], threading.Barrier(4)
+
+        def read_all(source=fresh, errors=errors, barrier=barrier):
+            barrier.wait()
+            try:
+                for w, (ids, pos) in enumerate(want):
+                    got = source.window(w, 16)
+                    assert np.array_equal(got[0], ids) and np.array_equal(got[1], pos)
+            except Exception as error:  # collected, asserted below
+                errors.append(error)
+
+        threads = [threading.Thread(target=read_all) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
