@@ -89,7 +89,8 @@ def main(c: dict) -> dict:
     tokens = c["seq_len"] * c["micro"] * c["gas"] * (c["steps"] + 2)
     source = TokenSource(token_source(data_dir / f"{tokens}", c["vocab"], tokens))
     torch.manual_seed(0)
-    model = build_model(cfg, c["vocab"])
+    with torch.device("cuda" if cuda else "cpu"):  # initialising 1.3B parameters on the GPU takes a second
+        model = build_model(cfg, c["vocab"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                   foreach=True, fused=cuda or None)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(c))
