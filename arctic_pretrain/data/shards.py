@@ -269,8 +269,10 @@ class TokenSource:
             if tokens.size != self._offsets[i + 1] - self._offsets[i]:
                 raise ValueError(f"{path}: holds {tokens.size} tokens, manifest says "
                                  f"{self._offsets[i + 1] - self._offsets[i]}")
-            self._tokens[i] = tokens
+            # starts first, tokens (the "opened" flag) last: a reader on another thread (the prefetcher's)
+            # never sees a half-opened shard; two threads opening it at once map the same files
             self._starts[i] = np.load(self.folder / f"{name}.idx.npy", mmap_mode="r")
+            self._tokens[i] = tokens
         return self._tokens[i], self._starts[i]
 
     def read(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:

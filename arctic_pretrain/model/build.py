@@ -62,16 +62,59 @@ def llama_config(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None) -
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None) -> LlamaForCausalLM:
-    """A freshly initialised model in fp32 (DeepSpeed casts for bf16 training)."""
+    """A freshly initialised model in fp32 (DeepSpeed casts for bf16 training), with the configured
+    kernels, activation checkpointing and compilation applied (in that order)."""
     attention = resolve_attention(cfg.attention)
     hf_cfg = llama_config(cfg, vocab_size, eos_id)
     hf_cfg._attn_implementation = attention
+    if cfg.liger_kernels:
+        apply_liger_kernels()  # patches transformers' Llama classes, so the layers are built with liger's modules
     model = LlamaForCausalLM(hf_cfg)
-    if cfg.activation_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    log.info("model %s: %.1fM parameters, attention=%s", cfg.name,
-             sum(p.numel() for p in model.parameters()) / 1e6, attention)
+    checkpointed = apply_activation_checkpointing(model, cfg.activation_checkpointing,
+                                                  cfg.activation_checkpointing_every)
+    if cfg.compile:
+        compile_layers(model)
+    log.info("model %s: %.1fM parameters, attention=%s, liger=%s, activation checkpointing=%d/%d layers, "
+             "compile=%s", cfg.name, sum(p.numel() for p in model.parameters()) / 1e6, attention,
+             cfg.liger_kernels, len(checkpointed), cfg.num_layers, cfg.compile)
     return model
+
+
+def apply_liger_kernels() -> None:
+    """liger-kernel's Triton RMSNorm, RoPE and SwiGLU. liger patches transformers' Llama module for the
+    whole process (later Llama models use them too); its fused loss is model.loss=liger, not this."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise RuntimeError("model.liger_kernels=true needs liger-kernel (pip install 'arctic-pretrain[gpu]')")
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.liger_kernels=true runs Triton kernels on a CUDA GPU; set it false on CPU")
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False)
+
+
+def apply_activation_checkpointing(model: LlamaForCausalLM, mode: str, every: int = 2) -> list[int]:
+    """none | full | selective (layers 0, k, 2k, ...). Returns the checkpointed layer indices. Non-reentrant
+    checkpointing: works under DeepSpeed ZeRO and torch.compile, and with inputs that need no grad."""
+    if mode == "none":
+        return []
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    step = every if mode == "selective" else 1
+    chosen = []
+    for i, layer in enumerate(model.model.layers):
+        layer.gradient_checkpointing = i % step == 0  # the flag each GradientCheckpointingLayer reads
+        if layer.gradient_checkpointing:
+            chosen.append(i)
+    return chosen
+
+
+def compile_layers(model: LlamaForCausalLM, backend: str = "inductor") -> None:
+    """torch.compile each decoder layer in place (parameter names unchanged: checkpoints and exports are
+    unaffected). The model's forward stays eager, so the attention mask (flex_attention's BlockMask) is
+    built once per forward and handed to every compiled layer; the embedding, final norm and loss stay
+    outside (the fused losses are already kernels)."""
+    for layer in model.model.layers:
+        layer.compile(backend=backend)
