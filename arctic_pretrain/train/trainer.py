@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from arctic_pretrain.data.prefetch import Prefetcher
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.model.loss import LossFn, logits_loss
 from arctic_pretrain.train import distributed as dist
@@ -52,6 +53,7 @@ class StepResult:
     seconds: float
     skipped: str | None
     stop_requested: bool
+    data_seconds: float = 0.0  # time the step waited for its batches (the prefetcher reads ahead)
 
 
 class Trainer:
@@ -76,6 +78,7 @@ class Trainer:
         self.device = dist.device()
         self.rank, self.world = dist.rank(), dist.world_size()
         self._signal: int | None = None
+        self._prefetch: Prefetcher | None = None  # reads the step's micro-batches ahead (fit() owns it)
 
     # ---- callbacks -----------------------------------------------------------------------------
     def fire(self, event: str, *args) -> None:
@@ -137,15 +140,16 @@ class Trainer:
         samples = self.sampler.global_batch(self.settings.global_batch, phase.weights, self.rank, self.world)
         n = len(self.sampler.names)
         sums = torch.zeros(2 * n + 1, dtype=torch.float64, device=self.device)  # per-source loss, tokens; stop
-        reason = None
-        starts = range(0, len(samples), micro)
+        reason, data_seconds = None, 0.0
+        if self._prefetch is None:
+            self._prefetch = Prefetcher(self.sampler.read, self.device)
+        starts = range(self._prefetch.submit(samples, micro))
         for m in starts:
-            batch = self.sampler.read(samples[m:m + micro])
-            ids = torch.from_numpy(batch.input_ids).to(self.device)
-            pos = torch.from_numpy(batch.position_ids).to(self.device)
-            loss_sum, count = self.loss_fn(self.engine, ids, pos)
+            batch = self._prefetch.get()  # read in a background thread, pinned, copied without blocking
+            data_seconds += batch.wait_seconds
+            loss_sum, count = self.loss_fn(self.engine, batch.input_ids, batch.position_ids)
             self.engine.backward(loss_sum.sum() / count.sum().clamp(min=1))
-            src = torch.from_numpy(batch.source_ids).to(self.device)
+            src = batch.source_ids
             sums[:n].index_add_(0, src, loss_sum.detach().double())
             sums[n:2 * n].index_add_(0, src, count.double())
             if m == starts[-1]:  # before the optimizer runs: agree on the loss and on stopping
@@ -164,7 +168,7 @@ class Trainer:
         source_loss = {name: values[i] / values[n + i] for i, name in enumerate(self.sampler.names)
                        if values[n + i] > 0}
         return StepResult(loss, None if grad_norm is None else float(grad_norm), source_loss,
-                          time.perf_counter() - start, reason, values[-1] > 0)
+                          time.perf_counter() - start, reason, values[-1] > 0, data_seconds)
 
     def fit(self, resumed: bool = False) -> dict[str, Any]:
         """Train to the end of the curriculum, ``max_steps`` or a stop signal; returns where it stopped."""
@@ -205,6 +209,9 @@ class Trainer:
             if status == "max_steps" and steps_this_run and self.checkpoints.latest_tag() != f"step_{self.step:08d}":
                 self.save()  # keep the progress of a shortened run
         finally:
+            if self._prefetch is not None:
+                self._prefetch.close()
+                self._prefetch = None
             for s, handler in previous.items():
                 signal.signal(s, handler)
             result = {"step": self.step, "consumed_tokens": self.consumed_tokens, "status": status}

@@ -35,7 +35,8 @@ class MetricsRecorder(Callback):
         tokens_per_s = tokens_per_step / max(result.seconds, 1e-9)
         mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world) if self.peak_flops else None
         values: dict[str, float | None] = {"loss": result.loss, "grad_norm": result.grad_norm,
-                                           "tokens_per_s": tokens_per_s, "mfu": mfu, "step_seconds": result.seconds}
+                                           "tokens_per_s": tokens_per_s, "mfu": mfu, "step_seconds": result.seconds,
+                                           "data_seconds": result.data_seconds}
         values.update({f"loss/{k}": v for k, v in result.source_loss.items()})
         self.average.add(values)
         if result.skipped:
@@ -48,7 +49,8 @@ class MetricsRecorder(Callback):
                   "consumed_tokens": trainer.consumed_tokens, "lr": lr,
                   "loss": averaged.get("loss"), "grad_norm": averaged.get("grad_norm"),
                   "tokens_per_s": averaged.get("tokens_per_s"), "mfu": averaged.get("mfu"),
-                  "step_seconds": averaged.get("step_seconds"), "time": time.time(),
+                  "step_seconds": averaged.get("step_seconds"), "data_seconds": averaged.get("data_seconds"),
+                  "time": time.time(),
                   "skipped": result.skipped, "skipped_nonfinite": trainer.guard.counts["nonfinite"],
                   "skipped_spike": trainer.guard.counts["spike"]}
         if torch.cuda.is_available():  # the accelerator's high-water mark, for sizing batches
