@@ -162,3 +162,9 @@ class TrainConfig:
 def register() -> None:
     """Register the schema so that conf/train/*.yaml are checked against it (unknown keys fail)."""
     register_schema("train", TrainConfig)
+    # hydra/launcher=submitit_slurm: conf/train/hydra/launcher/submitit_slurm.yaml sets our defaults over the
+    # plugin's schema of the same name, which Hydra merges by name ("automatic schema matching"); it warns
+    # that this is deprecated, but a differently named schema in the defaults list fails to merge with it.
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(?s).*'hydra/launcher/submitit_slurm' is validated against")
