@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from arctic_pretrain.common.config import ConfigError
@@ -60,7 +61,7 @@ def swept_keys(overrides: list[str]) -> list[str]:
             if o.is_sweep_override()]
 
 
-class SweepPlan:
+class SweepPlan(Callback):
     """Hydra callback (conf/train/train.yaml: hydra.callbacks): records the swept keys for every job."""
 
     def on_multirun_start(self, config, **kwargs) -> None:

@@ -177,9 +177,29 @@ def step_pgids(state: Path, job_id: int) -> list[int]:
 
 
 def signal_groups(pgids: list[int], signum: int) -> None:
-    for pgid in pgids:
+    """Signal every process of each task: its process group and all its descendants, also those that
+    started their own session (torchrun puts each rank in one), as slurmstepd's cgroup tracking reaches."""
+    if not pgids:
+        return
+    parent, group = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+            group[int(stat.parent.name)] = int(fields[2])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    targets = {pid for pid, pgrp in group.items() if pgrp in pgids}
+    stack = list(pgids)
+    while stack:
+        pid = stack.pop()
+        if pid in parent:
+            targets.add(pid)
+        stack.extend(children.get(pid, []))
+    for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signum)
+            os.kill(pid, signum)
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -1050,6 +1070,10 @@ def main(prog: str, argv: list[str]) -> int:
     except SlurmError as err:
         print(err, file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `scontrol show hostnames | head -n 1`: the reader stopped early, as intended
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        return 0
 
 
 if __name__ == "__main__":
