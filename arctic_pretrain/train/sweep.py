@@ -176,6 +176,7 @@ def ensure_prefix(pcfg: TrainConfig, train: Train, poll_s: float = 30.0) -> dict
                         "step": result["step"], "consumed_tokens": result["consumed_tokens"],
                         "status": result["status"], "phases": list(pcfg.curriculum.phases)}
                 if dist.rank() == 0:
+                    run_dir.mkdir(parents=True, exist_ok=True)
                     atomic_write(run_dir / DONE, json.dumps(done, indent=2))
                 dist.barrier()
                 return done

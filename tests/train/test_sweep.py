@@ -60,6 +60,43 @@ def test_prefix_lock_admits_one_job_and_frees_on_exit(tmp_path):
     lock.release()
 
 
+def _variant_job(prefix_dir: str, calls: str) -> None:
+    """One concurrent sweep job's prefix step; its training records the call and takes a while."""
+    import os
+    from types import SimpleNamespace
+
+    from arctic_pretrain.train.sweep import ensure_prefix
+
+    def train(cfg) -> dict:
+        with open(calls, "a") as fh:
+            fh.write(json.dumps({"train": os.getpid()}) + "\n")
+        time.sleep(3)
+        return {"status": "done", "step": 4, "consumed_tokens": 4096}
+
+    cfg = SimpleNamespace(run_dir=prefix_dir, curriculum=SimpleNamespace(phases={"general": None}))
+    done = ensure_prefix(cfg, train, poll_s=0.2)
+    with open(calls, "a") as fh:
+        fh.write(json.dumps({"done": done["checkpoint"]}) + "\n")
+
+
+@pytest.mark.slow  # two processes, each with a process group
+def test_concurrent_jobs_train_the_prefix_once_and_the_other_waits(tmp_path):
+    ctx = mp.get_context("spawn")
+    calls = tmp_path / "calls.jsonl"
+    procs = [ctx.Process(target=_variant_job, args=(str(tmp_path / "prefix.general.abc"), str(calls)))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    events = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert sum("train" in e for e in events) == 1  # one job trained it
+    assert [e["done"] for e in events if "done" in e] == [str(tmp_path / "prefix.general.abc" / "checkpoints" /
+                                                                "step_00000004")] * 2  # both branch from it
+    assert events[0].keys() == {"train"}  # the waiting job returned only after the training finished
+
+
 @pytest.mark.slow
 def test_budget_sweep_trains_phase_one_once(tmp_path, demo_cache):
     sweep = tmp_path / "sweep"
