@@ -5,7 +5,7 @@
 #       deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 data.root=/data run_dir=/data/runs/snowcoder
 #   docker build --build-arg VARIANT=cpu -t arctic-pretrain:cpu .  any machine: the quick start and the test suite,
 #                                                                  installed by .ci/install exactly as CI installs
-#   docker run --rm arctic-pretrain:cpu python launch/train.py experiment=demo
+#   docker run --rm arctic-pretrain:cpu python launch/pipeline.py experiment=demo
 #   docker run --rm arctic-pretrain:cpu python -m pytest -q
 ARG VARIANT=gpu
 
