@@ -69,7 +69,14 @@ def main(dict_cfg: DictConfig) -> None:
 
     try:
         cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
-        run(cfg, callbacks=stage_callbacks(cfg))
+        if cfg.dry_run:
+            from arctic_pretrain.train.dry_run import report
+
+            print(report(cfg))
+            return
+        from arctic_pretrain.train.sweep import run_job  # -m: a sweep variant, from the shared prefix
+
+        run_job(cfg, lambda c: run(c, callbacks=stage_callbacks(c)))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,25 +1,53 @@
-"""Process-group facts for any launcher (deepspeed, torchrun, plain python)."""
+"""Process-group facts for any launcher (deepspeed, torchrun, srun/submitit, plain python).
+
+The torch launchers export RANK/WORLD_SIZE/LOCAL_RANK. A task that ``srun`` (or submitit) starts directly,
+one per GPU, has only SLURM's: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID then give the rank, world size and
+local rank, and the rendezvous is the job's first node on a port derived from the job id. SLURM's
+variables count only inside a job step (SLURM_STEP_NUM_TASKS, which srun sets): a batch script itself
+also carries SLURM_NTASKS, but there it is one process, not a rank of several.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.distributed as dist
 
 
+def slurm_ranks(env: os._Environ | dict | None = None) -> dict[str, str]:
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from an srun task's SLURM variables ({} if none)."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "WORLD_SIZE" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
+        return {}
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+    job = int(env.get("SLURM_JOB_ID", "0") or 0)
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env.get("SLURM_NTASKS", env["SLURM_STEP_NUM_TASKS"]),
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "MASTER_ADDR": env.get("MASTER_ADDR", first_host(nodes)),
+            "MASTER_PORT": env.get("MASTER_PORT", str(20000 + job % 20000))}
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM hostlist: ``gpu[003-010,012],cpu1`` -> ``gpu003``."""
+    first = re.match(r"[^,\[]+(\[[^\]]*\])?", nodelist).group(0)
+    m = re.fullmatch(r"(.*?)\[([^\],-]+)[^\]]*\](.*)", first)
+    return f"{m.group(1)}{m.group(2)}{m.group(3)}" if m else first
+
+
 def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK") or slurm_ranks().get("RANK", "0"))
 
 
 def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("WORLD_SIZE") or slurm_ranks().get("WORLD_SIZE", "1"))
 
 
 def init_distributed() -> None:
     """Start the process group with DeepSpeed's defaults (nccl on GPUs, gloo/ccl on CPU)."""
     import deepspeed
 
+    os.environ.update(slurm_ranks())
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

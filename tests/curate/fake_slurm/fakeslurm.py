@@ -20,12 +20,18 @@ that datatrove's SlurmPipelineExecutor and arctic_pretrain's wait loop use:
   task exited 0. A dependency that can never be satisfied leaves the job PENDING with reason
   DependencyNeverSatisfied, or cancels it with ``--kill-on-invalid-dep=yes``. A dependency on an
   unknown job is refused at submission ("Job dependency problem").
-* ``srun [-l] [-n N] cmd``: a job step inside the allocation: N copies with SLURM_PROCID/SLURM_LOCALID/
-  SLURM_STEP_ID; ``-l`` prefixes output lines with ``<task>: ``; the exit code is the highest of the tasks'.
+* Several nodes (``--nodes N``, up to the FAKE_SLURM_NODES names, all of them this machine): SLURM_JOB_NODELIST,
+  SLURM_JOB_NUM_NODES, SLURM_NTASKS (= nodes x ``--ntasks-per-node``).
+* ``srun [-l] [-n N] [-N N] [--ntasks-per-node N] [-K] cmd``: a job step inside the allocation: N copies
+  spread block-wise over the nodes with SLURM_PROCID/SLURM_LOCALID/SLURM_NODEID/SLURMD_NODENAME/SLURM_STEP_ID;
+  each task in its own process group, which the signals srun receives reach whole (slurmstepd's process
+  tracking); ``-l`` prefixes output lines with ``<task>: ``; the exit code is the highest of the tasks'.
+* ``--signal=[B:]SIG@T`` with ``--time``: SIG T seconds before the limit, to the steps (or the batch shell).
 * ``squeue [-h] [-j IDS] [-u USER] [-n NAME] [-t STATES] [-o FORMAT] [-r]``: default states are pending,
   running, completing; ``-j`` shows every state; pending array tasks are one row (``ID_[2-9%2]``) unless
   ``-r``. Format fields: %i %F %K %A %j %P %T %t %r %R %u %M %D %C %E, with ``%.N`` widths.
-* ``scancel [-s SIG] [-u USER] [-n NAME] ID[_IDX] ...``; ``scontrol show hostnames|job``,
+* ``scancel [-s SIG [-b|-f]] [-u USER] [-n NAME] ID[_IDX] ...``: a signal goes to the job steps' processes,
+  ``-b`` to the batch shell only, ``-f`` to both; without ``-s`` it cancels. ``scontrol show hostnames|job``,
   ``scontrol requeue ID`` (the task goes back to PENDING once its process exits).
 
 Every sbatch call is appended to ``submissions.jsonl`` (argv, directives, the resolved options, the id), so
@@ -35,7 +41,7 @@ queue has had nothing to run for FAKE_SLURM_IDLE_S seconds (default 2). Other kn
 (default: this machine's cores), FAKE_SLURM_PARTITIONS (comma list, first is the default; default
 ``debug``; other partitions are refused), FAKE_SLURM_MAX_ARRAY_SIZE (1001, SLURM's default MaxArraySize).
 
-Not emulated: several nodes, memory limits (recorded, not enforced), priorities/fair share (first come,
+Not emulated: memory limits (recorded, not enforced), priorities/fair share (first come,
 first served), accounting (sacct), hold/release, heterogeneous jobs, MinJobAge (finished jobs stay listed
 with ``-j``/``-t all`` until the state folder is deleted).
 """
@@ -154,6 +160,48 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def node_names() -> list[str]:
+    """FAKE_SLURM_NODES (comma list) names the cluster's nodes, all of them this machine; loopback
+    addresses (127.0.0.1,127.0.0.2) make a multi-node job's rendezvous resolvable. Default: this host."""
+    names = [n for n in os.environ.get("FAKE_SLURM_NODES", "").split(",") if n]
+    return names or [socket.gethostname().split(".")[0]]
+
+
+def step_pgids(state: Path, job_id: int) -> list[int]:
+    """Process groups of the job's running steps' tasks (srun registers them)."""
+    pgids = []
+    for f in (state / "steps").glob(f"{job_id}.*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            pgids += json.loads(f.read_text())["pgids"]
+    return pgids
+
+
+def signal_groups(pgids: list[int], signum: int) -> None:
+    """Signal every process of each task: its process group and all its descendants, also those that
+    started their own session (torchrun puts each rank in one), as slurmstepd's cgroup tracking reaches."""
+    if not pgids:
+        return
+    parent, group = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+            group[int(stat.parent.name)] = int(fields[2])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    targets = {pid for pid, pgrp in group.items() if pgrp in pgids}
+    stack = list(pgids)
+    while stack:
+        pid = stack.pop()
+        if pid in parent:
+            targets.add(pid)
+        stack.extend(children.get(pid, []))
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
 # ---------------------------------------------------------------- parsing helpers
 
 
@@ -175,6 +223,18 @@ def parse_time(value: str) -> int | None:
     if len(nums) == 2:
         return nums[0] * 60 + nums[1]  # minutes:seconds
     return nums[0] * 3600 + nums[1] * 60 + nums[2]
+
+
+def parse_signal_option(value: str | None) -> tuple[bool, int, int] | None:
+    """``--signal=[{R|B}:]SIG[@TIME]`` -> (batch shell only, signal number, seconds before the limit)."""
+    if not value:
+        return None
+    m = re.fullmatch(r"(?:([RB]+):)?(\w+)(?:@(\d+))?", value)
+    if not m:
+        raise SlurmError(f"sbatch: error: Invalid --signal specification: {value}")
+    name = m.group(2).upper()
+    signum = int(name) if name.isdigit() else signal.Signals["SIG" + name.removeprefix("SIG")]
+    return "B" in (m.group(1) or ""), int(signum), int(m.group(3) or 60)
 
 
 def parse_mem_mb(value: str) -> int:
@@ -346,9 +406,12 @@ def sbatch(argv: list[str]) -> int:
     partition = opts.get("partition", partitions[0])
     if partition not in partitions:
         raise SlurmError("sbatch: error: Batch job submission failed: Invalid partition name specified")
-    if int(opts.get("nodes", "1").split("-")[0]) != 1:
-        raise SlurmError("sbatch: error: fake SLURM has one node; --nodes must be 1")
+    nodes = int(opts.get("nodes", "1").split("-")[0])
+    if not 1 <= nodes <= len(node_names()):
+        raise SlurmError("sbatch: error: Batch job submission failed: Requested node configuration is not "
+                         f"available (fake SLURM has {len(node_names())} node(s): FAKE_SLURM_NODES)")
     time_limit = parse_time(opts["time"]) if "time" in opts else None
+    parse_signal_option(opts.get("signal"))
     for key in ("mem", "mem-per-cpu"):
         if key in opts:
             parse_mem_mb(opts[key])
@@ -380,7 +443,7 @@ def sbatch(argv: list[str]) -> int:
             "script_args": script_args, "argv": ["sbatch", *argv], "options": opts,
             "array": indices if "array" in opts else None, "array_limit": limit,
             "dependency": opts.get("dependency", ""), "dependency_mode": mode, "kill_on_invalid_dep": kill_invalid,
-            "cpus_per_task": cpus, "time_limit": time_limit, "output": opts.get("output", default_out),
+            "cpus_per_task": cpus, "nodes": nodes, "time_limit": time_limit, "output": opts.get("output", default_out),
             "error": opts.get("error"), "open_mode": opts.get("open-mode", "truncate"),
             "env": export_env(opts.get("export", "ALL"), dict(os.environ)),
             "tasks": {str(idx): {"job_id": first + k, "state": "PENDING", "pid": None, "exit_code": None,
@@ -472,6 +535,7 @@ class Runner:
         for (jid, idx), (proc, _) in self.procs.items():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            signal_groups(step_pgids(self.state, jobs[jid]["tasks"][idx]["job_id"]), signal.SIGKILL)
             proc.wait()
             task = jobs[jid]["tasks"][idx]
             task.update(state="CANCELLED", end=time.time(), exit_code=-9)
@@ -489,13 +553,16 @@ class Runner:
             jid, idx = key
             job = jobs[jid]
             task = job["tasks"][idx]
+            signal_groups(step_pgids(self.state, task["job_id"]), signal.SIGKILL)  # the job's end ends its steps
+            for f in (self.state / "steps").glob(f"{task['job_id']}.*.json"):
+                f.unlink(missing_ok=True)
             task.update(exit_code=code, end=time.time(), pid=None)
             if task.get("timed_out"):
                 task["state"] = "TIMEOUT"
             elif job["cancelled"] or task.get("cancelled"):
                 task["state"] = "CANCELLED"
             elif task["requeue"]:
-                task.update(state="PENDING", requeue=False, restarts=task["restarts"] + 1, start=None)
+                task.update(state="PENDING", requeue=False, restarts=task["restarts"] + 1, start=None, warned=None)
             else:
                 task["state"] = "COMPLETED" if code == 0 else "FAILED"
             save_job(self.state, job)
@@ -512,10 +579,20 @@ class Runner:
                 save_job(self.state, job)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
+            warn = parse_signal_option(job["options"].get("signal"))
+            if warn and limit is not None and now - task["start"] > limit - warn[2] and not task.get("warned"):
+                task["warned"] = now  # --signal=[B:]SIG@T: T seconds before the time limit
+                save_job(self.state, job)
+                if warn[0]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, warn[1])
+                else:
+                    signal_groups(step_pgids(self.state, task["job_id"]), warn[1])
             since = task.get("timed_out") or task.get("kill_sent")
             if since and now - since > self.kill_wait:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+                signal_groups(step_pgids(self.state, task["job_id"]), signal.SIGKILL)
 
     def dependency_status(self, job: dict, jobs: dict) -> str:
         """'ok' | 'wait' | 'never'."""
@@ -591,11 +668,14 @@ class Runner:
 
     def env(self, job: dict, idx: str, task: dict) -> dict[str, str]:
         env = dict(job["env"])
+        nodes = job.get("nodes", 1)
+        hosts = node_names()[:nodes]
+        nodelist = ",".join(hosts)
         env.update({
             "SLURM_JOB_ID": str(task["job_id"]), "SLURM_JOBID": str(task["job_id"]), "SLURM_JOB_NAME": job["name"],
             "SLURM_JOB_PARTITION": job["partition"], "SLURM_JOB_USER": job["user"], "SLURM_JOB_UID": str(job["uid"]),
-            "SLURM_JOB_NODELIST": self.node, "SLURM_NODELIST": self.node, "SLURM_JOB_NUM_NODES": "1",
-            "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURMD_NODENAME": self.node, "SLURM_CLUSTER_NAME": "fake",
+            "SLURM_JOB_NODELIST": nodelist, "SLURM_NODELIST": nodelist, "SLURM_JOB_NUM_NODES": str(nodes),
+            "SLURM_NNODES": str(nodes), "SLURM_NODEID": "0", "SLURMD_NODENAME": hosts[0], "SLURM_CLUSTER_NAME": "fake",
             "SLURM_SUBMIT_DIR": job["submit_dir"], "SLURM_SUBMIT_HOST": socket.gethostname(),
             "SLURM_CPUS_ON_NODE": str(job["cpus_per_task"]), "SLURM_JOB_CPUS_PER_NODE": str(job["cpus_per_task"]),
             "SLURM_RESTART_COUNT": str(task["restarts"]), "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
@@ -610,6 +690,10 @@ class Runner:
             env["SLURM_JOB_QOS"] = opts["qos"]
         if "ntasks" in opts:
             env["SLURM_NTASKS"] = env["SLURM_NPROCS"] = opts["ntasks"]
+        elif "ntasks-per-node" in opts:
+            env["SLURM_NTASKS"] = env["SLURM_NPROCS"] = str(nodes * int(opts["ntasks-per-node"]))
+        if "ntasks-per-node" in opts:
+            env["SLURM_NTASKS_PER_NODE"] = opts["ntasks-per-node"]
         if job["array"] is not None:
             arr = job["array"]
             env.update({"SLURM_ARRAY_JOB_ID": str(job["id"]), "SLURM_ARRAY_TASK_ID": idx,
@@ -644,16 +728,23 @@ class Runner:
 
 
 def srun(argv: list[str]) -> int:
+    """A job step: ``-n`` tasks (default: SLURM_NTASKS of the job, else one per node) spread block-wise over
+    ``-N`` nodes (default: all of the job's), each with SLURM_PROCID/SLURM_LOCALID/SLURM_NODEID/SLURMD_NODENAME.
+    Each task runs in its own process group, and a signal srun receives (or ``scancel --signal``) reaches the
+    task's whole process tree, as slurmstepd's process tracking does; ``-K``/``--kill-on-bad-exit`` kills the
+    step when a task fails."""
     if "SLURM_JOB_ID" not in os.environ:
         raise SlurmError("srun: error: fake srun only runs job steps inside a batch job (no SLURM_JOB_ID)")
-    label, ntasks, i = False, 1, 0
+    label, kill_bad, opts, i = False, False, {}, 0
     valued = {"-n": "ntasks", "--ntasks": "ntasks", "-N": "nodes", "--nodes": "nodes", "-c": "cpus",
-              "--cpus-per-task": "cpus"}
+              "--cpus-per-task": "cpus", "--ntasks-per-node": "ntasks-per-node"}
     while i < len(argv) and argv[i].startswith("-"):
         a = argv[i]
         name, eq, value = a.partition("=")
         if a in ("-l", "--label"):
             label = True
+        elif a in ("-K", "--kill-on-bad-exit") or name == "--kill-on-bad-exit":
+            kill_bad = value != "0"
         elif name in valued or (a[:2] in valued and len(a) > 2 and not a.startswith("--")):
             key = valued.get(name) or valued[a[:2]]
             if not eq and name in valued:
@@ -661,39 +752,54 @@ def srun(argv: list[str]) -> int:
                 value = argv[i]
             elif not eq:
                 value = a[2:]
-            if key == "ntasks":
-                ntasks = int(value)
-            elif key == "nodes" and value != "1":
-                raise SlurmError("srun: error: fake SLURM has one node")
-        elif (a.startswith("--") and eq) or a in ("-u", "--unbuffered", "--overlap", "--exclusive", "-K"):
-            pass  # resource/binding options: nothing to emulate on one node
+            opts[key] = value
+        elif (a.startswith("--") and eq) or a in ("-u", "--unbuffered", "--overlap", "--exclusive"):
+            pass  # resource/binding options: nothing to emulate on one machine
         else:
             raise SlurmError(f"srun: unrecognized option '{a}'")
         i += 1
     cmd = argv[i:]
     if not cmd:
         raise SlurmError("srun: fatal: No command given to execute.")
+    job_hosts = expand_hostlist(os.environ.get("SLURM_JOB_NODELIST", "")) or [socket.gethostname().split(".")[0]]
+    nnodes = int(opts.get("nodes", len(job_hosts)))
+    if nnodes > len(job_hosts):
+        raise SlurmError(f"srun: error: Only allocated {len(job_hosts)} nodes asked for {nnodes}")
+    hosts = job_hosts[:nnodes]
+    if "ntasks" in opts:
+        ntasks = int(opts["ntasks"])
+    elif "ntasks-per-node" in opts:
+        ntasks = nnodes * int(opts["ntasks-per-node"])
+    else:
+        ntasks = int(os.environ.get("SLURM_NTASKS", nnodes))
+    per_node = -(-ntasks // nnodes)
     state = Path(os.environ.get("SLURM_FAKE_STATE") or state_dir())
+    job_id = os.environ["SLURM_JOB_ID"]
     with locked(state):
-        f = state / f"steps-{os.environ['SLURM_JOB_ID']}"
+        f = state / f"steps-{job_id}"
         step = int(f.read_text()) if f.is_file() else 0
         f.write_text(str(step + 1))
     procs = []
     for rank in range(ntasks):
-        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_STEP_ID": str(step),
+        node = rank // per_node
+        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank % per_node),
+               "SLURM_NODEID": str(node), "SLURMD_NODENAME": hosts[node], "SLURM_STEP_ID": str(step),
                "SLURM_STEPID": str(step), "SLURM_NTASKS": str(ntasks), "SLURM_NPROCS": str(ntasks),
-               "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_STEP_NODELIST": os.environ.get("SLURM_JOB_NODELIST", "")}
+               "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_STEP_NUM_NODES": str(nnodes),
+               "SLURM_STEP_NODELIST": ",".join(hosts), "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nnodes})"}
         pipe = subprocess.PIPE if label else None
         try:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=pipe, stderr=pipe))
+            procs.append(subprocess.Popen(cmd, env=env, stdout=pipe, stderr=pipe, start_new_session=True))
         except FileNotFoundError:
+            signal_groups([p.pid for p in procs], signal.SIGKILL)
             print(f"slurmstepd: error: execve(): {cmd[0]}: No such file or directory", file=sys.stderr)
             return 2
+    (state / "steps").mkdir(exist_ok=True)
+    registry = state / "steps" / f"{job_id}.{step}.json"
+    registry.write_text(json.dumps({"srun": os.getpid(), "pgids": [p.pid for p in procs]}))
 
     def forward(signum, _frame):
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signum)
+        signal_groups([p.pid for p in procs if p.poll() is None], signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
@@ -709,6 +815,15 @@ def srun(argv: list[str]) -> int:
                 t = threading.Thread(target=pump, args=(stream, out, rank), daemon=True)
                 t.start()
                 threads.append(t)
+    try:
+        while any(p.poll() is None for p in procs):
+            if kill_bad and any(p.poll() not in (None, 0) for p in procs):
+                print("srun: error: task exited with a non-zero status: terminating the step (--kill-on-bad-exit)",
+                      file=sys.stderr)
+                signal_groups([p.pid for p in procs if p.poll() is None], signal.SIGKILL)
+            time.sleep(0.05)
+    finally:
+        registry.unlink(missing_ok=True)
     codes = [p.wait() for p in procs]
     for t in threads:
         t.join()
@@ -757,7 +872,8 @@ def _field(code: str, row: dict) -> str:
         "i": f"{job['id']}_{idx}" if array else str(job["id"]), "F": str(job["id"]), "K": idx if array else "N/A",
         "A": str(task["job_id"]), "j": job["name"], "P": job["partition"], "T": state, "t": COMPACT[state],
         "r": reason, "R": reason if state == "PENDING" else socket.gethostname().split(".")[0],
-        "u": job["user"], "M": f"{elapsed // 60}:{elapsed % 60:02d}", "D": "1", "C": str(job["cpus_per_task"]),
+        "u": job["user"], "M": f"{elapsed // 60}:{elapsed % 60:02d}", "D": str(job.get("nodes", 1)),
+        "C": str(job["cpus_per_task"]),
         "E": job["dependency"] if state == "PENDING" and job["dependency"] else "(null)",
     }
     return values.get(code, f"%{code}")
@@ -846,11 +962,15 @@ def squeue(argv: list[str]) -> int:
 
 def scancel(argv: list[str]) -> int:
     state = state_dir()
-    sig, users, names, targets = None, None, None, []
+    sig, users, names, targets, scope = None, None, None, [], "steps"
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a in ("-s", "--signal"):
+        if a in ("-b", "--batch"):
+            scope = "batch"
+        elif a in ("-f", "--full"):
+            scope = "full"
+        elif a in ("-s", "--signal"):
             i += 1
             sig = argv[i]
         elif a.startswith("--signal="):
@@ -886,12 +1006,20 @@ def scancel(argv: list[str]) -> int:
         for job, idx in chosen:
             tasks = [job["tasks"][idx]] if idx is not None else list(job["tasks"].values())
             for task in tasks:
-                if task["state"] == "RUNNING" and task["pid"]:
+                if task["state"] == "RUNNING" and task["pid"] and signum is not None:
+                    # a signal goes to the job steps (every task's processes), -b to the batch shell alone
+                    # (what --signal=B:SIG@T sends), -f to both
+                    if scope in ("batch", "full"):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(task["pid"], signum)
+                    if scope in ("steps", "full"):
+                        signal_groups(step_pgids(state, task["job_id"]), signum)
+                elif task["state"] == "RUNNING" and task["pid"]:
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(task["pid"], signum or signal.SIGTERM)
-                    if signum is None:
-                        task["cancelled"] = True
-                        task["kill_sent"] = now
+                        os.killpg(task["pid"], signal.SIGTERM)
+                    signal_groups(step_pgids(state, task["job_id"]), signal.SIGTERM)
+                    task["cancelled"] = True
+                    task["kill_sent"] = now
                 elif task["state"] == "PENDING" and signum is None:
                     task.update(state="CANCELLED", end=now)
             if signum is None and idx is None:
@@ -942,6 +1070,10 @@ def main(prog: str, argv: list[str]) -> int:
     except SlurmError as err:
         print(err, file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `scontrol show hostnames | head -n 1`: the reader stopped early, as intended
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        return 0
 
 
 if __name__ == "__main__":

