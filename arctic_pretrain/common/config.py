@@ -110,9 +110,11 @@ def help_text(stage: str, doc: str, schema: type) -> str:
 def missing_message(err: Exception, hint: str = "") -> str:
     import re
 
-    named = re.search(r"Missing mandatory value: ?([\w.\[\]]+)", str(err))  # a missing value behind an interpolation
-    key = named.group(1) if named else getattr(err, "full_key", None) or "?"
-    return f"{key}: has no value (mandatory){'; ' + hint if hint else ''}"
+    key = getattr(err, "full_key", None) or ""
+    named = re.search(r"Missing mandatory value: ?([\w.\[\]]+)", str(err))
+    if (not key or key.startswith("hydra.")) and named:  # a missing value behind an interpolation
+        key = named.group(1)
+    return f"{key or '?'}: has no value (mandatory){'; ' + hint if hint else ''}"
 
 
 def entry_point(stage: str, config_name: str, schema: type, doc: str, missing_hint: str = "",

@@ -50,13 +50,12 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
         self._fd: int | None = None
-        self.created_dir = False  # the run dir did not exist before this lock: a failed start may remove it
+        self.created_dir = False  # the run dir was new (absent, or empty: Hydra creates it): a failed start removes it
         self.stale: dict[str, Any] | None = None  # the identity left by a holder that died
 
     def acquire(self) -> RunLock:
-        if not self.run_dir.exists():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.created_dir = True
+        self.created_dir = not self.run_dir.exists() or not any(self.run_dir.iterdir())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
