@@ -265,8 +265,11 @@ class TokenSource:
         if self._tokens[i] is None:
             name = self._names[i]
             self.check_shard_files(i)
-            self._tokens[i] = np.memmap(self.folder / f"{name}.bin", dtype=self.dtype, mode="r")
+            tokens = np.memmap(self.folder / f"{name}.bin", dtype=self.dtype, mode="r")
+            # starts first, tokens (the "opened" flag) last: a reader on another thread (the prefetcher's)
+            # never sees a half-opened shard; two threads opening it at once map the same files
             self._starts[i] = np.load(self.folder / f"{name}.idx.npy", mmap_mode="r")
+            self._tokens[i] = tokens
         return self._tokens[i], self._starts[i]
 
     def check_shard_files(self, i: int) -> None:
