@@ -1,24 +1,29 @@
-"""Curate raw code into phase-1 token sources: ``python launch/curate.py inputs=[DIR,...] output_dir=OUT``."""
+"""Curate raw code into phase-1 token sources (curated documents/, tokens/<language>, tokenizer/).
+
+Usage: python launch/curate.py inputs=[DIR_OR_DATASET,...] output_dir=OUT [key=value ...]
+
+Examples:
+    python launch/curate.py inputs=[/data/code] output_dir=/data/curated
+    python launch/curate.py inputs=[hf:bigcode/the-stack-dedup] output_dir=/data/curated read.languages=[python]
+    python launch/curate.py inputs=[/data/code] output_dir=/data/curated executor=slurm executor.tasks=512
+"""
 
 from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from arctic_pretrain.common.config import ConfigError, conf_dir
-from arctic_pretrain.curate.config import CurateConfig, register, to_config
+from arctic_pretrain.common.config import ConfigError, entry_point
+from arctic_pretrain.curate.config import CurateConfig, register
 
 register()
 
 
-@hydra.main(version_base=None, config_path=conf_dir("curate"), config_name="curate")
-def main(cfg: DictConfig) -> None:
+@entry_point("curate", "curate", CurateConfig, __doc__, missing_hint="usage: python launch/curate.py "
+             "inputs=[DIR,...] output_dir=OUT (--help for more)", version_base=None)
+def main(config: CurateConfig) -> None:
     from arctic_pretrain.curate.pipeline import run
     from arctic_pretrain.curate.slurm import submitted_jobs
 
-    config: CurateConfig = to_config(cfg)
     try:
         out = run(config)
     except ConfigError as err:

@@ -1,5 +1,7 @@
 """Evaluate a training run's phase exports (or any HF causal LM) on HumanEval(+), MBPP+, EvoEval, BigCodeBench.
 
+Usage: python launch/evaluate.py model=<run_dir | HF folder | hub name> output_dir=DIR [key=value ...]
+
 Examples:
     python launch/evaluate.py model=runs/demo output_dir=eval/demo limit=20
     python launch/evaluate.py model=bigcode/starcoder2-3b tasks=[humaneval_plus,mbpp_plus] \
@@ -14,23 +16,19 @@ from __future__ import annotations
 import logging
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from arctic_pretrain.common.config import ConfigError, conf_dir
+from arctic_pretrain.common.config import ConfigError, entry_point
 from arctic_pretrain.evaluate.config import EvalConfig, register
 
 register()
 
 
-@hydra.main(version_base="1.3", config_path=conf_dir("evaluate"), config_name="evaluate")
-def main(dict_cfg: DictConfig) -> None:
+@entry_point("evaluate", "evaluate", EvalConfig, __doc__)
+def main(cfg: EvalConfig) -> None:
     from arctic_pretrain.evaluate.results import markdown_table
     from arctic_pretrain.evaluate.runner import evaluate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg: EvalConfig = OmegaConf.to_object(dict_cfg)
         results = evaluate(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

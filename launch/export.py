@@ -1,8 +1,9 @@
 """Export a checkpoint as an HF model folder (AutoModelForCausalLM + AutoTokenizer).
 
-Usage:
-    python launch/export.py checkpoint=<run_dir>/checkpoints/<tag> output=<dir> [dtype=bfloat16|float32] [tokenizer=<path or hub name>]
-    python launch/export.py checkpoint=<run_dir> output=<dir>      # the run's latest complete checkpoint
+Examples:
+    python launch/export.py checkpoint=runs/demo output=exports/demo      # the run's latest complete checkpoint
+    python launch/export.py checkpoint=runs/demo/checkpoints/step_00000300 output=exports/s300 dtype=float32
+    python launch/export.py checkpoint=runs/demo output=exports/demo tokenizer=bigcode/starcoder2-3b
 
 Works for ZeRO 1, 2 and 3 checkpoints written by any number of ranks (the fp32 master weights are
 consolidated with DeepSpeed's zero_to_fp32). No GPU and no process group are needed.
@@ -21,7 +22,7 @@ DTYPES = ("bfloat16", "float32", "float16")
 
 
 def parse(argv: list[str]) -> dict[str, str | None]:
-    parser = argparse.ArgumentParser(usage=USAGE, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     values = dict(KEYS)
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: checkpoint={err}", file=sys.stderr)
         return 2
     tag_dir = root / tag
+    from arctic_pretrain.train.checkpoint import verify_checksums
+
+    problems = verify_checksums(tag_dir, collective=False)
+    if problems:
+        print(f"error: checkpoint={tag_dir} is corrupt: " + "; ".join(problems), file=sys.stderr)
+        return 2
     import torch
 
     from arctic_pretrain.train.export import export_checkpoint

@@ -1,18 +1,19 @@
-"""Train through the curriculum: `deepspeed launch/train.py`, `torchrun launch/train.py` or `python launch/train.py`.
+"""Train through the curriculum (Arctic-SnowCoder's three phases) with DeepSpeed ZeRO.
+
+Usage: [deepspeed --num_gpus N | torchrun --nproc_per_node N | python] launch/train.py experiment=NAME [key=value ...]
 
 Examples:
     python launch/train.py experiment=demo
     deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 run_dir=/ckpt/snowcoder
     python launch/train.py experiment=demo --cfg job        # print the composed config
+    python launch/train.py experiment=tiny run_dir=runs/t checkpoint.fallback_on_corrupt=true
+Rerun the same command (same run_dir) to resume; one job at a time holds run_dir (run_dir/run.lock).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
 
 
 def strip_launcher_args(argv: list[str]) -> list[str]:
@@ -45,10 +46,12 @@ def reject_moved_keys(argv: list[str]) -> None:
 sys.argv = strip_launcher_args(sys.argv)
 reject_moved_keys(sys.argv)
 
-from arctic_pretrain.common.config import ConfigError, conf_dir  # noqa: E402
+from arctic_pretrain.common.config import ConfigError, config_groups, entry_point  # noqa: E402
 from arctic_pretrain.train.config import TrainConfig, register  # noqa: E402
 
 register()
+EXPERIMENT_HINT = (f"pick an experiment (experiment={'|'.join(config_groups('train')['experiment'])}) or set it; "
+                   "python launch/train.py --help shows usage and examples")
 
 
 def stage_callbacks(cfg: TrainConfig) -> list:
@@ -62,13 +65,13 @@ def stage_callbacks(cfg: TrainConfig) -> list:
                                cfg.training.seq_len, ev.heldout_windows, ev.humaneval_limit, ev.max_new_tokens)]
 
 
-@hydra.main(version_base="1.3", config_path=conf_dir("train"), config_name="train")
-def main(dict_cfg: DictConfig) -> None:
+@entry_point("train", "train", TrainConfig, __doc__, missing_hint=EXPERIMENT_HINT)
+def main(cfg: TrainConfig) -> None:
+    from arctic_pretrain.train.checkpoint import CorruptCheckpoint
     from arctic_pretrain.train.run import run
     from arctic_pretrain.train.trainer import TrainingDiverged
 
     try:
-        cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
         if cfg.dry_run:
             from arctic_pretrain.train.dry_run import report
 
@@ -77,7 +80,7 @@ def main(dict_cfg: DictConfig) -> None:
         from arctic_pretrain.train.sweep import run_job  # -m: a sweep variant, from the shared prefix
 
         run_job(cfg, lambda c: run(c, callbacks=stage_callbacks(c)))
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, CorruptCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as err:

@@ -73,3 +73,99 @@ def register(name: str, schema: type, groups: dict[str, dict[str, Any]] | None =
     for group, options in (groups or {}).items():
         for option, node in options.items():
             cs.store(group=group, name=option, node=node)
+
+
+# ---- entry points: --help and exit code 2 for every config error --------------------------------------
+
+CONFIG_ERROR_EXIT = 2
+
+
+def config_groups(stage: str) -> dict[str, list[str]]:
+    """The stage's groups and their options: YAML under ``conf/<stage>/<group>/`` and structured groups
+    registered in Hydra's ConfigStore (only this process's stage registers any)."""
+    from hydra.core.config_store import ConfigStore
+
+    groups: dict[str, set[str]] = {}
+    for folder in sorted(p for p in Path(conf_dir(stage)).iterdir() if p.is_dir()):
+        groups.setdefault(folder.name, set()).update(p.stem for p in folder.glob("*.yaml"))
+    cs = ConfigStore.instance()
+    for name in cs.list(""):
+        if name != "hydra" and not name.endswith(".yaml"):
+            groups.setdefault(name, set()).update(n.removesuffix(".yaml") for n in cs.list(name))
+    return {group: sorted(options) for group, options in sorted(groups.items())}
+
+
+def help_text(stage: str, doc: str, schema: type) -> str:
+    """``--help``: the entry point's docstring (usage line and examples), its groups, its top-level keys."""
+    lines = [doc.strip(), "", f"Config groups (group=option; conf/{stage}/):"]
+    groups = config_groups(stage)
+    lines += [f"  {group}: {', '.join(options)}" for group, options in groups.items()] or ["  (none)"]
+    keys = [f.name for f in dataclasses.fields(schema) if f.name not in groups]
+    lines += ["", "Keys (key=value, nested as a.b=value): " + ", ".join(keys),
+              "Print the composed config: --cfg job.  Hydra's own options: --hydra-help.",
+              f"A config error (unknown key, bad type or value, missing value) exits {CONFIG_ERROR_EXIT} naming it."]
+    return "\n".join(lines)
+
+
+def missing_message(err: Exception, hint: str = "") -> str:
+    import re
+
+    key = getattr(err, "full_key", None) or ""
+    named = re.search(r"Missing mandatory value: ?([\w.\[\]]+)", str(err))
+    if (not key or key.startswith("hydra.")) and named:  # a missing value behind an interpolation
+        key = named.group(1)
+    return f"{key or '?'}: has no value (mandatory){'; ' + hint if hint else ''}"
+
+
+def entry_point(stage: str, config_name: str, schema: type, doc: str, missing_hint: str = "",
+                version_base: str | None = "1.3"):
+    """Decorator for a stage's ``main(cfg: Schema)``, in place of ``hydra.main``: ``-h/--help`` prints
+    ``help_text``; the composed config is checked with ``to_object``; every config error (Hydra's own
+    composition errors included: unknown key, bad type, unknown group option) exits 2 naming it."""
+    import functools
+
+    def wrap(task):
+        @functools.wraps(task)
+        def main() -> None:
+            import sys
+
+            import hydra
+            from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+            if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+                print(help_text(stage, doc, schema))
+                sys.exit(0)
+            started = False
+
+            def job(dict_cfg):
+                nonlocal started
+                started = True
+                try:
+                    from omegaconf import OmegaConf
+
+                    try:
+                        OmegaConf.to_container(dict_cfg, throw_on_missing=True)
+                    except MissingMandatoryValue as err:
+                        raise ConfigError(missing_message(err, missing_hint)) from None
+                    return task(to_object(dict_cfg, schema))
+                except ConfigError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    sys.exit(CONFIG_ERROR_EXIT)
+
+            try:
+                hydra.main(version_base=version_base, config_path=conf_dir(stage), config_name=config_name)(job)()
+            except SystemExit as exc:
+                if exc.code == 1 and not started:  # Hydra printed a composition error (key, value) above
+                    print(f"error: invalid configuration (see above); python {sys.argv[0]} --help lists "
+                          "the groups and keys", file=sys.stderr)
+                    sys.exit(CONFIG_ERROR_EXIT)
+                raise
+            except (MissingMandatoryValue, InterpolationToMissingValueError) as err:  # e.g. hydra.run.dir=${output_dir}/... with no output_dir
+                if started:
+                    raise
+                print(f"error: {missing_message(err, missing_hint)}", file=sys.stderr)
+                sys.exit(CONFIG_ERROR_EXIT)
+
+        return main
+
+    return wrap

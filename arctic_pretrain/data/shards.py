@@ -264,16 +264,53 @@ class TokenSource:
     def _shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if self._tokens[i] is None:
             name = self._names[i]
-            path = self.folder / f"{name}.bin"
-            tokens = np.memmap(path, dtype=self.dtype, mode="r")
-            if tokens.size != self._offsets[i + 1] - self._offsets[i]:
-                raise ValueError(f"{path}: holds {tokens.size} tokens, manifest says "
-                                 f"{self._offsets[i + 1] - self._offsets[i]}")
+            self.check_shard_files(i)
+            tokens = np.memmap(self.folder / f"{name}.bin", dtype=self.dtype, mode="r")
             # starts first, tokens (the "opened" flag) last: a reader on another thread (the prefetcher's)
             # never sees a half-opened shard; two threads opening it at once map the same files
             self._starts[i] = np.load(self.folder / f"{name}.idx.npy", mmap_mode="r")
             self._tokens[i] = tokens
         return self._tokens[i], self._starts[i]
+
+    def check_shard_files(self, i: int) -> None:
+        """Shard ``i``'s files exist and their sizes match the manifest; the error names the file."""
+        name, expected = self._names[i], int(self._offsets[i + 1] - self._offsets[i])
+        path = self.folder / f"{name}.bin"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (listed in {self.folder / MANIFEST})")
+        size, width = path.stat().st_size, self.dtype.itemsize
+        if size % width:
+            raise ValueError(f"{path}: {size} bytes is not a whole number of {self.dtype.name} tokens "
+                             f"({width} bytes each): the file is truncated or was not written by ShardWriter")
+        if size // width != expected:
+            raise ValueError(f"{path}: holds {size // width} tokens, {MANIFEST} says {expected} "
+                             "(truncated or replaced after the manifest was written)")
+        idx = self.folder / f"{name}.idx.npy"
+        try:
+            starts = np.load(idx, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{idx}: unreadable document index ({err})") from None
+        if starts.ndim != 1 or len(starts) < 1 or int(starts[-1]) != expected:
+            raise ValueError(f"{idx}: document index does not end at the shard's {expected} tokens")
+
+    def verify(self, sample_windows: int = 4, seed: int = 0) -> None:
+        """Everything a run needs before its first step, with the file named in any error: every shard's
+        files exist with the manifest's sizes, and token ids on a sample of windows (first, last and
+        random ones per shard) lie inside the tokenizer's vocabulary."""
+        rng = np.random.default_rng(seed)
+        vocab = self.tokenizer.vocab_size
+        for i, name in enumerate(self._names):
+            self.check_shard_files(i)
+            tokens = np.memmap(self.folder / f"{name}.bin", dtype=self.dtype, mode="r")
+            span = min(4096, tokens.size)
+            starts = {0, tokens.size - span, *rng.integers(0, tokens.size - span + 1, sample_windows).tolist()}
+            for start in sorted(starts):
+                top = int(tokens[start:start + span].max())
+                if top >= vocab:
+                    raise ValueError(f"{self.folder / (name + '.bin')}: token id {top} near token {start} is outside "
+                                     f"the vocabulary of {vocab} in {self.folder / MANIFEST} (tokenizer "
+                                     f"{self.tokenizer.name}): the manifest's tokenizer is not the one that "
+                                     "wrote these ids")
 
     def read(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokens ``[start, start+length)`` of the stream and, for each, its position in its document

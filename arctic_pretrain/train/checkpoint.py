@@ -7,10 +7,15 @@ It becomes "latest" only after every rank has written and synced it, by an atomi
 ``latest`` file (the same file DeepSpeed's loader reads). A kill at any moment therefore leaves
 the previous checkpoint as latest. Interval checkpoints are pruned keep-last-K; phase-end
 checkpoints are kept for good.
+
+Before ``latest`` moves, ``checksums.json`` records every file's size and SHA-256 (the ranks hash
+disjoint shares of the files in parallel); a resume verifies them first, so a corrupted, emptied or
+truncated file is reported by name instead of loading silently or failing deep inside torch.load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.train import distributed as dist
@@ -33,7 +39,76 @@ log = logging.getLogger(__name__)
 LATEST = "latest"
 STATE = "trainer_state.json"
 COMPLETE = "COMPLETE"
+CHECKSUMS = "checksums.json"
+CHUNK = 16 * 2**20
 
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint's files do not match the checksums recorded when it was saved, or cannot be read."""
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _shared(work: list[Path], fn, collective: bool = True) -> dict[str, Any]:
+    """``{str(path): fn(path)}`` over ``work``, split across the ranks (each takes every world-th file)."""
+    rank, world = (dist.rank(), dist.world_size()) if collective else (0, 1)
+    mine = {str(p): fn(p) for p in work[rank::world]}
+    if world == 1:
+        return mine
+    parts: list[dict[str, Any] | None] = [None] * world
+    tdist.all_gather_object(parts, mine)
+    return {k: v for part in parts for k, v in (part or {}).items()}
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, COMPLETE))
+
+
+def record_checksums(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file of ``folder`` (collective: the ranks share the hashing)."""
+    files = checkpoint_files(folder)
+    digests = _shared(files, file_digest)
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": digests[str(p)]} for p in files}
+
+
+def verify_checksums(folder: Path, collective: bool = True) -> list[str] | None:
+    """Problems found in ``folder`` against its ``checksums.json`` ([] if none; None: no checksums recorded,
+    a checkpoint written before they were). Collective unless ``collective=False``."""
+    table_path = folder / CHECKSUMS
+    if not table_path.is_file():
+        return None
+    try:
+        table = json.loads(table_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return [f"{table_path}: unreadable ({err})"]
+    problems, to_hash = [], []
+    for name, want in sorted(table.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != want["bytes"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, {want['bytes']} when saved (truncated or emptied)")
+        else:
+            to_hash.append(path)
+    got = _shared(to_hash, file_digest, collective)
+    problems += [f"{p}: SHA-256 differs from the one recorded at save (corrupted)" for p in to_hash
+                 if got[str(p)] != table[str(p.relative_to(folder))]["sha256"]]
+    return problems
+
+
+def read_state_file(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{path}: missing") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptCheckpoint(f"{path}: unreadable ({type(err).__name__}: {err}); the file is damaged") from None
 
 
 
@@ -78,12 +153,12 @@ class CheckpointManager:
         return tag
 
     def read_state(self, tag: str) -> dict[str, Any]:
-        return json.loads((self.root / tag / STATE).read_text())
+        return read_state_file(self.root / tag / STATE)
 
     def complete_tags(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.parent.name for p in self.root.glob(f"*/{COMPLETE}"))
+        return sorted(p.parent.name for p in self.root.glob(f"*/{COMPLETE}") if "." not in p.parent.name)
 
     # ---- writing -------------------------------------------------------------------------------
     def save(self, engine, step: int, state: dict[str, Any], before_publish=None) -> str:
@@ -106,6 +181,10 @@ class CheckpointManager:
                     with open(path, "rb+") as fh:
                         os.fsync(fh.fileno())
             atomic_write(folder / STATE, json.dumps(state, indent=2))
+        dist.barrier()
+        checksums = record_checksums(folder)  # every rank hashes its share
+        if dist.rank() == 0:
+            atomic_write(folder / CHECKSUMS, json.dumps(checksums, indent=1))
             if before_publish is not None:
                 before_publish()  # rank 0's checkpoint_written callbacks: everything written, nothing published
             atomic_write(folder / COMPLETE, "")
@@ -125,13 +204,20 @@ class CheckpointManager:
     # ---- loading -------------------------------------------------------------------------------
 def load_engine(engine, root: Path, tag: str, load_optimizer: bool = True, rng_root: Path | None = None) -> None:
     """Restore model (and optimizer) from ``root/tag``, and this rank's RNG when it was saved."""
-    path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=load_optimizer,
-                                     load_lr_scheduler_states=False, load_module_only=not load_optimizer)
+    try:
+        path, _ = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=load_optimizer,
+                                         load_lr_scheduler_states=False, load_module_only=not load_optimizer)
+    except Exception as err:  # torch.load's EOFError, unpickling errors, size mismatches: name the checkpoint
+        raise CorruptCheckpoint(f"{root / tag}: DeepSpeed could not load it ({type(err).__name__}: "
+                                f"{str(err)[:500]})") from err
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+        raise CorruptCheckpoint(f"DeepSpeed could not load checkpoint {root / tag}")
     rng_file = (rng_root or root) / tag / f"rng_rank{dist.rank()}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        try:
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        except Exception as err:
+            raise CorruptCheckpoint(f"{rng_file}: unreadable ({type(err).__name__}: {err})") from err
 
 
 @dataclass
@@ -167,20 +253,52 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
                             f"checkpoints folder with a {LATEST} file)")
 
 
-def plan_restore(own: CheckpointManager, init_from: str | None, world_size: int) -> RestorePlan | None:
+def plan_restore(own: CheckpointManager, init_from: str | None, world_size: int,
+                 fallback_on_corrupt: bool = False) -> RestorePlan | None:
+    """Where this start restores from: the run's latest checkpoint, else ``init_from``, verified against
+    its checksums first (collective). A corrupt latest is reported by file; with ``fallback_on_corrupt``
+    the run moves it aside (``<tag>.corrupt``) and resumes from the newest earlier checkpoint that verifies."""
     tag = own.latest_tag()
     if tag is not None:
         root, branch = own.root, False
+        tag = verified_tag(own, tag, fallback_on_corrupt)
     elif init_from:
         try:
             root, tag = resolve_checkpoint(init_from)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"init_from={init_from!r}: {err}") from None
         branch = True
+        problems = verify_checksums(root / tag)
+        if problems:
+            raise CorruptCheckpoint(f"init_from={init_from!r}: {root / tag} is corrupt: " + "; ".join(problems))
     else:
         return None
-    state = json.loads((root / tag / STATE).read_text())
+    state = read_state_file(root / tag / STATE)
     return RestorePlan(root, tag, state, state["world_size"] != world_size, branch)
+
+
+def verified_tag(own: CheckpointManager, tag: str, fallback: bool) -> str:
+    """``tag`` if its files verify; else (with ``fallback``) the newest earlier complete tag that does."""
+    problems = verify_checksums(own.root / tag)
+    if problems is None:
+        log.info("%s has no checksums (saved before they were recorded): not verified", own.root / tag)
+        return tag
+    if not problems:
+        return tag
+    earlier = [t for t in reversed(own.complete_tags()) if t < tag]
+    good = next((t for t in earlier if verify_checksums(own.root / t) == []), None)
+    report = f"checkpoint {own.root / tag} is corrupt: " + "; ".join(problems)
+    if not fallback or good is None:
+        offer = (f". The previous complete checkpoint {good} verifies: rerun with "
+                 "checkpoint.fallback_on_corrupt=true to resume from it (the corrupt one is moved to "
+                 f"{tag}.corrupt)" if good else ". No earlier checkpoint verifies either")
+        raise CorruptCheckpoint(report + offer)
+    log.warning("%s; checkpoint.fallback_on_corrupt=true: resuming from %s", report, good)
+    if dist.rank() == 0:
+        os.replace(own.root / tag, own.root / f"{tag}.corrupt")
+        atomic_write(own.root / LATEST, good)
+    dist.barrier()
+    return good
 
 
 def to_universal(plan: RestorePlan, own_root: Path) -> Path:

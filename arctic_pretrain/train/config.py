@@ -101,14 +101,21 @@ class CheckpointConfig:
     interval: int = 1000  # steps between checkpoints (phase ends always checkpoint)
     keep_last: int = 3  # interval checkpoints kept; phase-end checkpoints are never pruned
     export_phases: bool = True  # write an HF export of every finished phase to run_dir/export/<phase>
+    fallback_on_corrupt: bool = False  # latest fails its checksums: resume from the newest earlier one that passes
 
 
 @dataclass
 class LoggingConfig:
+    """metrics.jsonl always; wandb as configured. WANDB_* environment variables win over these keys
+    (wandb's convention): WANDB_MODE=disabled turns a configured online run off."""
+
     interval: int = 10  # steps between metric lines
-    wandb_mode: str = "disabled"  # online | offline | disabled
+    wandb_mode: str = "disabled"  # online | offline (sync later: wandb sync run_dir/wandb) | disabled
     wandb_project: str = "arctic-pretrain"
-    wandb_run_name: str | None = None
+    wandb_entity: str | None = None  # team or user; None: wandb's default
+    wandb_group: str | None = None  # groups runs in the UI: one per sweep (e.g. logging.wandb_group=lr-sweep)
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_run_name: str | None = None  # None: the run dir's name (the run id is kept in run_dir/wandb_id)
 
 
 @dataclass

@@ -40,7 +40,9 @@ def export_checkpoint(tag_dir: str | Path, out_dir: str | Path, tokenizer: str |
     state_file = tag_dir / "trainer_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     config = LlamaConfig.from_pretrained(tag_dir / "hf_config")
+    config.use_cache = True  # training builds the model without a KV cache; an export is for inference
     model = LlamaForCausalLM(config)
+    model.generation_config.use_cache = True
     weights = consolidated_state_dict(tag_dir)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
+from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.train.callbacks import Callback
 from arctic_pretrain.train.config import LoggingConfig
 
@@ -57,13 +59,11 @@ class MetricsSink(Callback):
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if cfg.wandb_mode != "disabled":
+        settings = wandb_settings(cfg, Path(run_dir))
+        if settings is not None:
             import wandb
 
-            run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
-            self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or Path(run_dir).name,
-                                     id=run_id, resume="allow", dir=str(run_dir), mode=cfg.wandb_mode,
-                                     config=config)
+            self._wandb = wandb.init(**settings, resume="allow", dir=str(run_dir), config=config)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines past ``step`` (written after the checkpoint a resumed run restarts from)."""
@@ -97,6 +97,34 @@ class MetricsSink(Callback):
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+WANDB_ID = "wandb_id"
+ENV_WINS = {"project": "WANDB_PROJECT", "entity": "WANDB_ENTITY", "group": "WANDB_RUN_GROUP",
+            "tags": "WANDB_TAGS", "name": "WANDB_NAME"}
+
+
+def wandb_settings(cfg: LoggingConfig, run_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """``wandb.init`` keywords, or None when wandb is off. The environment wins over the config (wandb's
+    convention): WANDB_MODE / WANDB_DISABLED, and a WANDB_PROJECT, _ENTITY, _RUN_GROUP, _TAGS or _NAME set
+    there is left to wandb. The run id is created once and kept in ``run_dir/wandb_id`` (WANDB_RUN_ID wins),
+    so a resumed run continues the same wandb run, and a moved run dir keeps it."""
+    env = os.environ if env is None else env
+    mode = env.get("WANDB_MODE") or cfg.wandb_mode
+    if env.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes") or mode == "disabled":
+        return None
+    ours = {"project": cfg.wandb_project, "entity": cfg.wandb_entity, "group": cfg.wandb_group,
+            "tags": list(cfg.wandb_tags) or None, "name": cfg.wandb_run_name or run_dir.name}
+    settings = {key: value for key, value in ours.items() if not env.get(ENV_WINS[key]) and value is not None}
+    id_file = run_dir / WANDB_ID
+    if env.get("WANDB_RUN_ID"):
+        run_id = env["WANDB_RUN_ID"]
+    elif id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's form
+        atomic_write(id_file, run_id)
+    return {**settings, "mode": mode, "id": run_id}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -7,18 +7,21 @@ attaches phase-end evaluation that way): this package never imports another stag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
@@ -41,23 +44,44 @@ from arctic_pretrain.train.config import TrainConfig
 from arctic_pretrain.train.curriculum import Curriculum
 from arctic_pretrain.train.ds_config import deepspeed_config
 from arctic_pretrain.train.guards import StepGuard, make_optimizer
+from arctic_pretrain.train.history import append_history, check_resume, command_overrides
 from arctic_pretrain.train.metrics import MetricsSink
+from arctic_pretrain.train.runlock import acquire_for_job
 from arctic_pretrain.train.trainer import LoopSettings, Trainer
-from arctic_pretrain.train.validate import validate_config, validate_data_plan
+from arctic_pretrain.train.validate import (
+    check_tokenizer,
+    validate_config,
+    validate_data_plan,
+    verify_sources,
+)
 
 log = logging.getLogger("arctic_pretrain")
 
 
-def setup_logging(run_dir: Path, rank: int) -> None:
+def setup_logging(run_dir: Path, rank: int, to_file: bool = True) -> None:
+    """stdout on every rank (INFO on rank 0); ``to_file``: also run_dir/train.log (once the start is valid)."""
     level = logging.INFO if rank == 0 else logging.WARNING
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if rank == 0:
+    if rank == 0 and to_file:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "train.log"))
     logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def on_rank0(check) -> None:
+    """Run ``check`` on rank 0 only (file reads, tokenizer loads); every rank raises its ConfigError."""
+    error = None
+    if dist.rank() == 0:
+        try:
+            check()
+        except ConfigError as err:
+            error = str(err)
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
 
 
 def prepare_data(cfg: TrainConfig) -> None:
@@ -143,20 +167,79 @@ def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
                  f" (saved by {plan.state['world_size']} ranks, now {trainer.world})" if plan.universal else "")
 
 
-def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
-    """Train ``cfg`` to the end of its curriculum (or max_steps), resuming from run_dir if possible.
-    ``callbacks`` are added after the built-in ones (see ``build_callbacks``)."""
-    import deepspeed
+@dataclass
+class Start:
+    """What the checks before the first step established (nothing written yet)."""
 
-    world = dist.env_world_size()
-    validate_config(cfg, world_size=world)
-    run_dir = Path(cfg.run_dir)
-    setup_logging(run_dir, dist.env_rank())
-    dist.init_distributed()
+    sources: dict[str, TokenSource]
+    resolved: dict
+    changes: dict[str, list]
+    source_tokenizers: dict[str, str]
+
+
+def check_start(cfg: TrainConfig, run_dir: Path) -> Start:
+    """Every check that needs data or the run dir, before any rank builds a model or writes a file:
+    sources and their files, the tokenizer exports will save, and (on a resume) the run's identity."""
     prepare_data(cfg)
     sources = open_sources(cfg)
     validate_data_plan(cfg, sources)
+    on_rank0(lambda: verify_sources(cfg, sources))
+    tok_info = next(iter(sources.values())).tokenizer
+    on_rank0(lambda: check_tokenizer(cfg, cfg.tokenizer or tok_info.name))
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    hashes = {name: src.tokenizer.sha256 or f"{src.tokenizer.name}:{src.tokenizer.vocab_size}"
+              for name, src in sources.items()}
+    resuming = (run_dir / "checkpoints" / "latest").is_file()
+    changes = check_resume(run_dir, resolved, hashes, resuming)
+    return Start(sources, resolved, changes, hashes)
+
+
+def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train ``cfg`` to the end of its curriculum (or max_steps), resuming from run_dir if possible.
+    ``callbacks`` are added after the built-in ones (see ``build_callbacks``).
+
+    One job at a time: rank 0 holds run_dir/run.lock until this returns or the process dies. A start
+    whose checks fail leaves the run dir as it found it (a new run dir is removed again)."""
+    world = dist.env_world_size()
+    validate_config(cfg, world_size=world)
+    run_dir = Path(cfg.run_dir)
+    setup_logging(run_dir, dist.env_rank(), to_file=False)
+    dist.init_distributed()
+    lock = acquire_for_job(run_dir, dist.rank(), dist.broadcast_object)
+    try:
+        try:
+            start = check_start(cfg, run_dir)
+        except BaseException:
+            if lock is not None and lock.created_dir:
+                lock.release()
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # only if still empty
+            raise
+        return train(cfg, run_dir, start, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Callback]) -> dict:
+    import deepspeed
+
+    world = dist.world_size()
+    setup_logging(run_dir, dist.rank())
+    sources, resolved = start.sources, start.resolved
     seed_everything(cfg.seed, cfg.training.deterministic)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    plan = plan_restore(checkpoints, cfg.init_from, world, cfg.checkpoint.fallback_on_corrupt)
+    tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
+    curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
+    ds_cfg = deepspeed_config(cfg, world, load_universal=bool(plan and plan.universal))
+    if dist.rank() == 0:
+        append_history(run_dir, {"overrides": command_overrides(), "world_size": world,
+                                 "restore_from": str(plan.root / plan.tag) if plan else None,
+                                 "changes": start.changes, "source_tokenizers": start.source_tokenizers})
+        atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
+        atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
 
     tok_info = next(iter(sources.values())).tokenizer
     tokenizer = cfg.tokenizer or tok_info.name
@@ -164,23 +247,13 @@ def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     model = build_model(cfg.model, vocab, eos_id=tok_info.eos_id)
     if cfg.deepspeed.zero_stage in (1, 2):  # lets ds_to_universal convert these checkpoints (world-size changes)
         model.universal_checkpoint_info = {"universal_checkpoint_version": 0.2}
-    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, hf_config=model.config)
-    plan = plan_restore(checkpoints, cfg.init_from, world)
-    ds_cfg = deepspeed_config(cfg, world, load_universal=bool(plan and plan.universal))
+    checkpoints.hf_config = model.config
     optimizer = make_optimizer(param_groups(model, cfg.optimizer.weight_decay), cfg.optimizer.betas,
                                cfg.optimizer.eps, cfg.optimizer.weight_decay, cfg.deepspeed.offload_optimizer)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
-    tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
-    curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
     max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
     holdout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
     sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, holdout_windows=holdout)
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    if dist.rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-        atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
-        atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
     settings = LoopSettings(cfg.training.global_batch_size, cfg.training.micro_batch_size,
                             cfg.checkpoint.interval, cfg.max_steps)
     flops = flops_per_token(cfg.model, vocab, cfg.training.seq_len)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arctic_pretrain.common.config import ConfigError, require
@@ -121,3 +122,32 @@ def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> Non
                  f"the curriculum plans {format_token_count(int(tokens))} tokens from a source of "
                  f"{format_token_count(available)} ({tokens / max(available, 1):.2f} epochs); "
                  "raise max_epochs or lower the phase budgets")
+
+
+def verify_sources(cfg: TrainConfig, sources: dict[str, TokenSource]) -> None:
+    """Before the first step, every source of every phase: files and sizes against its manifest, token ids
+    inside the vocabulary on a sample (a bad shard found in phase 3 would cost phases 1 and 2)."""
+    for name, src in sources.items():
+        try:
+            src.verify(seed=cfg.seed)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"data.sources.{name}.path={cfg.data.sources[name].path!r}: {err}") from None
+
+
+def check_tokenizer(cfg: TrainConfig, name: str) -> None:
+    """The tokenizer the phase exports save must load now, not at the end of phase 1."""
+    if not cfg.checkpoint.export_phases:
+        return
+    key = "tokenizer" if cfg.tokenizer else "tokenizer (unset: the sources' manifest tokenizer.name)"
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".json")
+    if looks_local and not Path(name).expanduser().exists():
+        raise ConfigError(f"{key}={name!r}: no such file or folder; phase exports need the tokenizer "
+                          "(set tokenizer=<folder or hub name> or checkpoint.export_phases=false)")
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001 (any loader failure: report it with the key, before training)
+        raise ConfigError(f"{key}={name!r}: cannot be loaded ({type(err).__name__}: {str(err)[:300]}); phase "
+                          "exports need it (set tokenizer=<folder or hub name> or checkpoint.export_phases=false)"
+                          ) from None

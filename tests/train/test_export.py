@@ -48,8 +48,8 @@ def test_export_matches_engine_logits(tmp_path, process_group, stage):
         engine.step()
     state = {"step": 2, "consumed_tokens": 64, "phase": "general", "phase_index": 0, "phase_end": None,
              "world_size": 1, "global_batch_size": 2}
-    manager = CheckpointManager(tmp_path / "checkpoints", keep_last=2)
-    tag = manager.save(engine, 2, state, hf_config=model.config)
+    manager = CheckpointManager(tmp_path / "checkpoints", keep_last=2, hf_config=model.config)
+    tag = manager.save(engine, 2, state)
 
     out = export_checkpoint(manager.root / tag, tmp_path / "export", meta={"note": "test"}, dtype=torch.float32)
     exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

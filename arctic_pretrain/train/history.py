@@ -1,0 +1,104 @@
+"""A run's identity across restarts: what a resume may change, and a history of every start.
+
+A resume restores weights and the sample stream, so whatever shapes the weights or the token ids must
+stay as the run began: the model's shape, the tokenizer, the sources' tokenizer hashes, the sequence
+length. A change there is refused, naming every differing key, before any rank builds a model (and
+before ``config.yaml`` is rewritten). Everything else (budgets, learning rates, intervals, guards) may
+change and is logged. ``history.jsonl`` gets one line per start: its command-line overrides and its
+config diff against the previous start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from arctic_pretrain.common.config import ConfigError
+
+log = logging.getLogger(__name__)
+HISTORY = "history.jsonl"
+CONFIG = "config.yaml"
+# model keys that may change on a resume (kernels and memory, not weights); every other model key is fixed
+MODEL_RUNTIME = ("name", "attention", "activation_checkpointing", "initializer_range")
+FIXED = ("training.seq_len", "tokenizer")
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list]:
+    """``{dotted.key: [old, new]}`` for every key whose value differs (a key missing on one side is None)."""
+    a, b = flatten(old), flatten(new)
+    return {key: [a.get(key), b.get(key)] for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
+
+
+def is_fixed(key: str) -> bool:
+    if key.startswith("model."):
+        return key.removeprefix("model.") not in MODEL_RUNTIME
+    return key in FIXED or key.startswith("source_tokenizers.")
+
+
+def read_previous(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The last start's resolved config and source tokenizer hashes (None, {} for a new run)."""
+    config = run_dir / CONFIG
+    old = yaml.safe_load(config.read_text()) if config.is_file() else None
+    hashes: dict[str, str] = {}
+    history = run_dir / HISTORY
+    if history.is_file():
+        lines = [line for line in history.read_text().splitlines() if line.strip()]
+        if lines:
+            hashes = json.loads(lines[-1]).get("source_tokenizers", {})
+    return old, hashes
+
+
+def check_resume(run_dir: Path, new: dict[str, Any], hashes: dict[str, str], resuming: bool) -> dict[str, list]:
+    """Compare this start with the run's previous one; refuse a resume that changes a fixed key.
+    Returns the accepted changes (logged)."""
+    old, old_hashes = read_previous(run_dir)
+    if old is None:
+        return {}
+    diff = config_diff({**old, "source_tokenizers": old_hashes or hashes}, {**new, "source_tokenizers": hashes})
+    diff.pop("run_dir", None)
+    refused = {k: v for k, v in diff.items() if is_fixed(k)}
+    if refused and resuming:
+        listed = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in refused.items())
+        raise ConfigError(f"run_dir={str(run_dir)!r}: cannot resume with a different {', '.join(refused)} "
+                          f"({listed}); these fix the weights' shape or the token ids. Use a new run_dir, or "
+                          f"branch from this run with run_dir=<new> init_from={run_dir}")
+    if diff:
+        verb = "resuming with" if resuming else "no checkpoint to resume; starting over with"
+        log.info("%s changed settings: %s", verb, "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in diff.items()))
+    return diff
+
+
+def command_overrides() -> list[str]:
+    """This start's overrides as typed (Hydra's record when Hydra started us, else argv)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return sys.argv[1:]
+
+
+def append_history(run_dir: Path, record: dict[str, Any]) -> None:
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+            **record}
+    with open(run_dir / HISTORY, "a") as fh:
+        fh.write(json.dumps(line, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
