@@ -11,22 +11,21 @@ from __future__ import annotations
 import os
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from arctic_pretrain.common.config import ConfigError, conf_dir
+from arctic_pretrain.annotate.config import AnnotateConfig, register
+from arctic_pretrain.common.config import ConfigError, entry_point
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # datatrove forks workers after tokenizers ran
+register()
 
 
-@hydra.main(version_base=None, config_path=conf_dir("annotate"), config_name="annotate")
-def main(cfg: DictConfig) -> None:
+@entry_point("annotate", "annotate", AnnotateConfig, __doc__, version_base=None,
+             missing_hint="usage: python launch/annotate.py curated=<curation output_dir> [select.tokens=N]")
+def main(cfg: AnnotateConfig) -> None:
     from arctic_pretrain.annotate import run
-    from arctic_pretrain.annotate.config import to_config
     from arctic_pretrain.annotate.training_data import ContaminatedPositives
 
     try:
-        out = run(to_config(cfg))
+        out = run(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -40,7 +39,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from arctic_pretrain.annotate.config import register
-
-    register()
     main()

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from arctic_pretrain.common.config import ConfigError, conf_dir, register, to_object
+from arctic_pretrain.common.config import ConfigError, entry_point, register
 from arctic_pretrain.pipeline.runner import PipelineConfig, StageFailed, run_pipeline
 
 register("pipeline", PipelineConfig)
 
 
-@hydra.main(version_base="1.3", config_path=conf_dir("pipeline"), config_name="pipeline")
-def main(dict_cfg: DictConfig) -> None:
+@entry_point("pipeline", "pipeline", PipelineConfig, __doc__)
+def main(cfg: PipelineConfig) -> None:
     try:
-        cfg: PipelineConfig = to_object(dict_cfg, PipelineConfig)
         summary = run_pipeline(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

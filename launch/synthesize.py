@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from arctic_pretrain.common.config import ConfigError, conf_dir
-from arctic_pretrain.synthesize.config import register, to_config
+from arctic_pretrain.common.config import ConfigError, entry_point
+from arctic_pretrain.synthesize.config import SynthesizeConfig, register, validate
 
 register()
 
 
-@hydra.main(version_base=None, config_path=conf_dir("synthesize"), config_name="synthesize")
-def main(cfg: DictConfig) -> None:
+@entry_point("synthesize", "synthesize", SynthesizeConfig, __doc__, version_base=None,
+             missing_hint="usage: python launch/synthesize.py seeds=<annotate output_dir> backend=openai|vllm|transformers ...")
+def main(config: SynthesizeConfig) -> None:
     from arctic_pretrain.synthesize import run
 
     try:
-        config = to_config(cfg)
+        validate(config)
         out = run(config)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -86,7 +86,7 @@ def config_groups(stage: str) -> dict[str, list[str]]:
     from hydra.core.config_store import ConfigStore
 
     groups: dict[str, set[str]] = {}
-    for folder in sorted(p for p in Path(conf_dir(stage)).iterdir() if p.is_dir()):
+    for folder in sorted(p for p in Path(conf_dir(stage)).iterdir() if p.is_dir() and p.name != "hydra"):
         groups.setdefault(folder.name, set()).update(p.stem for p in folder.glob("*.yaml"))
     cs = ConfigStore.instance()
     for name in cs.list(""):
