@@ -42,7 +42,7 @@ class SandboxConfig:
 
 
 @dataclass
-class DataConfig:
+class BenchmarkDataConfig:
     """Where benchmark data lives. null: the benchmark's default location (env variables honoured)."""
 
     humaneval_plus: str | None = None  # evalplus HumanEvalPlus jsonl (else HUMANEVAL_OVERRIDE_PATH, evalplus cache)
@@ -72,7 +72,7 @@ class EvalConfig:
     reference: bool = True  # add the paper's rows to the table and the plot
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: BenchmarkDataConfig = field(default_factory=BenchmarkDataConfig)
 
 
 def validate(cfg: EvalConfig) -> None:

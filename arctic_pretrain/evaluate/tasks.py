@@ -22,7 +22,7 @@ from arctic_pretrain.evaluate._sandbox_child import to_plain
 from arctic_pretrain.evaluate.sandbox import Job
 
 if TYPE_CHECKING:
-    from arctic_pretrain.evaluate.config import DataConfig
+    from arctic_pretrain.evaluate.config import BenchmarkDataConfig
 
 TASKS = ("humaneval", "humaneval_plus", "mbpp_plus", "evoeval", "bigcodebench")
 
@@ -263,7 +263,7 @@ class BigCodeBench(Task):
         return Job("unittest", prompt + completion + "\n\n" + problem.data["test"], timeout_s * 6)
 
 
-def build_task(name: str, data: DataConfig, cache_dir: str) -> Task:
+def build_task(name: str, data: BenchmarkDataConfig, cache_dir: str) -> Task:
     """The task called ``name`` with its data locations from the config."""
     if name == "humaneval":
         return HumanEval()

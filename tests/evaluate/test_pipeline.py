@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from arctic_pretrain.evaluate.config import DataConfig, EvalConfig, GenerationConfig, SandboxConfig
+from arctic_pretrain.evaluate.config import BenchmarkDataConfig, EvalConfig, GenerationConfig, SandboxConfig
 from arctic_pretrain.evaluate.runner import evaluate
 from arctic_pretrain.evaluate.tasks import HumanEval
 from tests.evaluate.conftest import ScriptedBackend, canonical_answer
@@ -60,7 +60,7 @@ def test_evalplus_and_bigcodebench_from_local_files(tmp_path, tiny_model, evalpl
             if row["task_id"].startswith("EvoEval"):
                 row["canonical_solution"] = "\n" + row["canonical_solution"]
             rows[row["task_id"]] = row
-    data = DataConfig(**{k: str(v) for k, v in evalplus_files.items()}, evoeval_subsets=["difficult"])
+    data = BenchmarkDataConfig(**{k: str(v) for k, v in evalplus_files.items()}, evoeval_subsets=["difficult"])
     cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "mbpp_plus", "bigcodebench", "evoeval"], None, data=data)
     cfg.cache_dir = str(tmp_path / "cache")
     good = evaluate(cfg, lambda spec, gen: ScriptedBackend(canonical_answer(rows)))
@@ -88,7 +88,7 @@ def test_missing_data_is_skipped_with_a_reason_not_zero(tmp_path, tiny_model, mo
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr("evalplus.data.utils.CACHE_DIR", str(tmp_path / "no-evalplus-cache"))
     monkeypatch.delenv("EVOEVAL_OVERRIDE_PATH", raising=False)
-    data = DataConfig(bigcodebench=str(tmp_path / "missing.jsonl"))
+    data = BenchmarkDataConfig(bigcodebench=str(tmp_path / "missing.jsonl"))
     cfg = _cfg(tmp_path, str(tiny_model), ["humaneval_plus", "bigcodebench", "evoeval"], 2, data=data)
     results = evaluate(cfg, lambda spec, gen: pytest.fail("nothing to generate for skipped tasks"))
     tasks = results["models"][0]["tasks"]

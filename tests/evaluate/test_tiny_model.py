@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from arctic_pretrain.evaluate.config import (
+    BenchmarkDataConfig,
     ConfigError,
-    DataConfig,
     EvalConfig,
     GenerationConfig,
     SandboxConfig,
@@ -48,7 +48,7 @@ def test_run_directory_gives_one_row_per_phase_in_order(tiny_run):
 
 
 def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
-    data = DataConfig(humaneval_plus=str(evalplus_files["humaneval_plus"]),
+    data = BenchmarkDataConfig(humaneval_plus=str(evalplus_files["humaneval_plus"]),
                       bigcodebench=str(evalplus_files["bigcodebench"]))
     cfg = EvalConfig(model=str(tiny_run), tasks=["humaneval", "humaneval_plus", "bigcodebench", "mbpp_plus"],
                      limit=3, output_dir=str(tmp_path / "out"), progress=False, data=data,
