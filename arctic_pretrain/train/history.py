@@ -52,6 +52,15 @@ def is_fixed(key: str) -> bool:
     return key in FIXED or key.startswith("source_tokenizers.")
 
 
+def source_added_or_dropped(key: str, change: list, run_tokenizers: set[str]) -> bool:
+    """A source that joins the mixture later (the demo adds its synthetic source after phase 2) or leaves it
+    changes no token id, provided a new one was made by the run's tokenizer."""
+    if not key.startswith("source_tokenizers."):
+        return False
+    before, after = change
+    return after is None or (before is None and (not run_tokenizers or after in run_tokenizers))
+
+
 def read_previous(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
     """The last start's resolved config and source tokenizer hashes (None, {} for a new run)."""
     config = run_dir / CONFIG
@@ -73,7 +82,8 @@ def check_resume(run_dir: Path, new: dict[str, Any], hashes: dict[str, str], res
         return {}
     diff = config_diff({**old, "source_tokenizers": old_hashes or hashes}, {**new, "source_tokenizers": hashes})
     diff.pop("run_dir", None)
-    refused = {k: v for k, v in diff.items() if is_fixed(k)}
+    run_tokenizers = set((old_hashes or hashes).values())
+    refused = {k: v for k, v in diff.items() if is_fixed(k) and not source_added_or_dropped(k, v, run_tokenizers)}
     if refused and resuming:
         listed = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in refused.items())
         raise ConfigError(f"run_dir={str(run_dir)!r}: cannot resume with a different {', '.join(refused)} "

@@ -118,6 +118,18 @@ def test_resume_accepts_and_logs_budgets_lr_and_intervals(tmp_path, caplog):
     assert config_diff({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == {"a.c": [None, 2]}
 
 
+def test_a_source_joining_later_resumes_if_the_run_tokenizer_made_it(tmp_path):
+    # the demo recipe trains phases 1-2, synthesizes, then resumes with a synthetic source added
+    hashes = {"python": "a" * 64, "c": "a" * 64, "high_quality": "a" * 64}
+    run_dir = fake_run(tmp_path, load("experiment=tiny", "~curriculum.phases.synthetic", "~data.sources.synthetic"),
+                       hashes)
+    new = resolved(load("experiment=tiny"))
+    changes = check_resume(run_dir, new, {**hashes, "synthetic": "a" * 64}, resuming=True)
+    assert changes["source_tokenizers.synthetic"] == [None, "a" * 64]
+    with pytest.raises(ConfigError, match="source_tokenizers.synthetic"):  # made by another tokenizer
+        check_resume(run_dir, new, {**hashes, "synthetic": "b" * 64}, resuming=True)
+
+
 # ---- 3. checkpoint checksums ---------------------------------------------------------------------------
 @pytest.fixture
 def two_checkpoints(tmp_path, process_group):
