@@ -16,6 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def release_deepspeed_shared_memory():
+    """DeepSpeed's CPU accelerator creates two shared-memory all-reduce buffers per multi-rank launch
+    (/dev/shm/deepspeed_allreduce_buffer_*, 66 MB each) and never removes them; a killed launch certainly
+    does not. Remove the ones this session's launches created, so a long suite cannot fill /dev/shm."""
+    import glob
+    import time
+
+    start = time.time()
+    yield
+    for path in glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"):
+        try:
+            if os.stat(path).st_mtime >= start:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """One demo corpus for the whole session (built from this machine's Python sources)."""

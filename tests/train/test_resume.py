@@ -31,13 +31,32 @@ def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True, faults=None
     args = ["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}", *CKPT,
             *overrides]
     proc = run_cli(args, launcher=launcher, env={"ARCTIC_PRETRAIN_FAULTS": faults} if faults else None)
+    keep_output(run_dir, proc)
     if expect_ok:
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return proc
 
 
+def keep_output(run_dir, proc) -> None:
+    """Every launch's output (both ranks and the launcher) next to the run, for a failure to be read later."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    n = len(list(run_dir.parent.glob(f"{run_dir.name}.launch*.log")))
+    (run_dir.parent / f"{run_dir.name}.launch{n}.log").write_text(
+        f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+
+
 def losses(run_dir):
     return [(r["step"], r["consumed_tokens"], r["loss"]) for r in read_metrics(run_dir)]
+
+
+def first_difference(run_dir, reference) -> str:
+    """Where a rerun left the reference: the step, its loss and grad norm in both (empty when equal)."""
+    got, ref = read_metrics(run_dir), read_metrics(reference)
+    for a, b in zip(got, ref, strict=False):
+        if (a["step"], a["consumed_tokens"], a["loss"]) != (b["step"], b["consumed_tokens"], b["loss"]):
+            return (f"first difference at step {a['step']}: loss {a['loss']!r} vs {b['loss']!r}, grad_norm "
+                    f"{a['grad_norm']!r} vs {b['grad_norm']!r}; launch logs in {run_dir.parent}")
+    return "" if len(got) == len(ref) else f"{len(got)} metric lines vs {len(ref)}"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +84,7 @@ def test_sigkill_then_rerun_is_bit_exact(tmp_path, demo_cache, reference, step, 
         assert (run_dir / "checkpoints" / "step_00000012").is_dir()  # written ...
         assert not (run_dir / "checkpoints" / "step_00000012" / "COMPLETE").exists()  # ... never published
     launch(run_dir, demo_cache)  # the same command again
-    assert losses(run_dir) == losses(reference)  # every step, every loss, to the last bit
+    assert losses(run_dir) == losses(reference), first_difference(run_dir, reference)  # to the last bit
     for phase in ("general", "high_quality", "synthetic"):
         assert (run_dir / "export" / phase / "model.safetensors").is_file()
 
