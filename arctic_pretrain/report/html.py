@@ -150,9 +150,9 @@ def _synthesis_section(syn: dict | None) -> str:
 
 def _evaluation_section(ev: dict | None) -> str:
     rows = []
-    for model, tasks in ((ev or {}).get("models") or {}).items():
-        row = {"model": model}
-        for task, res in (tasks or {}).items():
+    for model in (ev or {}).get("models") or []:  # one entry per phase export (or baseline), in order
+        row = {"model": model.get("name"), "step": model.get("step"), "tokens": model.get("consumed_tokens")}
+        for task, res in (model.get("tasks") or {}).items():
             if isinstance(res, dict) and "pass@1" in res:
                 row[task] = round(100 * float(res["pass@1"]), 1)
             elif isinstance(res, dict) and res.get("skipped"):

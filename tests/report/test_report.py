@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -30,6 +31,17 @@ def test_report_has_every_section_and_embeds_its_figures(finished_run):
     assert "src=\"http" not in page and "<script" not in page
     assert "Arctic-SnowCoder-1.3B" in page  # the paper's rows beside the run's
     assert "no curation report" in page  # the demo corpus has none: said, not hidden
+
+
+def test_report_shows_each_phase_export_evaluated(finished_run, tmp_path):
+    results = {"models": [{"name": phase, "step": step, "consumed_tokens": step * 1024,
+                           "tasks": {"humaneval": {"pass@1": rate, "problems": 2}}}
+                          for phase, step, rate in (("general", 16, 0.0), ("synthetic", 28, 0.5))]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "report.html"
+    assert run_cli(["launch/report.py", f"run={finished_run}", f"out={out}", f"eval={tmp_path}"]).returncode == 0
+    page = out.read_text()
+    assert "<td>synthetic</td><td>28</td>" in page and "<td>50</td>" in page  # pass@1 in percent
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
