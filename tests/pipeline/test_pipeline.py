@@ -61,7 +61,7 @@ def test_a_rerun_skips_complete_steps(recipe):
 
 def test_a_failing_step_stops_the_pipeline_naming_it(tmp_path):
     proc = run_cli(["launch/pipeline.py", "experiment=tiny", f"workdir={tmp_path / 'w'}", "demo_inputs_mb=0.05",
-                    "stages.curate.args=[inputs=[/nonexistent/input],output_dir=" + str(tmp_path / "w" / "data") + "]"],
+                    f"stages.curate.args=['inputs=[/nonexistent/input]','output_dir={tmp_path / 'w' / 'data'}']"],
                    timeout=600)
     assert proc.returncode == 1
     assert "stage 'curate' failed" in proc.stderr and "logs/curate.log" in proc.stderr
