@@ -162,6 +162,7 @@ def validate(cfg: CurateConfig) -> None:
              f"dedup.num_bands={d.num_bands} x dedup.rows_per_band={d.rows_per_band} implement a threshold of "
              f"about {implied:.2f}; change the bands/rows to match")
     require(d.workers_per_band >= 1, "dedup.workers_per_band", d.workers_per_band, "must be >= 1")
+    require(d.exact_shards >= 0, "dedup.exact_shards", d.exact_shards, "must be >= 0 (0: executor.tasks)")
     c = cfg.decontamination
     require(c.min_chars >= 1, "decontamination.min_chars", c.min_chars, "must be >= 1")
     require(c.ngram >= 2, "decontamination.ngram", c.ngram, "must be >= 2")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from loguru import logger
 from omegaconf import OmegaConf
@@ -39,6 +39,7 @@ from arctic_pretrain.text.dedup import (
     ExactDedupFilter,
     ExactDedupFind,
     ExactHashes,
+    KeepFirstCluster,
     NearDedupFilter,
     RankReader,
     minhash_config,
@@ -133,13 +134,15 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
         str(work / "minhash" / "remove")
     documents, tokens, tokenizer = str(out / "documents"), str(out / "tokens"), str(out / "tokenizer")
     mh = minhash_config(cfg.dedup)
+    shards = cfg.dedup.exact_shards or tasks
     stages = [
         Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks)], 1),
-        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter), ExactHashes(exact_dir),
+        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
+                         ExactHashes(exact_dir, shards),
                          JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks),
     ]
     if cfg.dedup.exact:
-        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks)], 1))
+        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks, shards)], shards))
     clean = [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact)]
     if cfg.dedup.near:
         stages += [
@@ -147,7 +150,7 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
                                  CodeMinhashSignature(sigs, cfg.dedup)], tasks),
             Stage("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                   cfg.dedup.num_bands * cfg.dedup.workers_per_band),
-            Stage("clusters", [MinhashDedupCluster(buckets, remove, config=mh)], 1),
+            Stage("clusters", [KeepFirstCluster(buckets, remove, config=mh)], 1),
         ]
         clean.append(NearDedupFilter(remove))
     clean += [Decontaminate(cfg.decontamination, str(work / "decontamination")), RedactPII(cfg.pii),
