@@ -29,7 +29,7 @@ from arctic_pretrain.curate import slurm
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, validate
 from arctic_pretrain.curate.filters import starcoder2_filters
 from arctic_pretrain.curate.pii import RedactPII
-from arctic_pretrain.curate.readers import PlanInputs, ReadInputs
+from arctic_pretrain.curate.readers import PLAN_COUNT, PLAN_SKIPS, PlanInputs, ReadInputs
 from arctic_pretrain.curate.report import write_report
 from arctic_pretrain.data.grouping import AssignBucket, GroupAndTokenize, PrepareTokenizer
 from arctic_pretrain.data.shards import finalize_source
@@ -98,6 +98,30 @@ def config_hash(cfg: CurateConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_inputs(cfg: CurateConfig) -> None:
+    """Fail before any work when no input exists (a typo, an unmounted disk), naming every path; a missing
+    input next to usable ones is only counted (``missing_input``) and named in the log."""
+    import glob
+
+    usable, bad = False, []
+    for spec in cfg.inputs:
+        path = os.path.expanduser(spec)
+        if spec.startswith("hf:") or (glob.glob(path, recursive=True) if glob.has_magic(path) else os.path.exists(path)):
+            usable = True
+        else:
+            bad.append(spec)
+    if not usable:
+        raise ConfigError(f"inputs={list(cfg.inputs)!r}: no usable input (not found: {', '.join(bad)})")
+
+
+def _check_plan(cfg: CurateConfig, work: Path) -> None:
+    """After planning: an input list that names only empty folders or unreadable files stops here."""
+    count = work / PLAN_COUNT
+    if count.is_file() and int(count.read_text()) == 0:
+        raise ConfigError(f"inputs={list(cfg.inputs)!r}: no file to read (empty folders, or every input skipped: "
+                          f"see {work / PLAN_SKIPS})")
+
+
 def check_output_dir(cfg: CurateConfig) -> str:
     """Refuse to mix two configs' results in one output folder (the completion markers would lie)."""
     out = Path(cfg.output_dir)
@@ -136,7 +160,7 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
     mh = minhash_config(cfg.dedup)
     shards = cfg.dedup.exact_shards or tasks
     stages = [
-        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks)], 1),
+        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks, exclude=[str(out)])], 1),
         Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
                          ExactHashes(exact_dir, shards),
                          JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks),
@@ -193,6 +217,7 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
     executor the stages are submitted as a chain of jobs (see ``slurm.submitted_jobs``); unless
     ``executor.wait`` is set this returns once they are queued."""
     validate(cfg)
+    check_inputs(cfg)
     digest = check_output_dir(cfg)
     out = Path(cfg.output_dir).resolve()
     stages = build_stages(cfg, digest)
@@ -212,6 +237,8 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
             missing = executor.get_incomplete_ranks(range(stage.tasks))
             if missing:
                 raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
+            if stage.name == "plan":
+                _check_plan(cfg, out / "work")
     if cfg.executor.kind == "slurm":
         jobs = slurm.submit(cfg, stages, executors, out)
         if cfg.executor.wait:
