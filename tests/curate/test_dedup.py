@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
@@ -149,3 +150,21 @@ def test_exact_dedup_is_sharded_and_keeps_the_first_copy(tmp_path: Path) -> None
     assert sum(sizes) == 20 + 35 and min(sizes) > 0 and max(sizes) < 55  # spread over 4 shards
     kept = [d.id for rank in range(2) for d in ExactDedupFilter(exact).run(iter(docs[rank]), rank, 2)]
     assert kept == [f"r0/{i}" for i in range(20)] + [f"r1/{i}" for i in range(10, 30)]
+
+
+WAVES = [Path(f"/root/.pyenv/versions/{v}/lib/python{v.rsplit('.', 1)[0]}/wave.py") for v in ("3.10.13", "3.11.7", "3.12.1")]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in WAVES), reason="needs pyenv's CPython 3.10-3.12 stdlibs")
+def test_three_pythons_wave_keeps_the_first(tmp_path: Path) -> None:
+    """The issue's case: wave.py of CPython 3.10, 3.11, 3.12 in that input order; datatrove's cluster kept 3.11."""
+    docs = [[Document(p.read_text(encoding="utf-8"), f"py{i}/wave.py", metadata={}) for i, p in enumerate(WAVES)]]
+    cfg = DedupConfig()
+    mh = minhash_config(cfg)
+    sigs, buckets, remove = (str(tmp_path / n) for n in ("sigs", "buckets", "remove"))
+    for name, pipeline, tasks in (("sig", [ListReader(docs), CodeMinhashSignature(sigs, cfg)], 1),
+                                  ("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], cfg.num_bands),
+                                  ("cluster", [KeepFirstCluster(buckets, remove, config=mh)], 1)):
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(tmp_path / "logs" / name)).run()
+    kept = [d.id for d in NearDedupFilter(remove).run(ListReader(docs).run(), 0, 1)]
+    assert kept == ["py0/wave.py"]
