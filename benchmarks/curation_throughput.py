@@ -1,6 +1,7 @@
 """Throughput and peak memory of the curation pipeline on local code, plus two same-run ratios.
 
     python benchmarks/curation_throughput.py --mb 100 [--mb 1000] [--workers 2] [--out /tmp/curation-bench]
+    (needs pip install -e ".[data,bench]")
 
 For each size: a corpus of real code from this machine (Python stdlib, site-packages, /usr/include; each
 top-level package a repository) is built once, the whole pipeline runs with ``--workers`` processes,
