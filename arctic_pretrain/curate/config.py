@@ -174,6 +174,8 @@ def validate(cfg: CurateConfig) -> None:
     c = cfg.decontamination
     require(c.min_chars >= 1, "decontamination.min_chars", c.min_chars, "must be >= 1")
     require(c.ngram >= 2, "decontamination.ngram", c.ngram, "must be >= 2")
+    require(c.short_window >= 0, "decontamination.short_window", c.short_window, "must be >= 0 (0: off)")
+    require(c.min_docstring_chars >= 1, "decontamination.min_docstring_chars", c.min_docstring_chars, "must be >= 1")
     names = [b.name for b in c.benchmarks]
     require(len(names) == len(set(names)), "decontamination.benchmarks", names, "names must be unique")
     for i, b in enumerate(c.benchmarks):

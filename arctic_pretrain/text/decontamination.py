@@ -2,11 +2,12 @@
 
 Both the benchmark strings and each file are lower-cased with all whitespace removed; a file that
 contains any benchmark string is dropped. The strings of a task: each configured field whole (prompt,
-solution, MBPP text), every docstring inside a field that parses as Python (a HumanEval docstring pasted
-into a function with another name, as bigcode's method catches), and, for a solution shorter than
-``min_chars`` (``return x + y``), the solution only where it follows the task's own def line (name,
-parameters, annotations) within ``short_window`` characters (on its own it would match innocent code). All strings are matched in one
-pass with an Aho-Corasick automaton (ahocorasick-rs), so the cost does not grow with the number of tasks.
+solution, MBPP text); every docstring of at least ``min_docstring_chars`` inside a field that parses as
+Python (a HumanEval docstring pasted into a function with another name, as bigcode's method catches);
+and a solution shorter than ``min_chars`` (``return x + y``) only where it follows the task's own def
+line (name, parameters, annotations) within ``short_window`` characters (alone it matches innocent code).
+All strings are matched in one pass with an Aho-Corasick automaton (ahocorasick-rs), so the cost does
+not grow with the number of tasks.
 datatrove's own n-gram decontamination pulls lighteval (a numpy conflict here), hence our own step.
 """
 
@@ -52,6 +53,9 @@ class DecontamConfig:
     # ours: a shorter solution counts only within this many normalized characters after the task's def line
     # (HumanEval prompts are up to ~1,300 normalized characters; 0 stops the rule)
     short_window: int = 2000
+    # ours: docstrings need more: a short one is generic prose (HumanEval/10's helper: "Test if given string
+    # is a palindrome", 30 characters), while every HumanEval task's own docstring has >= 43
+    min_docstring_chars: int = 40
     ngram_overlap: bool = False  # optional extra test, off in the recipe
     ngram: int = 13  # not published: 13-gram overlap as in GPT-3's contamination study
     max_report_matches: int = 10_000  # matches listed in report.json (all are counted)
@@ -179,8 +183,13 @@ class Decontaminate(DocStep):
         keyed: dict[str, list[tuple[BenchmarkString, str]]] = {}
         for s in strings:
             norm = normalize(s.text)
-            if len(norm) >= self.cfg.min_chars:
-                keyed.setdefault(norm, []).append((s, "docstring" if s.kind == "docstring" else "substring"))
+            if s.kind == "docstring":
+                if len(norm) >= max(self.cfg.min_chars, self.cfg.min_docstring_chars):
+                    keyed.setdefault(norm, []).append((s, "docstring"))
+                else:
+                    self.stat_update("short_strings_ignored")
+            elif len(norm) >= self.cfg.min_chars:
+                keyed.setdefault(norm, []).append((s, "substring"))
             elif s.signature and s.kind == "field" and self.cfg.short_window > 0:
                 keyed.setdefault(norm, []).append((s, "short"))
                 keyed.setdefault(s.signature, []).append((s, "def"))
