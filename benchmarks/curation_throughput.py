@@ -1,6 +1,7 @@
 """Throughput and peak memory of the curation pipeline on local code, plus two same-run ratios.
 
     python benchmarks/curation_throughput.py --mb 100 [--mb 1000] [--workers 2] [--out /tmp/curation-bench]
+    (needs pip install -e ".[data,bench]")
 
 For each size: a corpus of real code from this machine (Python stdlib, site-packages, /usr/include; each
 top-level package a repository) is built once, the whole pipeline runs with ``--workers`` processes,
@@ -11,7 +12,9 @@ each stage's share of the wall time. Then, on the same text and cores:
   - tokenization: the pipeline's group + tokenize stage vs raw ``tokenizers`` encode_batch on the
     curated files with the same tokenizer and the same cores.
 Each ratio alternates its two sides ``--rounds`` times and keeps the best of each (the CPU may be shared).
-Results go to ``<out>/benchmark-<mb>MB.json``. Not part of the test suite.
+Results go to ``<out>/benchmark-<mb>MB.json`` and, all sizes with a scaling summary (largest vs smallest:
+MB/s per core and the largest process's peak memory), to ``benchmarks/results/curation_throughput.json``.
+Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -216,6 +219,7 @@ def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool, rou
                        executor=ExecutorConfig(tasks=4 * workers, workers=workers),
                        tokenize=TokenizeConfig(train_vocab_size=32_000, train_sample_mb=16), progress=True)
     walls: dict[str, float] = {}
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with PeakMemory(out / "logs") as mem:
         run(cfg, stage_wall_s=walls)
@@ -229,6 +233,9 @@ def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool, rou
         "stage_wall_share": {k: round(v / wall, 3) for k, v in walls.items()},
         "step_cpu_share": dict(sorted(report["stage_time_share"].items(), key=lambda kv: -kv[1])[:10]),
         "tokens": report["tokens"], "removals": report["removals"],
+        # the machine's 1-minute load average (runnable processes) before and after: on a shared machine a
+        # load above the core count slows every figure here
+        "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)], "cores": os.cpu_count(),
     }
     if not skip_ratios:
         py = sorted(corpus.rglob("*.py"))
@@ -244,6 +251,10 @@ def bench(megabytes: float, workers: int, out_root: Path, skip_ratios: bool, rou
     return result
 
 
+def float_mb(key: str) -> float:
+    return float(key.removesuffix("MB"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, action="append", help="corpus size(s) in MB (default 100)")
@@ -253,10 +264,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternated repeats of each ratio (best of)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
     for mb in args.mb or [100.0]:
         result = bench(mb, args.workers, args.out, args.skip_ratios, args.rounds)
+        results[f"{mb:g}MB"] = result
         (args.out / f"benchmark-{mb:g}MB.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2), file=sys.stdout)
+    if len(results) > 1:  # the scale check: throughput per core and per-process memory, largest vs smallest
+        small, large = results[min(results, key=float_mb)], results[max(results, key=float_mb)]
+        results["scaling"] = {
+            "mb_s_per_core_ratio": round(large["mb_s_per_core"] / small["mb_s_per_core"], 2),
+            "peak_rss_largest_process_ratio": round(large["peak_rss_largest_process_mb"]
+                                                    / small["peak_rss_largest_process_mb"], 2)}
+        print(json.dumps(results["scaling"]))
+    summary = Path(__file__).resolve().parent / "results" / "curation_throughput.json"
+    summary.parent.mkdir(exist_ok=True)
+    summary.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

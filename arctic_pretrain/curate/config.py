@@ -38,6 +38,10 @@ class ReadConfig:
     repo_field: str = "repo"
     language_field: str = "language"  # optional: used when present, else the path's extension decides
     hf_split: str = "train"  # split of `hf:<name>` inputs
+    hf_config: str | None = None  # the dataset's configuration (load_dataset's second argument)
+    hf_data_dir: str | None = None  # a sub-folder of the dataset repository, e.g. `data/python` (The Stack)
+    hf_retries: int = 3  # retries of a failing stream, resumed where it stopped; then the task fails
+    hf_retry_wait_s: float = 2.0  # back-off before the first retry, doubled each time (60 s at most)
     follow_symlinks: bool = True  # loops are detected, skipped and counted
     convert_notebooks: bool = True  # .ipynb -> script (code cells as code, markdown as comments), as StarCoder did
 
@@ -112,7 +116,9 @@ class ExecutorConfig:
 
 @dataclass
 class CurateConfig:
-    inputs: list[str] = MISSING  # folders, .jsonl/.jsonl.gz/.parquet files, or hf:<dataset name>
+    # folders (a source tree, or a dataset: JSONL/Parquet shards and no source files), .jsonl/.jsonl.gz/.parquet
+    # files, globs (`shards/*.parquet`), or hf:<dataset name or local dataset folder>
+    inputs: list[str] = MISSING
     output_dir: str = MISSING
     read: ReadConfig = field(default_factory=ReadConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -135,6 +141,8 @@ def validate(cfg: CurateConfig) -> None:
     r = cfg.read
     require(r.repo_depth >= 0, "read.repo_depth", r.repo_depth, "must be >= 0")
     require(r.max_file_bytes > 0, "read.max_file_bytes", r.max_file_bytes, "must be positive")
+    require(r.hf_retries >= 0, "read.hf_retries", r.hf_retries, "must be >= 0")
+    require(r.hf_retry_wait_s >= 0, "read.hf_retry_wait_s", r.hf_retry_wait_s, "must be >= 0")
     for lang in r.languages:
         require(lang in LANGUAGES, "read.languages", lang, f"unknown language; known: {sorted(LANGUAGES)}")
     if r.repo_pattern is not None:
@@ -162,9 +170,12 @@ def validate(cfg: CurateConfig) -> None:
              f"dedup.num_bands={d.num_bands} x dedup.rows_per_band={d.rows_per_band} implement a threshold of "
              f"about {implied:.2f}; change the bands/rows to match")
     require(d.workers_per_band >= 1, "dedup.workers_per_band", d.workers_per_band, "must be >= 1")
+    require(d.exact_shards >= 0, "dedup.exact_shards", d.exact_shards, "must be >= 0 (0: executor.tasks)")
     c = cfg.decontamination
     require(c.min_chars >= 1, "decontamination.min_chars", c.min_chars, "must be >= 1")
     require(c.ngram >= 2, "decontamination.ngram", c.ngram, "must be >= 2")
+    require(c.short_window >= 0, "decontamination.short_window", c.short_window, "must be >= 0 (0: off)")
+    require(c.min_docstring_chars >= 1, "decontamination.min_docstring_chars", c.min_docstring_chars, "must be >= 1")
     names = [b.name for b in c.benchmarks]
     require(len(names) == len(set(names)), "decontamination.benchmarks", names, "names must be unique")
     for i, b in enumerate(c.benchmarks):

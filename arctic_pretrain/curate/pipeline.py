@@ -20,7 +20,7 @@ from pathlib import Path
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from loguru import logger
 from omegaconf import OmegaConf
@@ -29,7 +29,7 @@ from arctic_pretrain.curate import slurm
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, validate
 from arctic_pretrain.curate.filters import starcoder2_filters
 from arctic_pretrain.curate.pii import RedactPII
-from arctic_pretrain.curate.readers import PlanInputs, ReadInputs
+from arctic_pretrain.curate.readers import PLAN_COUNT, PLAN_SKIPS, PlanInputs, ReadInputs
 from arctic_pretrain.curate.report import write_report
 from arctic_pretrain.data.grouping import AssignBucket, GroupAndTokenize, PrepareTokenizer
 from arctic_pretrain.data.shards import finalize_source
@@ -39,6 +39,7 @@ from arctic_pretrain.text.dedup import (
     ExactDedupFilter,
     ExactDedupFind,
     ExactHashes,
+    KeepFirstCluster,
     NearDedupFilter,
     RankReader,
     minhash_config,
@@ -97,6 +98,30 @@ def config_hash(cfg: CurateConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_inputs(cfg: CurateConfig) -> None:
+    """Fail before any work when no input exists (a typo, an unmounted disk), naming every path; a missing
+    input next to usable ones is only counted (``missing_input``) and named in the log."""
+    import glob
+
+    usable, bad = False, []
+    for spec in cfg.inputs:
+        path = os.path.expanduser(spec)
+        if spec.startswith("hf:") or (glob.glob(path, recursive=True) if glob.has_magic(path) else os.path.exists(path)):
+            usable = True
+        else:
+            bad.append(spec)
+    if not usable:
+        raise ConfigError(f"inputs={list(cfg.inputs)!r}: no usable input (not found: {', '.join(bad)})")
+
+
+def _check_plan(cfg: CurateConfig, work: Path) -> None:
+    """After planning: an input list that names only empty folders or unreadable files stops here."""
+    count = work / PLAN_COUNT
+    if count.is_file() and int(count.read_text()) == 0:
+        raise ConfigError(f"inputs={list(cfg.inputs)!r}: no file to read (empty folders, or every input skipped: "
+                          f"see {work / PLAN_SKIPS})")
+
+
 def check_output_dir(cfg: CurateConfig) -> str:
     """Refuse to mix two configs' results in one output folder (the completion markers would lie)."""
     out = Path(cfg.output_dir)
@@ -133,13 +158,15 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
         str(work / "minhash" / "remove")
     documents, tokens, tokenizer = str(out / "documents"), str(out / "tokens"), str(out / "tokenizer")
     mh = minhash_config(cfg.dedup)
+    shards = cfg.dedup.exact_shards or tasks
     stages = [
-        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks)], 1),
-        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter), ExactHashes(exact_dir),
+        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks, exclude=[str(out)])], 1),
+        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
+                         ExactHashes(exact_dir, shards),
                          JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks),
     ]
     if cfg.dedup.exact:
-        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks)], 1))
+        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks, shards)], shards))
     clean = [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact)]
     if cfg.dedup.near:
         stages += [
@@ -147,7 +174,7 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
                                  CodeMinhashSignature(sigs, cfg.dedup)], tasks),
             Stage("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                   cfg.dedup.num_bands * cfg.dedup.workers_per_band),
-            Stage("clusters", [MinhashDedupCluster(buckets, remove, config=mh)], 1),
+            Stage("clusters", [KeepFirstCluster(buckets, remove, config=mh)], 1),
         ]
         clean.append(NearDedupFilter(remove))
     clean += [Decontaminate(cfg.decontamination, str(work / "decontamination")), RedactPII(cfg.pii),
@@ -190,6 +217,7 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
     executor the stages are submitted as a chain of jobs (see ``slurm.submitted_jobs``); unless
     ``executor.wait`` is set this returns once they are queued."""
     validate(cfg)
+    check_inputs(cfg)
     digest = check_output_dir(cfg)
     out = Path(cfg.output_dir).resolve()
     stages = build_stages(cfg, digest)
@@ -209,6 +237,8 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
             missing = executor.get_incomplete_ranks(range(stage.tasks))
             if missing:
                 raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
+            if stage.name == "plan":
+                _check_plan(cfg, out / "work")
     if cfg.executor.kind == "slurm":
         jobs = slurm.submit(cfg, stages, executors, out)
         if cfg.executor.wait:

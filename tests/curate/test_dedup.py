@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 
 from arctic_pretrain.curate.config import DedupConfig
 from arctic_pretrain.text.dedup import (
@@ -16,6 +17,7 @@ from arctic_pretrain.text.dedup import (
     ExactDedupFilter,
     ExactDedupFind,
     ExactHashes,
+    KeepFirstCluster,
     NearDedupFilter,
     code_shingles,
     code_token_hashes,
@@ -83,11 +85,11 @@ def test_near_and_exact_dedup_pipeline(tmp_path: Path) -> None:
     def run(name: str, pipeline: list, tasks: int) -> None:
         LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(tmp_path / "logs" / name)).run()
 
-    run("hash", [ListReader(docs), ExactHashes(exact)], 2)
-    run("find", [ExactDedupFind(exact, 2)], 1)
+    run("hash", [ListReader(docs), ExactHashes(exact, 2)], 2)
+    run("find", [ExactDedupFind(exact, 2, 2)], 2)
     run("sig", [ListReader(docs), ExactDedupFilter(exact), CodeMinhashSignature(sigs, cfg)], 2)
     run("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], cfg.num_bands)
-    run("cluster", [MinhashDedupCluster(buckets, remove, config=mh)], 1)
+    run("cluster", [KeepFirstCluster(buckets, remove, config=mh)], 1)
     kept: list[str] = []
 
     class Collect(PipelineStep):
@@ -104,6 +106,65 @@ def test_near_and_exact_dedup_pipeline(tmp_path: Path) -> None:
 
 def test_exact_dedup_disabled_keeps_copies(tmp_path: Path) -> None:
     step = ExactDedupFilter(str(tmp_path), enabled=False)
-    np.save(tmp_path / "00000.remove.npy", np.array([0], dtype=np.uint32))
+    (tmp_path / "shard-0000").mkdir()
+    np.save(tmp_path / "shard-0000" / "00000.remove.npy", np.array([0], dtype=np.uint64))
     assert len(list(step.run(iter([Document("a", "1")]), rank=0))) == 1
     assert list(ExactDedupFilter(str(tmp_path)).run(iter([Document("a", "1")]), rank=0)) == []
+
+
+def test_cluster_keeps_the_first_copy_in_input_order(tmp_path: Path) -> None:
+    """The pipeline's cluster step on pairs where a 3-copy cluster forms around rank 1 before rank 0's
+    copy joins it: datatrove's union-by-size kept (1, 0); the first copy (0, 0) must stay."""
+    import struct
+
+    from arctic_pretrain.curate.pipeline import build_stages
+
+    from .conftest import make_config
+
+    cfg = make_config(["/x"], tmp_path, "dedup.num_bands=2", "dedup.rows_per_band=2")
+    step = next(s for s in build_stages(cfg) if s.name == "clusters").pipeline[0]
+    buckets = tmp_path / "work" / "minhash" / "buckets"
+    buckets.mkdir(parents=True)
+    pairs = [[(1, 0, 1, 1), (1, 1, 1, 2)], [(0, 0, 1, 2), (0, 3, 2, 5)]]
+    for band, rows in enumerate(pairs):
+        (buckets / f"{band:05d}_00.dups").write_bytes(b"".join(struct.pack("<4I", *r) for r in rows))
+    list(step.run(None, 0, 1))
+    removed = {int(f.name[:6]): np.frombuffer(f.read_bytes(), dtype="<u4").tolist()
+               for f in (tmp_path / "work" / "minhash" / "remove").glob("*.remove")}
+    assert removed == {1: [0, 1, 2], 2: [5]}  # kept: (0, 0) and (0, 3)
+
+
+def test_exact_dedup_is_sharded_and_keeps_the_first_copy(tmp_path: Path) -> None:
+    """Each find task holds only its hash shard; across shards the first copy in (rank, index) order stays."""
+    texts = [f"def f{i}():\n    return {i}\n" for i in range(40)]
+    docs = [[Document(t, f"r0/{i}") for i, t in enumerate(texts[:20])],
+            [Document(t, f"r1/{i}") for i, t in enumerate(texts[10:] + texts[:5])]]
+    exact = str(tmp_path / "exact")
+    for rank in range(2):
+        list(ExactHashes(exact, 4).run(iter(docs[rank]), rank, 2))
+    sizes = []
+    for shard in range(4):
+        step = ExactDedupFind(exact, 2, 4)
+        list(step.run(None, shard, 4))
+        sizes.append(step.stats["documents"].total)
+    assert sum(sizes) == 20 + 35 and min(sizes) > 0 and max(sizes) < 55  # spread over 4 shards
+    kept = [d.id for rank in range(2) for d in ExactDedupFilter(exact).run(iter(docs[rank]), rank, 2)]
+    assert kept == [f"r0/{i}" for i in range(20)] + [f"r1/{i}" for i in range(10, 30)]
+
+
+WAVES = [Path(f"/root/.pyenv/versions/{v}/lib/python{v.rsplit('.', 1)[0]}/wave.py") for v in ("3.10.13", "3.11.7", "3.12.1")]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in WAVES), reason="needs pyenv's CPython 3.10-3.12 stdlibs")
+def test_three_pythons_wave_keeps_the_first(tmp_path: Path) -> None:
+    """The issue's case: wave.py of CPython 3.10, 3.11, 3.12 in that input order; datatrove's cluster kept 3.11."""
+    docs = [[Document(p.read_text(encoding="utf-8"), f"py{i}/wave.py", metadata={}) for i, p in enumerate(WAVES)]]
+    cfg = DedupConfig()
+    mh = minhash_config(cfg)
+    sigs, buckets, remove = (str(tmp_path / n) for n in ("sigs", "buckets", "remove"))
+    for name, pipeline, tasks in (("sig", [ListReader(docs), CodeMinhashSignature(sigs, cfg)], 1),
+                                  ("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)], cfg.num_bands),
+                                  ("cluster", [KeepFirstCluster(buckets, remove, config=mh)], 1)):
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(tmp_path / "logs" / name)).run()
+    kept = [d.id for d in NearDedupFilter(remove).run(ListReader(docs).run(), 0, 1)]
+    assert kept == ["py0/wave.py"]

@@ -30,7 +30,7 @@ FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
 # small: 2 tasks per parallel stage, 2 LSH bands x 2 rows (threshold ~0.71), a 500-token BPE
 SMALL = ["executor.tasks=2", "group.buckets=2", "tokenize.train_vocab_size=500", "tokenize.train_sample_mb=1",
          "dedup.num_bands=2", "dedup.rows_per_band=2", "progress=false"]
-STAGE_TASKS = {"plan": 1, "curate": 2, "exact": 1, "signatures": 2, "buckets": 2, "clusters": 1, "clean": 2,
+STAGE_TASKS = {"plan": 1, "curate": 2, "exact": 2, "signatures": 2, "buckets": 2, "clusters": 1, "clean": 2,
                "tokenizer": 1, "tokenize": 2, "finalize": 1}
 TIMING_KEYS = ("stage_time_s", "stage_time_share", "config_hash")
 

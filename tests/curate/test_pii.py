@@ -47,3 +47,46 @@ def test_step_counts_by_kind(normal_python: str) -> None:
     assert out[1].text == normal_python
     stats = {k: v.total for k, v in step.stats.stats.items()}
     assert stats["pii_email"] == 1 and stats["pii_key"] == 2 and stats["docs_with_pii"] == 1
+
+
+JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ"
+       ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+SECRETS = {  # kind -> (planted line, the secret that must go, what must stay)
+    "jwt": (f'headers = {{"Authorization": "Bearer {JWT}"}}', JWT, "Bearer <KEY>"),
+    "azure": (f'CONN = "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={AZURE_KEY};"', AZURE_KEY,
+              "AccountKey=<KEY>;"),
+    "url_password": ('DB = "postgres://admin:S3cr3tPassw0rd@db.internal.example.com:5432/app"', "S3cr3tPassw0rd",
+                     "postgres://admin:<PASSWORD>@db.internal.example.com"),
+    "github": ('TOKEN = "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"', "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", "<KEY>"),
+    "slack": ('hook = "xoxb-123456789012-1234567890123-abcdefghijklmnopqrstuvwx"', "xoxb-123456789012", "<KEY>"),
+    "stripe": ('stripe.api_key = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"', "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "<KEY>"),
+    "aws": ('aws_access_key_id = "AKIAIOSFODNN7EXAMPLE"', "AKIAIOSFODNN7EXAMPLE", "<KEY>"),
+    "private_key": ("KEY = '''-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq98R3nLmBqZ0\n"
+                    "-----END RSA PRIVATE KEY-----'''", "MIIEpAIBAAKCAQEA7bq98R3nLmBqZ0", "KEY = '''<KEY>'''"),
+}
+
+
+def test_each_planted_secret_kind_is_redacted_and_counted(normal_python: str) -> None:
+    for name, (line, secret, kept) in SECRETS.items():
+        text, counts = redact(normal_python + "\n" + line + "\n", PIIConfig())
+        assert secret not in text and kept in text, (name, text[-300:])
+        expected = {"password": 1} if name == "url_password" else {"key": 1}
+        assert dict(counts) == expected, (name, counts)  # the URL password is a password, not an email
+
+
+def test_url_credentials_redact_only_the_password_span(normal_python: str) -> None:
+    """A common password ('password') in a URL: the URL's copy goes, the word elsewhere stays."""
+    text, counts = redact('password_hint = "see the docs"\nURL = "mysql://root:password@10.0.0.5/db"\n',
+                          PIIConfig())
+    assert 'URL = "mysql://root:<PASSWORD>@10.0.0.5/db"' in text and text.startswith("password_hint")
+    assert dict(counts) == {"password": 1}
+
+
+def test_ordinary_code_is_untouched() -> None:
+    from .conftest import STDLIB
+
+    for name in ("json/decoder.py", "base64.py", "hashlib.py", "secrets.py", "urllib/parse.py", "smtplib.py"):
+        text = (STDLIB / name).read_text(encoding="utf-8")
+        out, counts = redact(text, PIIConfig())
+        assert not {k: v for k, v in counts.items() if k in ("key", "password")}, (name, counts)

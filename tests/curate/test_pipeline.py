@@ -161,3 +161,36 @@ def test_executor_groups_build(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(ConfigError, match="ray is not installed"):
             _executor(ray_cfg, stages[0], tmp_path / "logs", None)
+
+
+def test_no_usable_input_fails_at_once(tmp_path: Path) -> None:
+    cfg = make_config([str(tmp_path / "nonexistent"), str(tmp_path / "also-missing")], tmp_path / "out")
+    with pytest.raises(ConfigError, match="no usable input.*nonexistent.*also-missing"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()  # nothing started
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no file to read"):
+        run(make_config([str(tmp_path / "empty")], tmp_path / "out2", "progress=false"))
+
+
+def test_plan_excludes_the_output_folder_and_counts_skips_once(tmp_path: Path) -> None:
+    """output_dir inside an input folder: the run's own config and logs are not curated; a missing input and
+    a 0-byte Parquet file next to a good input are each counted once in the report."""
+    from arctic_pretrain.curate.pipeline import _executor, build_stages, check_output_dir
+    from arctic_pretrain.curate.report import build_report
+
+    code = tmp_path / "code" / "repo"
+    code.mkdir(parents=True)
+    (code / "m.py").write_text(stdlib_file("colorsys.py"))
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    out = tmp_path / "code" / "out"
+    cfg = make_config([str(tmp_path / "code"), str(tmp_path / "missing"), str(tmp_path / "empty.parquet")], out,
+                      "progress=false")
+    check_output_dir(cfg)  # writes curate_config.json inside the input folder, as run() does
+    (out / "logs" / "x").mkdir(parents=True)
+    (out / "logs" / "x" / "notes.py").write_text("print('a log')\n")
+    plan = build_stages(cfg)[0]
+    _executor(cfg, plan, out / "logs", None).run()
+    units = [json.loads(line) for line in (out / "work" / "plan.jsonl").read_text().splitlines()]
+    assert [u["path"] for u in units] == ["m.py"]
+    assert build_report(out, out / "work", 10)["removals"] == {"corrupt_parquet": 1, "missing_input": 1}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from loguru import logger
 
 from arctic_pretrain.curate.config import ReadConfig
@@ -103,19 +104,96 @@ def test_repository_from_pattern(tmp_path: Path) -> None:
     assert [(d.metadata["repo"], d.metadata["path"]) for d in docs] == [("org", "proj/src/m.py")]
 
 
-def test_hf_dataset_input_is_sharded(tmp_path: Path, monkeypatch, normal_python: str) -> None:
+def _shards(folder: Path, normal_python: str, files: int = 4, rows: int = 3) -> list[str]:
+    """A local dataset: ``files`` Parquet shards of ``rows`` records (The Stack's field names)."""
+    folder.mkdir(parents=True)
+    paths = []
+    for f in range(files):
+        recs = [{"content": normal_python + f"\n# {f}-{r}\n", "path": f"f{f}/m{r}.py", "repo": "hub/repo",
+                 "language": "Python"} for r in range(rows)]
+        paths += [rec["path"] for rec in recs]
+        pq.write_table(pa.Table.from_pylist(recs), folder / f"train-{f:05d}.parquet")
+    return paths
+
+
+def test_hf_input_each_task_reads_its_own_files(tmp_path: Path, normal_python: str) -> None:
+    """`hf:<local dataset folder>` goes through load_dataset like a hub name: 4 files, 2 tasks, each task
+    streams whole files of its own (the old reader streamed everything in every task, keeping every 2nd)."""
+    paths = _shards(tmp_path / "ds", normal_python)
+    cfg = ReadConfig()
+    list(PlanInputs([f"hf:{tmp_path / 'ds'}"], cfg, str(tmp_path / "w"), 2).run())
+    per_rank = [[d.metadata["path"] for d in ReadInputs(cfg, str(tmp_path / "w")).run(None, r, 2)] for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(paths)  # each record once
+    files = [{p.split("/")[0] for p in ranks} for ranks in per_rank]
+    assert len(files[0]) == len(files[1]) == 2 and not files[0] & files[1]
+
+
+def test_hf_config_data_dir_and_retries(tmp_path: Path, monkeypatch, normal_python: str) -> None:
+    """data_dir picks a sub-folder; a stream that breaks mid-way (a dropped connection) resumes where it
+    stopped, each record once; one that keeps failing fails the task, naming the input."""
     import datasets
 
-    rows = [{"content": normal_python + f"\n# {i}\n", "path": f"m{i}.py", "repo": "hub/repo", "language": "Python"}
-            for i in range(5)]
-    calls = []
+    _shards(tmp_path / "ds" / "python", normal_python, files=2)
+    _shards(tmp_path / "ds" / "other", normal_python.replace("import", "from x import"), files=1)
+    real, calls = datasets.load_dataset, []
 
-    def fake_load_dataset(name: str, split: str, streaming: bool):
-        calls.append((name, split, streaming))
-        return iter(rows)
+    class Flaky:
+        """The real streamed dataset, whose first stream drops after 2 records."""
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    docs, _ = _read(["hf:bigcode/some-code"], tmp_path / "w", world=2)
-    assert sorted(d.metadata["path"] for d in docs) == [f"m{i}.py" for i in range(5)]  # each row once
-    assert all(d.metadata["repo"] == "hub/repo" and d.metadata["language"] == "python" for d in docs)
-    assert calls[0] == ("bigcode/some-code", "train", True)
+        def __init__(self, ds, fail: bool) -> None:
+            self.ds, self.fail = ds, fail
+
+        def __iter__(self):
+            for i, rec in enumerate(self.ds):
+                if self.fail and i == 2:
+                    raise ConnectionError("connection reset by peer")
+                yield rec
+
+        def skip(self, n):
+            return Flaky(self.ds.skip(n), False)
+
+    def load(*args, **kwargs):
+        calls.append((args, kwargs))
+        return Flaky(real(*args, **kwargs), fail=len(calls) == 1)
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setattr("datasets.distributed.split_dataset_by_node", lambda ds, rank, world_size: ds)
+    cfg = ReadConfig(hf_data_dir="python", hf_retry_wait_s=0.0)
+    docs, stats = _read([f"hf:{tmp_path / 'ds'}"], tmp_path / "w", cfg)
+    assert sorted(d.metadata["path"] for d in docs) == sorted(f"f{f}/m{r}.py" for f in range(2) for r in range(3))
+    assert all("from x import" not in d.text for d in docs) and stats["hf_retries"] == 1
+    assert calls[0] == ((str(tmp_path / "ds"), None), {"data_dir": "python", "split": "train", "streaming": True})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    with pytest.raises(RuntimeError, match="hf:.*gave up after 4 tries"):
+        _read(["hf:org/unreachable"], tmp_path / "w2", ReadConfig(hf_retry_wait_s=0.0))
+
+
+def test_hostile_inputs(tmp_path: Path, normal_python: str) -> None:
+    """A non-UTF-8 file name is carried (escaped) and counted; a FIFO, in a folder or given, is skipped and
+    counted, not opened (it would block); a glob and a folder of shards read as datasets."""
+    repo = tmp_path / "in" / "repo"
+    repo.mkdir(parents=True)
+    (repo / "good.py").write_text(normal_python)
+    bad = os.fsencode(repo) + b"/bad\xffname.py"
+    with open(bad, "wb") as fh:
+        fh.write(normal_python.encode())
+    os.mkfifo(repo / "pipe.py")
+    os.mkfifo(tmp_path / "given.jsonl")
+    paths = _shards(tmp_path / "shards", normal_python, files=2, rows=2)
+    (tmp_path / "shards" / "README.md").write_text("# a dataset card\n")
+    (tmp_path / "more").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"content": normal_python, "path": "g/x.py", "repo": "gr"}]),
+                   tmp_path / "more" / "part-0.parquet")
+    inputs = [str(tmp_path / "in"), str(tmp_path / "given.jsonl"), str(tmp_path / "shards"),
+              str(tmp_path / "more" / "*.parquet")]
+    docs, stats = _read(inputs, tmp_path / "work", world=2)
+    ids = {d.id for d in docs}
+    assert ids == {"repo/good.py", "repo/bad\\xffname.py", *(f"hub/repo/{p}" for p in paths), "gr/g/x.py"}
+    assert stats["undecodable_name"] == 1 and stats["skipped_special_file"] == 1
+    assert stats["plan_special_file"] == 1  # the FIFO given as an input
+    from datatrove.pipeline.writers.jsonl import JsonlWriter  # it stopped the run on the raw name
+
+    with JsonlWriter(str(tmp_path / "written"), compression=None) as writer:
+        for d in docs:
+            writer.write(d)
+    assert "bad\\\\xffname.py" in (tmp_path / "written" / "00000.jsonl").read_text()
