@@ -34,7 +34,7 @@ def main(cfg: PipelineConfig) -> None:
     for name, rec in summary["stages"].items():
         print(f"  {name:<11} {rec.get('status', ''):<20} {rec['done']}")
     if summary.get("report"):
-        print(f"  report      {summary['report']}")
+        print(f"  {'report':<17} {summary['report']}")
 
 
 if __name__ == "__main__":
