@@ -32,7 +32,7 @@ def main(cfg: PipelineConfig) -> None:
         sys.exit(1)
     print(f"\nrecipe {cfg.name}: everything is under {cfg.workdir}/")
     for name, rec in summary["stages"].items():
-        print(f"  {name:<11} {rec.get('status', ''):<20} {rec['done']}")
+        print(f"  {name:<17} {rec.get('status', ''):<20} {rec['done']}")
     if summary.get("report"):
         print(f"  {'report':<17} {summary['report']}")
 
