@@ -105,9 +105,24 @@ def command_overrides() -> list[str]:
         return sys.argv[1:]
 
 
+def code_version() -> str | None:
+    """The git commit of the code that runs (with ``+dirty`` for uncommitted changes), for provenance."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"{head}+dirty" if head and dirty else (head or None)
+
+
 def append_history(run_dir: Path, record: dict[str, Any]) -> None:
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
-            **record}
+            "git_commit": code_version(), **record}
     with open(run_dir / HISTORY, "a") as fh:
         fh.write(json.dumps(line, default=str) + "\n")
         fh.flush()

@@ -31,6 +31,7 @@ def test_report_has_every_section_and_embeds_its_figures(finished_run):
     assert "src=\"http" not in page and "<script" not in page
     assert "Arctic-SnowCoder-1.3B" in page  # the paper's rows beside the run's
     assert "no curation report" in page  # the demo corpus has none: said, not hidden
+    assert "recorded at training start" in page  # the code's commit, from the run's history.jsonl
 
 
 def test_report_shows_each_phase_export_evaluated(finished_run, tmp_path):
