@@ -89,7 +89,9 @@ def test_dedup_and_decontamination_reject_planted_documents(tmp_path):
     assert out == {"id00": "kept", "id01": "kept", "id02": "exact_duplicate", "id03": "kept",
                    "id04": "near_duplicate", "id05": "contaminated", "id06": "kept"}
     matches = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert matches == [{"id": "id05", "benchmark": "humaneval", "task_id": "HumanEval/0", "kind": "substring"}]
+    assert [{k: m[k] for k in ("id", "benchmark", "task_id")} for m in matches] == \
+        [{"id": "id05", "benchmark": "humaneval", "task_id": "HumanEval/0"}]
+    assert matches[0]["kind"] in ("substring", "docstring")  # the prompt's docstring is matched on its own too
     unrelated = [python_file(str(i), lines=30) for i in range(40)]
     out = corpus_verdicts([record(i, d) for i, d in enumerate(unrelated)], OutputFilterConfig(), tmp_path / "n.jsonl")
     assert set(out.values()) == {"kept"}  # different files are not merged
