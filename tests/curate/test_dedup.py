@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,10 +153,16 @@ def test_exact_dedup_is_sharded_and_keeps_the_first_copy(tmp_path: Path) -> None
     assert kept == [f"r0/{i}" for i in range(20)] + [f"r1/{i}" for i in range(10, 30)]
 
 
-WAVES = [Path(f"/root/.pyenv/versions/{v}/lib/python{v.rsplit('.', 1)[0]}/wave.py") for v in ("3.10.13", "3.11.7", "3.12.1")]
+def _sibling_wave(minor: str) -> Path | None:
+    """wave.py of another CPython installed beside this one (pyenv-style versions/<x.y.z>/lib/pythonx.y/)."""
+    found = sorted(Path(sys.base_prefix).parent.glob(f"{minor}.*/lib/python{minor}/wave.py"))
+    return found[0] if found else None
 
 
-@pytest.mark.skipif(not all(p.is_file() for p in WAVES), reason="needs pyenv's CPython 3.10-3.12 stdlibs")
+WAVES = [_sibling_wave(v) for v in ("3.10", "3.11", "3.12")]
+
+
+@pytest.mark.skipif(not all(WAVES), reason="needs CPython 3.10-3.12 stdlibs installed side by side (e.g. pyenv)")
 def test_three_pythons_wave_keeps_the_first(tmp_path: Path) -> None:
     """The issue's case: wave.py of CPython 3.10, 3.11, 3.12 in that input order; datatrove's cluster kept 3.11."""
     docs = [[Document(p.read_text(encoding="utf-8"), f"py{i}/wave.py", metadata={}) for i, p in enumerate(WAVES)]]
