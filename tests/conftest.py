@@ -36,9 +36,18 @@ def release_deepspeed_shared_memory():
 
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
-    """One demo corpus for the whole session (built from this machine's Python sources)."""
+    """One demo corpus for the whole session (built from this machine's Python sources), built here with
+    experiment=tiny's settings so that a test reading it directly does not depend on a launch running first."""
+    from omegaconf import OmegaConf
+
+    from arctic_pretrain.data.demo import build_demo
+    from arctic_pretrain.train.config import DataConfig
+
     cache = os.environ.get("ARCTIC_PRETRAIN_TEST_CACHE")
-    return Path(cache) if cache else tmp_path_factory.mktemp("demo-cache")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("demo-cache")
+    tiny = OmegaConf.load(ROOT / "conf" / "train" / "experiment" / "tiny.yaml")
+    build_demo(root, tiny.data.demo_megabytes, DataConfig.demo_vocab_size)
+    return root
 
 
 def make_source(folder: Path, docs: list[list[int]], vocab: int = 1000, shard_tokens: int = 64) -> Path:
