@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from arctic_pretrain.common import executor
 from arctic_pretrain.common.config import ConfigError, require, to_object
 from arctic_pretrain.common.config import register as _register
 from arctic_pretrain.common.units import parse_token_count
@@ -19,7 +20,6 @@ from arctic_pretrain.text.decontamination import BenchmarkConfig, DecontamConfig
 __all__ = ["AnnotateConfig", "BenchmarkConfig", "ConfigError", "DecontamConfig"]
 
 STAGES = ("all", "train", "score", "select", "report")
-EXECUTORS = ("local", "slurm", "ray")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -108,23 +108,15 @@ class ReportConfig:
     bins: int = 40
 
 
-def _slurm_defaults() -> dict[str, Any]:
-    """SlurmPipelineExecutor arguments (`executor.slurm.<key>=...`); partition has no default. GPU scoring:
-    `+executor.slurm.sbatch_args.gres=gpu:1` (one GPU per task)."""
-    return {"partition": None, "time": "24:00:00", "cpus_per_task": 8, "mem_per_cpu_gb": 4, "qos": None,
-            "env_command": None, "sbatch_args": {}}
-
-
 @dataclass
-class ExecutorConfig:
+class ExecutorConfig(executor.ExecutorConfig):
     """Where datatrove runs scoring and the selection's tokenization: local (default), slurm or ray."""
 
-    kind: str = "local"
     tasks: int = 1  # scoring shards (byte ranges of the curated documents); one per GPU at scale
-    workers: int = 1  # concurrent tasks (local processes, slurm array %limit, ray); -1: one per task
-    start_method: str = "forkserver"
-    slurm: dict[str, Any] = field(default_factory=_slurm_defaults)
-    ray: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    # GPU scoring on SLURM: `+executor.slurm.sbatch_args.gres=gpu:1` (one GPU per task)
+    slurm: dict[str, Any] = field(
+        default_factory=lambda: executor.slurm_defaults(cpus_per_task=8, mem_per_cpu_gb=4))
 
 
 @dataclass
@@ -183,13 +175,7 @@ def validate(cfg: AnnotateConfig) -> None:
         require(share >= 0, f"select.shares.{lang}", share, "must be >= 0")
     require(not sel.shares or sum(sel.shares.values()) > 0, "select.shares", dict(sel.shares), "all zero")
     require(cfg.report.examples >= 0, "report.examples", cfg.report.examples, "must be >= 0")
-    e = cfg.executor
-    require(e.kind in EXECUTORS, "executor.kind", e.kind, f"must be one of {EXECUTORS}")
-    require(e.tasks >= 1, "executor.tasks", e.tasks, "must be >= 1")
-    require(e.workers == -1 or e.workers >= 1, "executor.workers", e.workers, "must be >= 1 or -1")
-    if e.kind == "slurm":
-        require(bool(e.slurm.get("partition")), "executor.slurm.partition", e.slurm.get("partition"),
-                "executor=slurm needs a partition (executor.slurm.partition=<name>)")
+    executor.check_executor(cfg.executor)
     require(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,
             "must be online, offline or disabled")
 
@@ -201,7 +187,5 @@ def to_config(cfg: Any) -> AnnotateConfig:
 
 def register() -> None:
     """The schema and the executor group in Hydra's ConfigStore (`executor=local|slurm|ray`)."""
-    _register("annotate", AnnotateConfig, {"executor": {
-        "local": ExecutorConfig(kind="local"),
-        "slurm": ExecutorConfig(kind="slurm", tasks=64, workers=-1),
-        "ray": ExecutorConfig(kind="ray", tasks=16, workers=-1)}})
+    _register("annotate", AnnotateConfig,
+              executor.executor_group(ExecutorConfig, slurm_tasks=64, ray_tasks=16))

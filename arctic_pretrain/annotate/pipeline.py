@@ -29,6 +29,7 @@ from loguru import logger
 from omegaconf import OmegaConf
 
 from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
+from arctic_pretrain.common.executor import datatrove_executor, local_executor, local_workers
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import documents_files
 
@@ -161,8 +162,7 @@ class Annotate:
         from arctic_pretrain.annotate.scoring import ScoreFiles
 
         e, p = self.cfg.executor, self.paths
-        workers = e.tasks if e.workers == -1 else min(e.workers, e.tasks)
-        threads = max(1, (os.cpu_count() or 1) // workers) if e.kind == "local" else 0
+        threads = max(1, (os.cpu_count() or 1) // local_workers(e, e.tasks)) if e.kind == "local" else 0
         step = ScoreFiles(str(p.documents), str(p.scores), str(p.model), str(p.curated / "tokenizer"), self.cfg.score,
                           threads=threads)
         return self._executor([step], e.tasks, "score")
@@ -172,25 +172,8 @@ class Annotate:
         return self._executor([FinishAfterScoring(self.cfg)], 1, "finish", depends=depends)
 
     def _executor(self, pipeline: list, tasks: int, name: str, depends=None):
-        e = self.cfg.executor
-        common = {"pipeline": pipeline, "tasks": tasks, "logging_dir": str(self.paths.logs / name)}
-        if e.kind == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
-            workers = tasks if e.workers == -1 else min(e.workers, tasks)
-            return LocalPipelineExecutor(**common, workers=workers, start_method=e.start_method)
-        if e.kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
-            slurm = {k: v for k, v in dict(e.slurm).items() if v is not None}
-            if e.workers != -1:
-                slurm["workers"] = e.workers
-            return SlurmPipelineExecutor(**common, job_name=f"annotate-{name}", depends=depends, **slurm)
-        try:
-            from datatrove.executor.ray import RayPipelineExecutor
-        except ImportError as err:
-            raise ConfigError(f"executor.kind='ray': ray is not installed ({err})") from None
-        return RayPipelineExecutor(**common, workers=e.workers, **dict(e.ray))
+        return datatrove_executor(self.cfg.executor, pipeline, tasks, str(self.paths.logs / name),
+                                  f"annotate-{name}", depends=depends)
 
     def write_scores_manifest(self) -> dict:
         from arctic_pretrain.annotate.scoring import iter_scores
@@ -254,14 +237,10 @@ class Annotate:
         for folder in (all_dir, python_dir, p.logs / "tokenize"):
             shutil.rmtree(folder, ignore_errors=True)
         e = self.cfg.executor
-        workers = buckets if e.workers == -1 else min(e.workers, buckets)
         step = GroupAndTokenize(str(p.documents), str(all_dir), str(p.curated / "tokenizer"), GroupConfig(**group),
-                                tok_cfg, threads=max(1, (os.cpu_count() or 1) // workers),
+                                tok_cfg, threads=max(1, (os.cpu_count() or 1) // local_workers(e, buckets)),
                                 select_dir=str(p.out / "selected"), merge_languages=True)
-        from datatrove.executor import LocalPipelineExecutor
-
-        executor = LocalPipelineExecutor(pipeline=[step], tasks=buckets, workers=workers,
-                                         logging_dir=str(p.logs / "tokenize"), start_method=e.start_method)
+        executor = local_executor(e, [step], buckets, str(p.logs / "tokenize"))
         executor.run()
         missing = executor.get_incomplete_ranks(range(buckets))
         if missing:

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from arctic_pretrain.common import executor
 from arctic_pretrain.common.config import ConfigError, require, to_object
 from arctic_pretrain.common.config import register as register_schema
 from arctic_pretrain.data.grouping import GroupConfig
@@ -88,27 +89,11 @@ class PIIConfig:
 
 
 
-def _slurm_defaults() -> dict[str, Any]:
-    """SlurmPipelineExecutor arguments, listed so that `executor.slurm.<key>=...` needs no `+`. partition has
-    no default (executor=slurm requires it); qos None leaves the cluster's default QOS (datatrove would force
-    "normal"); env_command None runs the submitting environment's datatrove; other keys, e.g.
-    `+executor.slurm.sbatch_args.account=<name>`, take a `+`."""
-    return {"partition": None, "time": "24:00:00", "cpus_per_task": 1, "mem_per_cpu_gb": 2, "qos": None,
-            "env_command": None, "sbatch_args": {}}
-
-
 @dataclass
-class ExecutorConfig:
-    """Where datatrove runs the stages: local (default), slurm, or ray (where installed)."""
+class ExecutorConfig(executor.ExecutorConfig):
+    """Where datatrove runs the stages. slurm: the stages are chained with afterok and submitted with
+    --kill-on-invalid-dep=yes (curate/slurm.py)."""
 
-    kind: str = "local"  # local | slurm | ray
-    tasks: int = 4  # input shards per parallel stage; datatrove splits work by task
-    workers: int = 2  # concurrent tasks of a stage (local processes, slurm array %limit, ray); -1: one per task
-    start_method: str = "forkserver"  # local: datatrove's default
-    # slurm: any SlurmPipelineExecutor argument (partition, time, cpus_per_task, mem_per_cpu_gb, qos,
-    # sbatch_args, env_command, ...); jobs are chained with afterok and submitted with --kill-on-invalid-dep=yes
-    slurm: dict[str, Any] = field(default_factory=_slurm_defaults)
-    ray: dict[str, Any] = field(default_factory=dict)  # passed to RayPipelineExecutor (cpus_per_task, ...)
     # slurm: false returns once the chain is queued (report.json appears when the last job ends); true polls
     # squeue until the jobs leave the queue, then checks every stage completed. local/ray always wait.
     wait: bool = False
@@ -129,9 +114,6 @@ class CurateConfig:
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     progress: bool = True  # a banner per stage (datatrove logs every task's progress and stats either way)
-
-
-EXECUTORS = ("local", "slurm", "ray")
 
 
 def validate(cfg: CurateConfig) -> None:
@@ -191,15 +173,7 @@ def validate(cfg: CurateConfig) -> None:
     require(t.train_sample_mb > 0, "tokenize.train_sample_mb", t.train_sample_mb, "must be positive")
     require(t.shard_tokens > 0, "tokenize.shard_tokens", t.shard_tokens, "must be positive")
     require(t.batch_size > 0, "tokenize.batch_size", t.batch_size, "must be positive")
-    e = cfg.executor
-    require(e.kind in EXECUTORS, "executor.kind", e.kind, f"must be one of {EXECUTORS}")
-    require(e.tasks >= 1, "executor.tasks", e.tasks, "must be >= 1")
-    require(e.workers == -1 or e.workers >= 1, "executor.workers", e.workers, "must be >= 1 or -1")
-    require(e.start_method in ("fork", "forkserver", "spawn"), "executor.start_method", e.start_method,
-             "must be fork, forkserver or spawn")
-    if e.kind == "slurm":
-        require(bool(e.slurm.get("partition")), "executor.slurm.partition", e.slurm.get("partition"),
-                 "executor=slurm needs a partition (executor.slurm.partition=<name>)")
+    executor.check_executor(cfg.executor)
 
 
 
@@ -212,7 +186,5 @@ def to_config(cfg: Any) -> CurateConfig:
 def register() -> None:
     """Put the schema in Hydra's ConfigStore: YAML is type-checked and unknown keys fail."""
     # the executor group: `executor=local|slurm|ray` on the command line swaps the whole block
-    register_schema("curate", CurateConfig, {"executor": {
-        "local": ExecutorConfig(kind="local"),
-        "slurm": ExecutorConfig(kind="slurm", tasks=256, workers=-1),
-        "ray": ExecutorConfig(kind="ray", tasks=64, workers=-1)}})
+    register_schema("curate", CurateConfig,
+                    executor.executor_group(ExecutorConfig, slurm_tasks=256, ray_tasks=64))

@@ -25,6 +25,7 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from loguru import logger
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common.executor import datatrove_executor
 from arctic_pretrain.curate import slurm
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, validate
 from arctic_pretrain.curate.filters import starcoder2_filters
@@ -191,24 +192,9 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
 
 
 def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
-    e = cfg.executor
-    common = {"pipeline": stage.pipeline, "tasks": stage.tasks, "logging_dir": str(logs / stage.name)}
-    if e.kind == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        workers = stage.tasks if e.workers == -1 else min(e.workers, stage.tasks)
-        return LocalPipelineExecutor(**common, workers=workers, start_method=e.start_method)
-    if e.kind == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
-        return SlurmPipelineExecutor(**common, job_name=f"curate-{stage.name}", depends=previous,
-                                     **slurm.slurm_arguments(cfg))
-    try:
-        import ray  # noqa: F401
-        from datatrove.executor.ray import RayPipelineExecutor
-    except ImportError as err:
-        raise ConfigError(f"executor.kind='ray': ray is not installed ({err})") from None
-    return RayPipelineExecutor(**common, workers=e.workers, **dict(e.ray))  # blocking: run one after another
+    args = slurm.slurm_arguments(cfg) if cfg.executor.kind == "slurm" else None  # needs sbatch's environment
+    return datatrove_executor(cfg.executor, stage.pipeline, stage.tasks, str(logs / stage.name),
+                              f"curate-{stage.name}", depends=previous, slurm_arguments=args)
 
 
 def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path:
