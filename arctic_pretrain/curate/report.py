@@ -24,7 +24,8 @@ FUNNEL = [
     ("near dedup", "clean", "near dedup: filter"),
     ("decontaminate", "clean", "decontaminate"),
     ("pii redaction", "clean", "pii redaction"),
-    ("group + tokenize", "tokenize", "group + tokenize"),
+    # the grouping step joins each repository's files into one document: its count is of repositories
+    ("group + tokenize (repositories)", "tokenize", "group + tokenize"),
 ]
 
 

@@ -69,7 +69,7 @@ def test_outputs_and_report(curated) -> None:
                                                      "task_id": "HumanEval/0", "kind": "substring"}]
     assert report["pii"]["email"] >= 1
     stages = [row["stage"] for row in report["funnel"]]
-    assert stages[0] == "read" and stages[-1] == "group + tokenize" and "near dedup" in stages
+    assert stages[0] == "read" and stages[-1] == "group + tokenize (repositories)" and "near dedup" in stages
     for row in report["funnel"][1:-1]:
         assert row["docs_out"] <= row["docs_in"]
     assert set(report["languages"]) == {"python", "c"}
