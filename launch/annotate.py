@@ -35,6 +35,10 @@ def main(cfg: AnnotateConfig) -> None:
     except RuntimeError as err:
         print(f"annotate failed: {err}", file=sys.stderr)
         sys.exit(1)
+    if cfg.executor.kind == "slurm" and not cfg.executor.wait:
+        print(f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
+              f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
+        return
     print(f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md")
 
 

@@ -99,8 +99,8 @@ class Annotate:
         for name in stages:
             start = time.perf_counter()
             done = getattr(self, name)()
-            if done is False:  # submitted to a scheduler: later stages run in its jobs
-                break
+            if done is False:  # submitted to SLURM: the finish job selects, reports and writes the manifest
+                return self.paths.out
             self.wall[name] = round(time.perf_counter() - start, 2)
         self.write_manifest()
         return self.paths.out
@@ -150,6 +150,8 @@ class Annotate:
             finish.run()
             logger.info(f"submitted scoring ({self.cfg.executor.tasks} tasks) and select+report as SLURM jobs; "
                         f"outputs appear in {p.out}; logs in {p.logs}")
+            if self.cfg.executor.wait:
+                self.wait_for_slurm(executor, finish)
             return False
         executor.run()
         missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
@@ -157,6 +159,24 @@ class Annotate:
             raise RuntimeError(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
         self.write_scores_manifest()
         return None
+
+    def wait_for_slurm(self, score, finish) -> None:
+        """executor.wait=true: block until the scoring and finish jobs leave the queue, then require what the
+        finish job writes (FinishAfterScoring), so ``manifest.json`` exists when this returns."""
+        from arctic_pretrain.common.slurm import SlurmStep, job_id, wait_for_jobs
+
+        p = self.paths
+        wait_for_jobs([SlurmStep("score", score, self.cfg.executor.tasks, job_id(score)),
+                       SlurmStep("finish", finish, 1, job_id(finish))], p.logs)
+        expected = {p.scores / "manifest.json": self.hashes["score"], p.out / "selection.json": self.hashes["select"],
+                    p.out / "all" / "manifest.json": None, p.out / "report" / "report.json": self.hashes["report"],
+                    p.out / "manifest.json": None}
+        missing = [str(path) for path, h in expected.items()
+                   if not path.is_file() or (h is not None and _recorded(path) != h)]
+        if missing:
+            raise RuntimeError(f"stage finish (select + report): its SLURM job ended without writing {missing}; "
+                               f"see {p.logs / 'finish' / 'slurm_logs'}")
+        logger.info(f"SLURM jobs done: {p.out / 'selection.json'}, {p.out / 'manifest.json'}")
 
     def score_executor(self):
         from arctic_pretrain.annotate.scoring import ScoreFiles

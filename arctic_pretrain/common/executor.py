@@ -36,6 +36,10 @@ class ExecutorConfig:
     # sbatch_args, env_command, ...)
     slurm: dict[str, Any] = field(default_factory=slurm_defaults)
     ray: dict[str, Any] = field(default_factory=dict)  # passed to RayPipelineExecutor (cpus_per_task, ...)
+    # slurm: false returns once the jobs are queued (the stage's outputs appear when the last job ends); true
+    # polls squeue until the jobs leave the queue, then checks every step completed (common/slurm.py).
+    # local/ray always wait.
+    wait: bool = False
 
 
 def executor_group(schema: type[ExecutorConfig], slurm_tasks: int, ray_tasks: int) -> dict[str, dict]:
@@ -71,8 +75,9 @@ def local_executor(e: ExecutorConfig, pipeline: list, tasks: int, logging_dir: s
 
 
 def plain_slurm_arguments(e: ExecutorConfig) -> dict[str, Any]:
-    """executor.slurm as given, unset (None) keys left to datatrove; the array %limit is executor.workers."""
-    args = {k: v for k, v in dict(e.slurm).items() if v is not None}
+    """executor.slurm as given, None included (qos None: no --qos, the cluster's default QOS; datatrove's
+    own default would force "normal"); the array %limit is executor.workers."""
+    args = dict(e.slurm)
     if e.workers != -1:
         args["workers"] = e.workers
     return args

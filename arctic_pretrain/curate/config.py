@@ -92,11 +92,8 @@ class PIIConfig:
 @dataclass
 class ExecutorConfig(executor.ExecutorConfig):
     """Where datatrove runs the stages. slurm: the stages are chained with afterok and submitted with
-    --kill-on-invalid-dep=yes (curate/slurm.py)."""
-
-    # slurm: false returns once the chain is queued (report.json appears when the last job ends); true polls
-    # squeue until the jobs leave the queue, then checks every stage completed. local/ray always wait.
-    wait: bool = False
+    --kill-on-invalid-dep=yes (curate/slurm.py); report.json appears when the last job ends, and
+    executor.wait=true blocks until then."""
 
 
 @dataclass

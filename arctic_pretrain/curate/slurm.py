@@ -1,17 +1,15 @@
 """Running the curation chain on SLURM through datatrove's SlurmPipelineExecutor: the sbatch arguments
-our jobs need, the submission record, and an optional wait that names the stage that failed.
+our jobs need, the submission record, and an optional wait (common/slurm.py) that names the stage that failed.
 
 Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from arctic_pretrain.common.slurm import SlurmStep, job_id, squeue, wait_for_jobs
 from arctic_pretrain.curate.config import ConfigError, CurateConfig
 
 if TYPE_CHECKING:
@@ -42,29 +41,6 @@ def slurm_arguments(cfg: CurateConfig) -> dict:
     return args
 
 
-def _squeue(job_ids: set[str], all_states: bool = False) -> dict[str, list[tuple[str, str]]] | None:
-    """{job id: [(state, reason) per row]} for those of ``job_ids`` that squeue lists (an array job has a
-    row per started task and one for its pending tasks): by default the queued ones (pending, running,
-    completing); ``all_states`` adds finished ones (kept MinJobAge, 300 s by default). None when squeue fails."""
-    cmd = ["squeue", "--noheader", f"--user={getpass.getuser()}", "--format=%F %T %r"]
-    try:
-        proc = subprocess.run(cmd + (["--states=all"] if all_states else []), capture_output=True, text=True,
-                              timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        logger.warning(f"squeue failed: {err}")
-        return None
-    if proc.returncode != 0:
-        logger.warning(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
-        return None
-    rows: dict[str, list[tuple[str, str]]] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] in job_ids:
-            state, reason = (parts[1:] + ["UNKNOWN", ""])[:2]
-            rows.setdefault(parts[0], []).append((state, reason))
-    return rows
-
-
 SLURM_RECORD = "slurm_jobs.json"
 
 
@@ -83,14 +59,13 @@ def submit(cfg: CurateConfig, stages: list[Stage], executors: list, out: Path) -
             raise ConfigError(f"executor=slurm: `{tool}` is not on PATH (run from a SLURM login node)")
     earlier = set(submitted_jobs(out).values())
     if earlier:
-        queued = _squeue(earlier)
+        queued = squeue(earlier)
         if queued is None or queued:
             raise ConfigError(
                 f"output_dir={cfg.output_dir!r}: jobs {sorted(queued or earlier)} of an earlier submission are "
                 "still queued or running (or squeue failed); wait for them or scancel them, then re-run")
     executors[-1].run()  # launches the whole chain through `depends` (finalize's dependencies first)
-    jobs = {stage.name: str(ex.job_id) for stage, ex in zip(stages, executors, strict=True)
-            if ex.job_id not in (None, -1)}
+    jobs = {stage.name: job for stage, ex in zip(stages, executors, strict=True) if (job := job_id(ex))}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "logs" / SLURM_RECORD).write_text(json.dumps({"jobs": jobs, "submitted": time.time()}, indent=1))
     if jobs:
@@ -99,36 +74,9 @@ def submit(cfg: CurateConfig, stages: list[Stage], executors: list, out: Path) -
     return jobs
 
 
-def wait(stages: list[Stage], executors: list, jobs: dict[str, str], out: Path,
-                grace_s: float = 60.0) -> None:
-    """Poll squeue until the submitted jobs leave the queue, then require every stage's completion markers.
-    A job squeue still lists as ended but not COMPLETED fails at once; otherwise missing markers are
-    re-read for ``grace_s`` (a shared filesystem may show another node's new files late)."""
-    ids, stage_of = set(jobs.values()), {job: stage for stage, job in jobs.items()}
-    start, failures = time.monotonic(), 0
-    while ids:
-        queued = _squeue(ids)
-        if queued is None:
-            failures += 1
-            if failures >= 10:
-                raise RuntimeError("squeue failed 10 times in a row; the jobs may still run: see squeue")
-        else:
-            failures = 0
-            if not queued:
-                break
-            running = any(state == "RUNNING" for rows in queued.values() for state, _ in rows)
-            if not running and all(r == "DependencyNeverSatisfied" for rows in queued.values() for _, r in rows):
-                raise RuntimeError(f"SLURM jobs {sorted(queued)} can never start (a stage before them failed); "
-                                   f"scancel them; logs: {out / 'logs'}/<stage>/slurm_logs")
-        time.sleep(min(60.0, max(1.0, (time.monotonic() - start) / 10)))
-    ended = _squeue(ids, all_states=True) or {}
-    bad = {job: state for job, rows in ended.items() for state, _ in rows if state != "COMPLETED"}
-    first_bad = min(bad, key=lambda job: list(jobs.values()).index(job)) if bad else None
-    deadline = time.monotonic() + (0.0 if bad else grace_s)
-    for stage, ex in zip(stages, executors, strict=True):
-        while missing := ex.get_incomplete_ranks(range(stage.tasks)):
-            if time.monotonic() >= deadline:
-                why = f"; SLURM job {first_bad} ({stage_of[first_bad]}) ended {bad[first_bad]}" if bad else ""
-                raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete (SLURM job "
-                                   f"{jobs.get(stage.name, '?')}){why}; see {out / 'logs'}/<stage>/slurm_logs")
-            time.sleep(5.0)
+def wait(stages: list[Stage], executors: list, jobs: dict[str, str], out: Path, grace_s: float = 60.0) -> None:
+    """Block until the chain's jobs leave the queue, then require every stage's completion markers
+    (common.slurm.wait_for_jobs: a failed job names its stage)."""
+    steps = [SlurmStep(stage.name, ex, stage.tasks, jobs.get(stage.name))
+             for stage, ex in zip(stages, executors, strict=True)]
+    wait_for_jobs(steps, out / "logs", grace_s=grace_s)

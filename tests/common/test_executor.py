@@ -14,6 +14,7 @@ from arctic_pretrain.common.executor import (
     check_executor,
     datatrove_executor,
     executor_group,
+    plain_slurm_arguments,
     slurm_defaults,
 )
 
@@ -21,7 +22,6 @@ from arctic_pretrain.common.executor import (
 @dataclass
 class StageExecutor(ExecutorConfig):
     tasks: int = 1
-    wait: bool = False
 
 
 def test_a_subclass_sets_defaults_and_keeps_the_key_order():
@@ -29,6 +29,7 @@ def test_a_subclass_sets_defaults_and_keeps_the_key_order():
                                                       "wait"]
     e = OmegaConf.to_object(OmegaConf.structured(StageExecutor))
     assert e.tasks == 1 and e.workers == 2 and e.slurm["time"] == "24:00:00" and e.slurm["partition"] is None
+    assert e.wait is False  # every stage's executor.wait (SLURM: block until the jobs end)
     assert slurm_defaults(cpus_per_task=8)["cpus_per_task"] == 8
     group = executor_group(StageExecutor, slurm_tasks=64, ray_tasks=16)["executor"]
     assert (group["slurm"].kind, group["slurm"].tasks, group["slurm"].workers) == ("slurm", 64, -1)
@@ -54,3 +55,13 @@ def test_builder_returns_datatrove_executors(tmp_path):
     second = datatrove_executor(e, [], 2, str(tmp_path / "d"), "stage-2", depends=first)
     assert type(second).__name__ == "SlurmPipelineExecutor" and second.depends is first
     assert (second.world_size, second.workers, second.partition, second.job_name) == (2, 5, "cpu", "stage-2")
+
+
+def test_qos_none_leaves_the_cluster_default(tmp_path):
+    """qos None reaches datatrove as None (its own default would be "normal"): no --qos in the sbatch script."""
+    e = StageExecutor(kind="slurm", slurm=slurm_defaults(partition="cpu"))
+    assert "qos" in plain_slurm_arguments(e) and plain_slurm_arguments(e)["qos"] is None
+    ex = datatrove_executor(e, [], 2, str(tmp_path / "q"), "stage")
+    assert ex.qos is None and "qos" not in ex.get_sbatch_args(2)
+    e.slurm["qos"] = "high"
+    assert datatrove_executor(e, [], 2, str(tmp_path / "h"), "stage").get_sbatch_args(2)["qos"] == "high"

@@ -1,0 +1,59 @@
+"""Annotate on SLURM (tests/curate/fake_slurm stands in for the scheduler): with executor.wait=true the run
+returns only once the scoring array and the finish job (select + report) have written the selection and the
+manifest, the pipeline's `done:` file; no --qos is passed when executor.slurm.qos is None."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from .conftest import make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_SLURM = ROOT / "tests" / "curate" / "fake_slurm"
+
+
+def test_slurm_wait_returns_once_the_selection_is_written(annotated, curated, tmp_path, monkeypatch) -> None:
+    from arctic_pretrain.annotate import run
+    from arctic_pretrain.annotate.scoring import iter_scores
+
+    local_out, _ = annotated
+    out, state = tmp_path / "hq", tmp_path / "slurm-state"
+    for folder in ("model", "training_data"):  # same train config: the trained classifier is reused, not retrained
+        shutil.copytree(local_out / folder, out / folder)
+    # the jobs run the submitting environment's datatrove (env_command None): its bin folder on PATH
+    path = os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]])
+    for key, value in {"PATH": path, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "FAKE_SLURM_STATE": str(state),
+                       "FAKE_SLURM_PARTITIONS": "cpu", "FAKE_SLURM_IDLE_S": "1"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = make_config(curated, out, "executor.kind=slurm", "executor.slurm.partition=cpu", "executor.tasks=2",
+                      "executor.workers=-1", "executor.slurm.cpus_per_task=1", "executor.wait=true")
+    try:
+        assert run(cfg) == out
+        # checked the moment run returns: the finish job's outputs are all there
+        manifest = json.loads((out / "manifest.json").read_text())
+        selection = json.loads((out / "selection.json").read_text())
+    finally:
+        pidfile = state / "runner.pid"  # the fake's runner exits when idle; stop it if the test failed midway
+        if pidfile.is_file():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    assert selection["languages"] and (out / "all" / "manifest.json").is_file()
+    assert (out / "report" / "report.json").is_file()
+    assert manifest["outputs"]["scores"]["files"] == len({r["key"] for r in iter_scores(local_out / "scores")}) > 0
+    assert {r["key"] for r in iter_scores(out / "scores")} == {r["key"] for r in iter_scores(local_out / "scores")}
+
+    subs = [json.loads(line) for line in (state / "submissions.jsonl").read_text().splitlines()]
+    main = [s for s in subs if s["name"] in ("annotate-score", "annotate-finish")]
+    by_name = {s["name"]: s for s in main}
+    assert [s["name"] for s in main] == ["annotate-score", "annotate-finish"]  # no retraining job, one chain
+    assert len(by_name["annotate-score"]["array"]) == 2 and len(by_name["annotate-finish"]["array"]) == 1
+    assert by_name["annotate-finish"]["dependency"] == f"afterok:{by_name['annotate-score']['job_id']}"
+    # executor.slurm.qos is None: the cluster's default QOS, no --qos (datatrove's own default is "normal")
+    assert all(not any(d.startswith(("--qos", "-q")) for d in s["directives"]) for s in subs), subs[0]["directives"]
+    assert all(s["partition"] == "cpu" for s in subs)
