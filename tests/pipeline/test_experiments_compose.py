@@ -2,7 +2,8 @@
 a key a stage does not have (e.g. `executor.wait` where its executor lacks it) fails here, not hours into
 a cluster run. Each step's args go through the pipeline's own resolution (${workdir}), then through the
 stage's entry point with `--cfg job` (Hydra composes and prints; no work, no torch), then the printed config
-is checked against the stage's schema as the entry point would (unknown `+` keys, types, missing values)."""
+is checked against the stage's schema as the entry point would (unknown `+` keys, types, missing values),
+and a datatrove executor block against its checks (executor=slurm needs a partition)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from arctic_pretrain.common.config import conf_dir, register, to_object
+from arctic_pretrain.common.executor import ExecutorConfig, check_executor
 from arctic_pretrain.pipeline.runner import PROJECT, PipelineConfig
 
 EXPERIMENTS = sorted(p.stem for p in (PROJECT / "conf" / "pipeline" / "experiment").glob("*.yaml"))
@@ -48,7 +50,9 @@ def compose_step(experiment: str, name: str, step) -> str | None:
     module, class_name = SCHEMAS[stage]
     schema = getattr(importlib.import_module(f"arctic_pretrain.{module}"), class_name)
     try:
-        to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(proc.stdout)), schema)
+        cfg = to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(proc.stdout)), schema)
+        if isinstance(getattr(cfg, "executor", None), ExecutorConfig):  # e.g. executor=slurm needs a partition
+            check_executor(cfg.executor)
     except Exception as err:  # noqa: BLE001 - every failure is reported with its step
         return f"{experiment}.{name} ({stage}): {type(err).__name__}: {err}"
     return None
