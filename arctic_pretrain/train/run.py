@@ -119,6 +119,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        pin_cpu_threads(torch.get_num_threads())
+
+
+def pin_cpu_threads(count: int) -> None:
+    """Fix the CPU kernels' thread count. Bits of CPU results depend on it: with 1 or 2 threads the tiny
+    model's loss is identical but every gradient differs in the last bits (MKL splits the lm_head GEMM's
+    4096-long reduction across threads). ``torch.set_num_threads`` also turns MKL's dynamic thread choice
+    off, which Intel lists as a condition of run-to-run reproducibility (MKL_DYNAMIC=FALSE)."""
+    torch.set_num_threads(count)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -155,6 +164,13 @@ def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
     reset_optimizer = plan.branch and cfg.init_reset_optimizer
     load_engine(trainer.engine, root, plan.tag, load_optimizer=not reset_optimizer, rng_root=plan.root)
     trainer.load_state_dict(plan.state, metrics=not plan.branch)
+    saved_threads = plan.state.get("cpu_threads")
+    if cfg.training.deterministic and not plan.branch and saved_threads and saved_threads != torch.get_num_threads():
+        log.warning("the checkpoint was computed with %d CPU threads per rank, this start has %d: using %d, as "
+                    "an exact resume needs the same count (set OMP_NUM_THREADS for a new run instead)",
+                    saved_threads, torch.get_num_threads(), saved_threads)
+        pin_cpu_threads(saved_threads)
+        trainer.provenance["cpu_threads"] = saved_threads
     if plan.branch:
         trainer.provenance["init_from"] = str(plan.root / plan.tag)
         if cfg.init_reset_schedule:
@@ -261,6 +277,8 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
                       callbacks=build_callbacks(cfg, run_dir, tokenizer, flops, resolved, callbacks),
                       loss_fn=build_loss(cfg.model))
     trainer.provenance["tokenizer"] = tokenizer
+    if cfg.training.deterministic:  # rides in every checkpoint: restore() keeps a resume on the same count
+        trainer.provenance["cpu_threads"] = torch.get_num_threads()
     if plan is not None:
         restore(trainer, plan, cfg)
     for phase in curriculum.describe():
