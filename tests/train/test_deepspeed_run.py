@@ -24,11 +24,7 @@ def deepspeed_train(run_dir, demo_cache, *overrides, ranks=2):
     return proc
 
 
-@pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory, demo_cache):
-    run_dir = tmp_path_factory.mktemp("ds") / "run"
-    deepspeed_train(run_dir, demo_cache)
-    return run_dir
+# two_rank_run: tests/train/conftest.py (one 28-step 2-rank run, shared with the resume tests)
 
 
 def test_metrics_walk_the_three_phases_in_order(two_rank_run):

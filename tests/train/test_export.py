@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from arctic_pretrain.model import build_model
 from arctic_pretrain.train.checkpoint import COMPLETE, CheckpointManager
 from arctic_pretrain.train.config import ModelConfig
 from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
-from tests.conftest import free_port, run_cli
+from tests.conftest import run_cli
 
 TINY = ModelConfig(name="tiny-export", hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4,
                    num_kv_heads=4, max_seq_len=64, vocab_size=96, attention="sdpa")
@@ -97,19 +96,15 @@ def test_cli_errors_name_the_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_exports_a_two_rank_zero3_run(tmp_path, demo_cache):
-    run_dir = tmp_path / "run"
-    launcher = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port())]
-    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}",
-                    "deepspeed=zero3", "max_steps=3"], launcher=launcher)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+def test_cli_exports_a_two_rank_zero3_run(tmp_path, zero3_two_rank_run):
+    run_dir = zero3_two_rank_run  # tests/train/conftest.py: 8 steps, 2 ranks, ZeRO-3
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000008"
 
     out = tmp_path / "hf"
     proc = run_cli(["launch/export.py", f"checkpoint={run_dir}", f"output={out}", "dtype=float32"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / EXPORT_META).read_text())
-    assert meta["step"] == 3 and meta["checkpoint"].endswith("step_00000003")
+    assert meta["step"] == 8 and meta["checkpoint"].endswith("step_00000008")
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.dtype == torch.float32

@@ -19,32 +19,10 @@ import torch
 
 from arctic_pretrain.train.export import consolidated_state_dict
 from arctic_pretrain.train.metrics import read_metrics
-from tests.conftest import ROOT, free_port, run_cli
+from tests.conftest import ROOT, run_cli
+from tests.train.conftest import CKPT, launch
 
 pytestmark = pytest.mark.slow
-CKPT = ["checkpoint.interval=4", "training.deterministic=true"]
-
-
-def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True, faults=None):
-    launcher = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())] \
-        if ranks > 1 else None
-    args = ["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}", *CKPT,
-            *overrides]
-    proc = run_cli(args, launcher=launcher, env={"ARCTIC_PRETRAIN_FAULTS": faults} if faults else None)
-    keep_output(run_dir, proc)
-    if expect_ok:
-        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    return proc
-
-
-def keep_output(run_dir, proc) -> None:
-    """Every launch's output (both ranks and the launcher) next to the run, for a failure to be read later."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    n = len(list(run_dir.parent.glob(f"{run_dir.name}.launch*.log")))
-    (run_dir.parent / f"{run_dir.name}.launch{n}.log").write_text(
-        f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-
-
 def losses(run_dir):
     return [(r["step"], r["consumed_tokens"], r["loss"]) for r in read_metrics(run_dir)]
 
@@ -59,11 +37,10 @@ def first_difference(run_dir, reference) -> str:
     return "" if len(got) == len(ref) else f"{len(got)} metric lines vs {len(ref)}"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, demo_cache):
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    launch(run_dir, demo_cache)
-    return run_dir
+@pytest.fixture
+def reference(two_rank_run):
+    """The uninterrupted 28-step 2-rank run every resume is compared with (tests/train/conftest.py)."""
+    return two_rank_run
 
 
 def latest(run_dir) -> str:
@@ -102,9 +79,12 @@ def test_pruning_keeps_phase_ends(reference):
 # through the same universal conversion (ds_to_universal treats stages 1 and 2 alike), so a third 2-rank
 # run would test nothing new (it cost ~2 minutes of CI).
 @pytest.mark.parametrize("stage", ["zero1", "zero3"])
-def test_two_ranks_to_one(tmp_path, demo_cache, reference, stage):
+def test_two_ranks_to_one(tmp_path, demo_cache, reference, stage, request):
     run_dir = tmp_path / "run"
-    launch(run_dir, demo_cache, f"deepspeed={stage}", "max_steps=8")
+    if stage == "zero3":  # the session's 2-rank ZeRO-3 run (also exported by test_export.py), copied
+        shutil.copytree(request.getfixturevalue("zero3_two_rank_run"), run_dir)
+    else:
+        launch(run_dir, demo_cache, f"deepspeed={stage}", "max_steps=8")
     proc = launch(run_dir, demo_cache, f"deepspeed={stage}", "max_steps=12", ranks=1)
     assert "saved by 2 ranks, now 1" in proc.stdout + proc.stderr
     got, ref = losses(run_dir), losses(reference)[:12]

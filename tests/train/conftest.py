@@ -1,0 +1,51 @@
+"""Runs shared by the training tests: each costs a 2-rank DeepSpeed launch (~30-60 s on 2 cores), so a run
+several modules read is made once per session."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import free_port, run_cli
+
+CKPT = ["checkpoint.interval=4", "training.deterministic=true"]
+
+
+def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True, faults=None):
+    launcher = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())] \
+        if ranks > 1 else None
+    args = ["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}", *CKPT,
+            *overrides]
+    proc = run_cli(args, launcher=launcher, env={"ARCTIC_PRETRAIN_FAULTS": faults} if faults else None)
+    keep_output(run_dir, proc)
+    if expect_ok:
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+def keep_output(run_dir, proc) -> None:
+    """Every launch's output (both ranks and the launcher) next to the run, for a failure to be read later."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    n = len(list(run_dir.parent.glob(f"{run_dir.name}.launch*.log")))
+    (run_dir.parent / f"{run_dir.name}.launch{n}.log").write_text(
+        f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tmp_path_factory, demo_cache):
+    """experiment=tiny through its three phases (28 steps) on 2 ranks, ZeRO-1, deterministic, a checkpoint every
+    4 steps: the phase walk, exports and the reference every resume test is compared with to the last bit."""
+    run_dir = tmp_path_factory.mktemp("two-rank") / "run"
+    launch(run_dir, demo_cache)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def zero3_two_rank_run(tmp_path_factory, demo_cache):
+    """8 steps on 2 ranks with ZeRO-3 (latest: step_00000008): exported by the export tests, continued on one
+    rank by the world-size tests (each reads it or copies it, none writes into it)."""
+    run_dir = tmp_path_factory.mktemp("zero3") / "run"
+    launch(run_dir, demo_cache, "deepspeed=zero3", "max_steps=8")
+    return run_dir
