@@ -6,7 +6,11 @@ its place and takes the new default), so the YAML/CLI keys stay ``executor.<key>
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from arctic_pretrain.common.config import ConfigError, require
@@ -74,27 +78,36 @@ def local_executor(e: ExecutorConfig, pipeline: list, tasks: int, logging_dir: s
                                  workers=local_workers(e, tasks), start_method=e.start_method)
 
 
-def plain_slurm_arguments(e: ExecutorConfig) -> dict[str, Any]:
-    """executor.slurm as given, None included (qos None: no --qos, the cluster's default QOS; datatrove's
-    own default would force "normal"); the array %limit is executor.workers."""
+def slurm_arguments(e: ExecutorConfig) -> dict[str, Any]:
+    """executor.slurm plus our defaults. None values reach datatrove as None (qos None: no --qos, the
+    cluster's default QOS; datatrove's own default would force "normal"); the array %limit is
+    executor.workers; a failed job cancels the jobs after it (--kill-on-invalid-dep=yes) instead of leaving
+    them pending forever; and the jobs run the submitting environment's datatrove launcher (its bin folder
+    first on PATH), so a stage started with a venv's python that was never activated still works."""
     args = dict(e.slurm)
-    if e.workers != -1:
-        args["workers"] = e.workers
+    args.setdefault("workers", e.workers)
+    args["sbatch_args"] = {"kill-on-invalid-dep": "yes", **dict(args.get("sbatch_args") or {})}
+    if not any(args.get(k) for k in ("env_command", "condaenv", "venv_path")):
+        launcher = shutil.which("launch_pickled_pipeline") or shutil.which(
+            "launch_pickled_pipeline", path=str(Path(sys.executable).parent))
+        if launcher is None:
+            raise ConfigError("executor=slurm: datatrove's launch_pickled_pipeline is not on PATH; activate "
+                              "the environment or set executor.slurm.env_command")
+        args["env_command"] = f"export PATH={shlex.quote(str(Path(launcher).parent))}:$PATH"
     return args
 
 
 def datatrove_executor(e: ExecutorConfig, pipeline: list, tasks: int, logging_dir: str, job_name: str,
-                       depends=None, slurm_arguments: dict[str, Any] | None = None):
+                       depends=None):
     """The datatrove executor ``e.kind`` names. SLURM jobs run after ``depends`` (afterok) with
-    ``slurm_arguments`` (default: ``plain_slurm_arguments``); Ray's run() blocks, so steps run in turn."""
+    ``slurm_arguments(e)``; Ray's run() blocks, so steps run in turn."""
     if e.kind == "local":
         return local_executor(e, pipeline, tasks, logging_dir)
     common = {"pipeline": pipeline, "tasks": tasks, "logging_dir": logging_dir}
     if e.kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
-        args = plain_slurm_arguments(e) if slurm_arguments is None else slurm_arguments
-        return SlurmPipelineExecutor(**common, job_name=job_name, depends=depends, **args)
+        return SlurmPipelineExecutor(**common, job_name=job_name, depends=depends, **slurm_arguments(e))
     try:
         import ray  # noqa: F401
         from datatrove.executor.ray import RayPipelineExecutor

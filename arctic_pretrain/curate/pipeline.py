@@ -192,9 +192,8 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
 
 
 def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
-    args = slurm.slurm_arguments(cfg) if cfg.executor.kind == "slurm" else None  # needs sbatch's environment
     return datatrove_executor(cfg.executor, stage.pipeline, stage.tasks, str(logs / stage.name),
-                              f"curate-{stage.name}", depends=previous, slurm_arguments=args)
+                              f"curate-{stage.name}", depends=previous)
 
 
 def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path:

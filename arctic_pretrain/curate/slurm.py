@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,23 +20,6 @@ from arctic_pretrain.curate.config import ConfigError, CurateConfig
 
 if TYPE_CHECKING:
     from arctic_pretrain.curate.pipeline import Stage
-
-
-def slurm_arguments(cfg: CurateConfig) -> dict:
-    """executor.slurm plus our defaults: the job runs the submitting environment's datatrove launcher
-    (its bin folder first on PATH, so an unactivated venv works), the array %limit is executor.workers, and
-    a failed stage cancels the jobs after it (--kill-on-invalid-dep=yes) instead of leaving them pending."""
-    args = dict(cfg.executor.slurm)
-    args.setdefault("workers", cfg.executor.workers)
-    args["sbatch_args"] = {"kill-on-invalid-dep": "yes", **dict(args.get("sbatch_args") or {})}
-    if not any(args.get(k) for k in ("env_command", "condaenv", "venv_path")):
-        launcher = shutil.which("launch_pickled_pipeline") or shutil.which(
-            "launch_pickled_pipeline", path=str(Path(sys.executable).parent))
-        if launcher is None:
-            raise ConfigError("executor=slurm: datatrove's launch_pickled_pipeline is not on PATH; activate "
-                                      "the environment or set executor.slurm.env_command")
-        args["env_command"] = f"export PATH={shlex.quote(str(Path(launcher).parent))}:$PATH"
-    return args
 
 
 SLURM_RECORD = "slurm_jobs.json"

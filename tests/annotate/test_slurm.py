@@ -26,7 +26,8 @@ def test_slurm_wait_returns_once_the_selection_is_written(annotated, curated, tm
     out, state = tmp_path / "hq", tmp_path / "slurm-state"
     for folder in ("model", "training_data"):  # same train config: the trained classifier is reused, not retrained
         shutil.copytree(local_out / folder, out / folder)
-    # the jobs run the submitting environment's datatrove (env_command None): its bin folder on PATH
+    # the venv's bin folder on PATH, as an activated environment has it (slurm_arguments also finds
+    # launch_pickled_pipeline next to sys.executable when it is not)
     path = os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]])
     for key, value in {"PATH": path, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "FAKE_SLURM_STATE": str(state),
                        "FAKE_SLURM_PARTITIONS": "cpu", "FAKE_SLURM_IDLE_S": "1"}.items():
@@ -57,3 +58,5 @@ def test_slurm_wait_returns_once_the_selection_is_written(annotated, curated, tm
     # executor.slurm.qos is None: the cluster's default QOS, no --qos (datatrove's own default is "normal")
     assert all(not any(d.startswith(("--qos", "-q")) for d in s["directives"]) for s in subs), subs[0]["directives"]
     assert all(s["partition"] == "cpu" for s in subs)
+    # a failed scoring job cancels the finish job instead of leaving it pending (the shared slurm_arguments)
+    assert all("--kill-on-invalid-dep=yes" in s["directives"] for s in main)

@@ -14,7 +14,7 @@ from arctic_pretrain.common.executor import (
     check_executor,
     datatrove_executor,
     executor_group,
-    plain_slurm_arguments,
+    slurm_arguments,
     slurm_defaults,
 )
 
@@ -60,7 +60,7 @@ def test_builder_returns_datatrove_executors(tmp_path):
 def test_qos_none_leaves_the_cluster_default(tmp_path):
     """qos None reaches datatrove as None (its own default would be "normal"): no --qos in the sbatch script."""
     e = StageExecutor(kind="slurm", slurm=slurm_defaults(partition="cpu"))
-    assert "qos" in plain_slurm_arguments(e) and plain_slurm_arguments(e)["qos"] is None
+    assert "qos" in slurm_arguments(e) and slurm_arguments(e)["qos"] is None
     ex = datatrove_executor(e, [], 2, str(tmp_path / "q"), "stage")
     assert ex.qos is None and "qos" not in ex.get_sbatch_args(2)
     e.slurm["qos"] = "high"
