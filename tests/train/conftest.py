@@ -32,7 +32,6 @@ def keep_output(run_dir, proc) -> None:
         f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
 
 
-
 @pytest.fixture(scope="session")
 def two_rank_run(tmp_path_factory, demo_cache):
     """experiment=tiny through its three phases (28 steps) on 2 ranks, ZeRO-1, deterministic, a checkpoint every

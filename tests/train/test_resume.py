@@ -23,6 +23,8 @@ from tests.conftest import ROOT, run_cli
 from tests.train.conftest import CKPT, launch
 
 pytestmark = pytest.mark.slow
+
+
 def losses(run_dir):
     return [(r["step"], r["consumed_tokens"], r["loss"]) for r in read_metrics(run_dir)]
 
