@@ -170,7 +170,6 @@ def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
                     "an exact resume needs the same count (set OMP_NUM_THREADS for a new run instead)",
                     saved_threads, torch.get_num_threads(), saved_threads)
         pin_cpu_threads(saved_threads)
-        trainer.provenance["cpu_threads"] = saved_threads
     if plan.branch:
         trainer.provenance["init_from"] = str(plan.root / plan.tag)
         if cfg.init_reset_schedule:
@@ -277,10 +276,10 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
                       callbacks=build_callbacks(cfg, run_dir, tokenizer, flops, resolved, callbacks),
                       loss_fn=build_loss(cfg.model))
     trainer.provenance["tokenizer"] = tokenizer
-    if cfg.training.deterministic:  # rides in every checkpoint: restore() keeps a resume on the same count
-        trainer.provenance["cpu_threads"] = torch.get_num_threads()
     if plan is not None:
         restore(trainer, plan, cfg)
+    if cfg.training.deterministic:  # rides in every checkpoint: restore() keeps a resume on the same count
+        trainer.provenance["cpu_threads"] = torch.get_num_threads()
     for phase in curriculum.describe():
         log.info("phase %-13s steps %6d-%-6d weights %s", phase["phase"], phase["start_step"],
                  phase["start_step"] + phase["steps"], {k: round(v, 3) for k, v in phase["weights"].items()})

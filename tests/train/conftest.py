@@ -12,12 +12,13 @@ from tests.conftest import free_port, run_cli
 CKPT = ["checkpoint.interval=4", "training.deterministic=true"]
 
 
-def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True, faults=None):
+def launch(run_dir, demo_cache, *overrides, ranks=2, expect_ok=True, faults=None, env=None):
     launcher = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())] \
         if ranks > 1 else None
     args = ["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}", *CKPT,
             *overrides]
-    proc = run_cli(args, launcher=launcher, env={"ARCTIC_PRETRAIN_FAULTS": faults} if faults else None)
+    env = {**(env or {}), **({"ARCTIC_PRETRAIN_FAULTS": faults} if faults else {})}
+    proc = run_cli(args, launcher=launcher, env=env or None)
     keep_output(run_dir, proc)
     if expect_ok:
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])

@@ -19,8 +19,8 @@ import torch
 
 from arctic_pretrain.train.export import consolidated_state_dict
 from arctic_pretrain.train.metrics import read_metrics
-from tests.conftest import ROOT, run_cli
-from tests.train.conftest import CKPT, launch
+from tests.conftest import ROOT
+from tests.train.conftest import launch
 
 pytestmark = pytest.mark.slow
 
@@ -185,17 +185,11 @@ def test_resume_computes_with_the_saved_cpu_thread_count(tmp_path, demo_cache):
     """CPU results depend on the kernels' thread count in the last bits (the loss of a step is identical,
     its gradients are not; here the losses part at step 10): a deterministic resume started with another
     OMP_NUM_THREADS must still compute with the count the checkpoint was made with."""
-    straight = tmp_path / "straight"
-    one_thread = {"OMP_NUM_THREADS": "1"}
-    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={straight}", f"data.demo_dir={demo_cache}", *CKPT,
-                    "max_steps=12"], env=one_thread)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed = tmp_path / "resumed"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch(straight, demo_cache, "max_steps=12", ranks=1, env={"OMP_NUM_THREADS": "1"})
     shutil.copytree(straight, resumed)
     (resumed / "checkpoints" / "latest").write_text("step_00000008")  # as if killed after step 8's save
     shutil.rmtree(resumed / "checkpoints" / "step_00000012")
-    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={resumed}", f"data.demo_dir={demo_cache}", *CKPT,
-                    "max_steps=12"], env={"OMP_NUM_THREADS": "2"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(resumed, demo_cache, "max_steps=12", ranks=1, env={"OMP_NUM_THREADS": "2"})
     assert "computed with 1 CPU threads per rank, this start has 2: using 1" in proc.stdout + proc.stderr
     assert losses(resumed) == losses(straight), first_difference(resumed, straight)
