@@ -119,7 +119,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        strict_cpu_gemms()
         pin_cpu_threads(torch.get_num_threads())
+
+
+def strict_cpu_gemms() -> None:
+    """MKL's strict conditional numerical reproducibility (CNR) mode: a GEMM's bits no longer depend on the
+    thread count MKL uses. Without it the tiny model's weight gradients change in the last bits with the
+    count (MKL splits the lm_head GEMM's 4096-long reduction across threads), and MKL may pick the count
+    itself (MKL_DYNAMIC) where nothing pins it: the signature of issue 16's flaky bit-exact resume.
+    MKL reads MKL_CBWR once, at its first call, so this must run before the process's first matmul
+    (``train`` calls it before building the model); a user's MKL_CBWR wins."""
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 def pin_cpu_threads(count: int) -> None:

@@ -181,15 +181,33 @@ def test_stop_signal_saves_and_exits_cleanly(tmp_path, demo_cache, signum):
     assert latest(run_dir) == f"step_{step:08d}"
 
 
-def test_resume_computes_with_the_saved_cpu_thread_count(tmp_path, demo_cache):
-    """CPU results depend on the kernels' thread count in the last bits (the loss of a step is identical,
-    its gradients are not; here the losses part at step 10): a deterministic resume started with another
-    OMP_NUM_THREADS must still compute with the count the checkpoint was made with."""
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch(straight, demo_cache, "max_steps=12", ranks=1, env={"OMP_NUM_THREADS": "1"})
-    shutil.copytree(straight, resumed)
+@pytest.fixture(scope="module")
+def one_thread_run(tmp_path_factory, demo_cache):
+    """12 deterministic steps on one rank computed with one CPU thread (checkpoints at 4, 8, 12)."""
+    run_dir = tmp_path_factory.mktemp("one-thread") / "run"
+    launch(run_dir, demo_cache, "max_steps=12", ranks=1, env={"OMP_NUM_THREADS": "1"})
+    return run_dir
+
+
+def test_deterministic_results_do_not_depend_on_the_cpu_thread_count(tmp_path, demo_cache, one_thread_run):
+    """Issue 16's signature: MKL splits the lm_head GEMM's 4096-long reduction across its threads, so with
+    1 or 2 threads a step's loss is identical and its gradients are not (here the losses part at step 10);
+    deterministic mode puts MKL in strict CNR mode, which makes a GEMM's bits independent of that count."""
+    two_threads = tmp_path / "two-threads"
+    launch(two_threads, demo_cache, "max_steps=12", ranks=1, env={"OMP_NUM_THREADS": "2"})
+    assert [(r["loss"], r["grad_norm"]) for r in read_metrics(two_threads)] == \
+        [(r["loss"], r["grad_norm"]) for r in read_metrics(one_thread_run)], first_difference(two_threads, one_thread_run)
+
+
+def test_resume_computes_with_the_saved_cpu_thread_count(tmp_path, demo_cache, one_thread_run):
+    """torch's own CPU reductions still split by thread count (a full-tensor sum differs with 1 and 2 threads),
+    so a deterministic resume started with another OMP_NUM_THREADS computes with the checkpoint's count."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(one_thread_run, resumed)
     (resumed / "checkpoints" / "latest").write_text("step_00000008")  # as if killed after step 8's save
     shutil.rmtree(resumed / "checkpoints" / "step_00000012")
     proc = launch(resumed, demo_cache, "max_steps=12", ranks=1, env={"OMP_NUM_THREADS": "2"})
     assert "computed with 1 CPU threads per rank, this start has 2: using 1" in proc.stdout + proc.stderr
-    assert losses(resumed) == losses(straight), first_difference(resumed, straight)
+    state = json.loads((resumed / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert state["cpu_threads"] == 1  # recorded from torch.get_num_threads() after the restore pinned it
+    assert losses(resumed) == losses(one_thread_run), first_difference(resumed, one_thread_run)
