@@ -94,16 +94,25 @@ class Annotate:
         self.wall: dict[str, float] = {}
 
     def run(self) -> Path:
-        self.paths.out.mkdir(parents=True, exist_ok=True)
+        """``manifest.json`` is the whole stage's completion record (the pipeline's ``done:`` file): removed
+        first, written last and only once every stage is complete for this config, so neither an earlier
+        run's manifest nor a partial ``stage=`` run passes for a finished annotation."""
+        p = self.paths
+        p.out.mkdir(parents=True, exist_ok=True)
+        (p.out / "manifest.json").unlink(missing_ok=True)
         stages = ORDER if self.cfg.stage == "all" else (self.cfg.stage,)
         for name in stages:
             start = time.perf_counter()
             done = getattr(self, name)()
             if done is False:  # submitted to SLURM: the finish job selects, reports and writes the manifest
-                return self.paths.out
+                return p.out
             self.wall[name] = round(time.perf_counter() - start, 2)
-        self.write_manifest()
-        return self.paths.out
+        if _recorded(p.out / "report" / "report.json") == self.hashes["report"]:
+            self.write_manifest()
+        else:
+            logger.info(f"stage={self.cfg.stage} done; {p.out / 'manifest.json'} is written once every stage is "
+                        "complete (stage=all)")
+        return p.out
 
     # -- train ---------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -146,12 +155,19 @@ class Annotate:
             atomic_write(plan, json.dumps({"config_hash": h, "tasks": self.cfg.executor.tasks}))
         executor = self.score_executor()
         if self.cfg.executor.kind == "slurm":
+            from arctic_pretrain.common.slurm import job_id, submit_once
+
             finish = self.finish_executor(executor)
-            finish.run()
-            logger.info(f"submitted scoring ({self.cfg.executor.tasks} tasks) and select+report as SLURM jobs; "
-                        f"outputs appear in {p.out}; logs in {p.logs}")
+
+            def submit() -> dict[str, str]:
+                finish.run()  # submits scoring first (finish depends on it)
+                logger.info(f"submitted scoring ({self.cfg.executor.tasks} tasks) and select+report as SLURM "
+                            f"jobs; outputs appear in {p.out}; logs in {p.logs}")
+                return {name: job for name, ex in (("score", executor), ("finish", finish)) if (job := job_id(ex))}
+
+            jobs = submit_once(p.logs, f"output_dir={str(p.out)!r}", self.cfg.executor.wait, submit)
             if self.cfg.executor.wait:
-                self.wait_for_slurm(executor, finish)
+                self.wait_for_slurm(executor, finish, jobs)
             return False
         executor.run()
         missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
@@ -160,14 +176,14 @@ class Annotate:
         self.write_scores_manifest()
         return None
 
-    def wait_for_slurm(self, score, finish) -> None:
+    def wait_for_slurm(self, score, finish, jobs: dict[str, str]) -> None:
         """executor.wait=true: block until the scoring and finish jobs leave the queue, then require what the
         finish job writes (FinishAfterScoring), so ``manifest.json`` exists when this returns."""
-        from arctic_pretrain.common.slurm import SlurmStep, job_id, wait_for_jobs
+        from arctic_pretrain.common.slurm import SlurmStep, wait_for_jobs
 
         p = self.paths
-        wait_for_jobs([SlurmStep("score", score, self.cfg.executor.tasks, job_id(score)),
-                       SlurmStep("finish", finish, 1, job_id(finish))], p.logs)
+        wait_for_jobs([SlurmStep("score", score, self.cfg.executor.tasks, jobs.get("score")),
+                       SlurmStep("finish", finish, 1, jobs.get("finish"))], p.logs)
         expected = {p.scores / "manifest.json": self.hashes["score"], p.out / "selection.json": self.hashes["select"],
                     p.out / "all" / "manifest.json": None, p.out / "report" / "report.json": self.hashes["report"],
                     p.out / "manifest.json": None}
@@ -229,9 +245,10 @@ class Annotate:
         p, h = self.paths, self.hashes["select"]
         if _recorded(p.scores / "manifest.json") != self.hashes["score"]:
             raise ConfigError(f"stage=select: {p.scores} is not complete for this config; run stage=score first")
-        if _recorded(p.out / "selection.json") == h and all((p.out / s / "manifest.json").is_file()
-                                                             for s in ("all", "python")):
-            logger.info("select: selection.json and all/, python/ are complete (same config), skipped")
+        done = json.loads((p.out / "selection.json").read_text()) if _recorded(p.out / "selection.json") == h else {}
+        if done and all((p.out / source / "manifest.json").is_file() for source in done["sources"]):
+            logger.info(f"select: selection.json and its sources {sorted(done['sources'])} are complete "
+                        "(same config), skipped")
             return
         (p.out / "selection.json").unlink(missing_ok=True)  # published again last
         metrics = json.loads((p.model / METRICS).read_text())

@@ -1,5 +1,7 @@
-"""Waiting for a stage's datatrove SLURM jobs (``executor.wait=true``): poll squeue until they leave the
-queue, fail naming the step whose job ended badly, then require every step's datatrove completion markers.
+"""A stage's datatrove SLURM jobs: the record of a submission (a rerun refuses to submit again while the
+earlier jobs are queued: both would write the same outputs), and the wait (``executor.wait=true``): poll
+squeue until the jobs leave the queue, fail naming the step whose job ended badly, then require every step's
+datatrove completion markers.
 
 Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
 """
@@ -7,12 +9,19 @@ Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbat
 from __future__ import annotations
 
 import getpass
+import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from loguru import logger
+
+from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.io import atomic_write
+
+SLURM_RECORD = "slurm_jobs.json"
 
 
 class SlurmStep(NamedTuple):
@@ -28,6 +37,40 @@ class SlurmStep(NamedTuple):
 def job_id(executor) -> str | None:
     """The SLURM job id datatrove recorded for ``executor`` (None: nothing submitted, every task complete)."""
     return None if executor.job_id in (None, -1) else str(executor.job_id)
+
+
+def submitted_jobs(logs: str | Path) -> dict[str, str]:
+    """{step: SLURM job id} of the last submission recorded in ``logs`` (steps with nothing to do left out)."""
+    record = Path(logs) / SLURM_RECORD
+    return json.loads(record.read_text())["jobs"] if record.is_file() else {}
+
+
+def queued_submission(logs: str | Path) -> dict[str, str]:
+    """The submission recorded in ``logs`` while any of its jobs is queued or running (or squeue cannot
+    tell); {} when there is none or all of it ended."""
+    jobs = submitted_jobs(logs)
+    if not jobs:
+        return {}
+    queued = squeue(set(jobs.values()))
+    return jobs if queued is None or queued else {}
+
+
+def submit_once(logs: str | Path, where: str, wait: bool, submit: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """Submit (``submit`` returns {step: job id}) and record the jobs in ``logs``, unless an earlier
+    submission there is still queued: a second one would write the same outputs. With ``wait`` the earlier
+    jobs are returned, for the caller to wait for (a rerun after the waiting login session died); without
+    it the rerun fails naming ``where`` (the output folder's config key and value)."""
+    if earlier := queued_submission(logs):
+        if not wait:
+            raise ConfigError(f"{where}: jobs {sorted(earlier.values())} of an earlier submission are still queued "
+                              "or running (or squeue failed); wait for them (executor.wait=true waits for them) "
+                              "or scancel them, then re-run")
+        logger.info(f"an earlier submission is still queued or running: waiting for its jobs {earlier}")
+        return earlier
+    jobs = submit()
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(logs) / SLURM_RECORD, json.dumps({"jobs": jobs, "submitted": time.time()}, indent=1))
+    return jobs
 
 
 def squeue(job_ids: set[str], all_states: bool = False) -> dict[str, list[tuple[str, str]]] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,9 +165,30 @@ def test_rerun_skips_and_reselect_keeps_classifier_and_scores(annotated, tmp_pat
         again = json.loads((out / "selection.json").read_text())
         assert again["tokens"]["target"] == 10_000 and again["tokens"]["selected"] < 40_000
         assert {p: p.stat().st_mtime_ns for p in frozen} == frozen
+        # the report is now stale: no manifest.json (the pipeline's `done:` file) claims annotate finished
+        assert not (out / "manifest.json").exists()
     finally:
         run(cfg)  # restore the shared selection for the other tests
     from arctic_pretrain.annotate.config import ConfigError
 
     with pytest.raises(ConfigError, match="another config"):
         run(make_config(Path(cfg.curated), out, "model.epochs=1"))
+
+
+def test_a_selection_without_python_is_complete_on_rerun(annotated, tmp_path) -> None:
+    """select.languages without Python leaves python/ empty; a rerun must see the selection as complete
+    (it checks the sources the selection recorded), not redo it."""
+    from arctic_pretrain.annotate import run
+
+    done, cfg = annotated
+    out = tmp_path / "c-only"
+    for folder in ("training_data", "model", "scores"):  # same train and score config: reused
+        shutil.copytree(done / folder, out / folder)
+    c_only = make_config(Path(cfg.curated), out, "select.languages=[c]", "report.humaneval=false")
+    run(c_only)
+    selection = json.loads((out / "selection.json").read_text())
+    assert set(selection["sources"]) == {"all"} and not (out / "python" / "manifest.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in [out / "selection.json", *(out / "all").iterdir()]}
+    run(c_only)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["sources"] == selection["sources"]

@@ -1,6 +1,7 @@
-"""Annotate on SLURM (tests/curate/fake_slurm stands in for the scheduler): with executor.wait=true the run
-returns only once the scoring array and the finish job (select + report) have written the selection and the
-manifest, the pipeline's `done:` file; no --qos is passed when executor.slurm.qos is None."""
+"""Annotate on SLURM (tests/curate/fake_slurm stands in for the scheduler): a rerun while the jobs are queued
+submits nothing (refused, or with executor.wait=true it waits for them); a waiting run returns only once the
+scoring array and the finish job (select + report) have written the selection and the manifest, the
+pipeline's `done:` file; no --qos is passed when executor.slurm.qos is None."""
 
 from __future__ import annotations
 
@@ -12,13 +13,18 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
+from arctic_pretrain.annotate.config import ConfigError
+
 from .conftest import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_SLURM = ROOT / "tests" / "curate" / "fake_slurm"
 
 
-def test_slurm_wait_returns_once_the_selection_is_written(annotated, curated, tmp_path, monkeypatch) -> None:
+def test_slurm_submits_once_and_wait_returns_once_the_selection_is_written(annotated, curated, tmp_path,
+                                                                         monkeypatch) -> None:
     from arctic_pretrain.annotate import run
     from arctic_pretrain.annotate.scoring import iter_scores
 
@@ -32,10 +38,18 @@ def test_slurm_wait_returns_once_the_selection_is_written(annotated, curated, tm
     for key, value in {"PATH": path, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "FAKE_SLURM_STATE": str(state),
                        "FAKE_SLURM_PARTITIONS": "cpu", "FAKE_SLURM_IDLE_S": "1"}.items():
         monkeypatch.setenv(key, value)
-    cfg = make_config(curated, out, "executor.kind=slurm", "executor.slurm.partition=cpu", "executor.tasks=2",
-                      "executor.workers=-1", "executor.slurm.cpus_per_task=1", "executor.wait=true")
+    slurm = ("executor.kind=slurm", "executor.slurm.partition=cpu", "executor.tasks=2", "executor.workers=-1",
+             "executor.slurm.cpus_per_task=1")
+    (out / "manifest.json").write_text("{}")  # an earlier run's record: must not pass for this one's
     try:
-        assert run(cfg) == out
+        assert run(make_config(curated, out, *slurm)) == out  # submits and returns
+        assert not (out / "manifest.json").exists()
+        submitted = (state / "submissions.jsonl").read_text()
+        # a rerun while the jobs are queued: refused without executor.wait; with it, it waits for those jobs
+        with pytest.raises(ConfigError, match="still queued or running"):
+            run(make_config(curated, out, *slurm))
+        assert run(make_config(curated, out, *slurm, "executor.wait=true")) == out
+        assert (state / "submissions.jsonl").read_text() == submitted  # nothing submitted twice
         # checked the moment run returns: the finish job's outputs are all there
         manifest = json.loads((out / "manifest.json").read_text())
         selection = json.loads((out / "selection.json").read_text())
