@@ -68,9 +68,11 @@ def stage_callbacks(cfg: TrainConfig) -> list:
 @entry_point("train", "train", TrainConfig, __doc__, missing_hint=EXPERIMENT_HINT)
 def main(cfg: TrainConfig) -> None:
     from arctic_pretrain.train.checkpoint import CorruptCheckpoint
-    from arctic_pretrain.train.run import run
+    from arctic_pretrain.train.run import run, strict_cpu_gemms
     from arctic_pretrain.train.trainer import TrainingDiverged
 
+    if cfg.training.deterministic:  # first thing after the config: MKL reads it at its first call
+        strict_cpu_gemms()
     try:
         if cfg.dry_run:
             from arctic_pretrain.train.dry_run import report

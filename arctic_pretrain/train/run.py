@@ -128,8 +128,9 @@ def strict_cpu_gemms() -> None:
     thread count MKL uses. Without it the tiny model's weight gradients change in the last bits with the
     count (MKL splits the lm_head GEMM's 4096-long reduction across threads), and MKL may pick the count
     itself (MKL_DYNAMIC) where nothing pins it: the signature of issue 16's flaky bit-exact resume.
-    MKL reads MKL_CBWR once, at its first call, so this must run before the process's first matmul
-    (``train`` calls it before building the model); a user's MKL_CBWR wins."""
+    MKL reads MKL_CBWR once, at its first call, so launch/train.py calls this right after parsing the
+    config, before anything computes (a sweep job starts its process group before ``run``);
+    ``seed_everything`` calls it too, for other callers of ``run``. A user's MKL_CBWR wins."""
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
