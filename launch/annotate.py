@@ -39,6 +39,9 @@ def main(cfg: AnnotateConfig) -> None:
         print(f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
               f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
         return
+    if not (out / "manifest.json").is_file():  # a stage= run: the other stages are still to run
+        print(f"stage={cfg.stage} complete in {out}; stage=all runs the rest (train, score, select, report)")
+        return
     print(f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md")
 
 
