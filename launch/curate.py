@@ -21,8 +21,8 @@ register()
 @entry_point("curate", "curate", CurateConfig, __doc__, missing_hint="usage: python launch/curate.py "
              "inputs=[DIR,...] output_dir=OUT (--help for more)", version_base=None)
 def main(config: CurateConfig) -> None:
+    from arctic_pretrain.common.slurm import submitted_jobs
     from arctic_pretrain.curate.pipeline import run
-    from arctic_pretrain.curate.slurm import chain_jobs
 
     try:
         out = run(config)
@@ -33,7 +33,7 @@ def main(config: CurateConfig) -> None:
         print(f"curation failed: {err}", file=sys.stderr)
         sys.exit(1)
     if config.executor.kind == "slurm" and not config.executor.wait:
-        jobs = chain_jobs(out)
+        jobs = submitted_jobs(out / "logs")
         if not jobs:
             print(f"nothing to submit: every stage is complete; report: {out}/report.json")
             return

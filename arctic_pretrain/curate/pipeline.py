@@ -199,7 +199,7 @@ def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
 def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path:
     """Validate, then run (or resume) every stage; returns the output folder. ``stage_wall_s`` (local
     executor) receives each stage's wall-clock seconds, for the throughput benchmark. With the SLURM
-    executor the stages are submitted as a chain of jobs (see ``slurm.chain_jobs``); unless
+    executor the stages are submitted as a chain of jobs (recorded in ``logs/slurm_jobs.json``, ``common.slurm.submitted_jobs``); unless
     ``executor.wait`` is set this returns once they are queued."""
     validate(cfg)
     check_inputs(cfg)

@@ -17,18 +17,12 @@ from arctic_pretrain.common.slurm import (
     SlurmStep,
     job_id,
     submit_once,
-    submitted_jobs,
     wait_for_jobs,
 )
 from arctic_pretrain.curate.config import ConfigError, CurateConfig
 
 if TYPE_CHECKING:
     from arctic_pretrain.curate.pipeline import Stage
-
-
-def chain_jobs(output_dir: str | Path) -> dict[str, str]:
-    """{stage: SLURM job id} of the last submission to ``output_dir`` (stages with nothing to do are left out)."""
-    return submitted_jobs(Path(output_dir) / "logs")
 
 
 def submit(cfg: CurateConfig, stages: list[Stage], executors: list, out: Path) -> dict[str, str]:
