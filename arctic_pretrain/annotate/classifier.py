@@ -49,7 +49,10 @@ class TrainClassifier:
             get_linear_schedule_with_warmup,
         )
 
+        from arctic_pretrain.common.cpu_math import resolve_vml_kernels
+
         m = self.cfg.model
+        resolve_vml_kernels()  # before the first parallel GELU/Adam sqrt (see common/cpu_math.py)
         torch.manual_seed(m.seed)
         encoder = resolve_encoder(m.encoder)
         tokenizer = AutoTokenizer.from_pretrained(encoder)

@@ -81,6 +81,9 @@ class Scorer:
                  precision: str = "auto") -> None:
         import torch
 
+        from arctic_pretrain.common.cpu_math import resolve_vml_kernels
+
+        resolve_vml_kernels()  # a fresh task's first GELU (erf) must not race MKL's kernel choice
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.model = model.to(self.device).eval()
         self.chunker = Chunker(tokenizer, max_length)

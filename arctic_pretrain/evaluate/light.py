@@ -61,9 +61,11 @@ def heldout_loss(model: torch.nn.Module | str | Path, sources: Mapping[str, str 
     """
     import torch
 
+    from arctic_pretrain.common.cpu_math import resolve_vml_kernels
     from arctic_pretrain.data.shards import TokenSource
     from arctic_pretrain.model.loss import packed_next_token_loss
 
+    resolve_vml_kernels()  # a standalone evaluation's first forward (RoPE cos/sin), see common/cpu_math.py
     if isinstance(model, (str, Path)):
         from transformers import AutoModelForCausalLM
 

@@ -65,6 +65,9 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from arctic_pretrain.common.cpu_math import resolve_vml_kernels
+
+        resolve_vml_kernels()  # the first generate's RoPE cos/sin must not race MKL's kernel choice
         self.name = f"hf:{model_path}"
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":

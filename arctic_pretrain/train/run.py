@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.cpu_math import resolve_vml_kernels
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
@@ -254,6 +255,7 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     world = dist.world_size()
     setup_logging(run_dir, dist.rank())
     sources, resolved = start.sources, start.resolved
+    resolve_vml_kernels()  # before anything runs in parallel: the first RoPE cos, Adam's first sqrt (issue 16)
     seed_everything(cfg.seed, cfg.training.deterministic)
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
     plan = plan_restore(checkpoints, cfg.init_from, world, cfg.checkpoint.fallback_on_corrupt)
