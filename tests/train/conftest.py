@@ -3,7 +3,9 @@ several modules read is made once per session."""
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,17 @@ def keep_output(run_dir, proc) -> None:
     n = len(list(run_dir.parent.glob(f"{run_dir.name}.launch*.log")))
     (run_dir.parent / f"{run_dir.name}.launch{n}.log").write_text(
         f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+
+
+def leftover_shm(run_dir) -> list[str]:
+    """/dev/shm entries named after the rendezvous port of any launch of ``run_dir`` (DeepSpeed's CPU all-reduce
+    workspace is named by it; train/distributed.py::release_shm_workspace unlinks it)."""
+    ports = set()
+    for log in run_dir.parent.glob(f"{run_dir.name}.launch*.log"):
+        ports.update(re.findall(r"--master_port[= ](\d+)", log.read_text()))
+    assert ports, f"no --master_port in the launch logs of {run_dir}"
+    shm = Path("/dev/shm")
+    return sorted(p.name for port in ports for p in shm.glob(f"*_{port}_*")) if shm.is_dir() else []
 
 
 @pytest.fixture(scope="session")

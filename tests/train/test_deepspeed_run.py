@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from arctic_pretrain.train.metrics import read_metrics
 from tests.conftest import free_port, run_cli
+from tests.train.conftest import leftover_shm
 
 pytestmark = pytest.mark.slow
 PHASES = ["general", "high_quality", "synthetic"]
@@ -25,6 +26,11 @@ def deepspeed_train(run_dir, demo_cache, *overrides, ranks=2):
 
 
 # two_rank_run: tests/train/conftest.py (one 28-step 2-rank run, shared with the resume tests)
+
+
+def test_a_finished_run_leaves_no_shared_memory(two_rank_run):
+    """DeepSpeed's CPU all-reduce workspace (65 MB per rank in /dev/shm, i.e. RAM) goes with the job."""
+    assert leftover_shm(two_rank_run) == []
 
 
 def test_metrics_walk_the_three_phases_in_order(two_rank_run):

@@ -20,7 +20,7 @@ import torch
 from arctic_pretrain.train.export import consolidated_state_dict
 from arctic_pretrain.train.metrics import read_metrics
 from tests.conftest import ROOT
-from tests.train.conftest import launch
+from tests.train.conftest import launch, leftover_shm
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +64,7 @@ def test_sigkill_then_rerun_is_bit_exact(tmp_path, demo_cache, reference, step, 
         assert not (run_dir / "checkpoints" / "step_00000012" / "COMPLETE").exists()  # ... never published
     launch(run_dir, demo_cache)  # the same command again
     assert losses(run_dir) == losses(reference), first_difference(run_dir, reference)  # to the last bit
+    assert leftover_shm(run_dir) == []  # not even from the killed launch
     for phase in ("general", "high_quality", "synthetic"):
         assert (run_dir / "export" / phase / "model.safetensors").is_file()
 
