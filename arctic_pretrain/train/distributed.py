@@ -61,11 +61,10 @@ def init_distributed() -> None:
     release_shm_workspace()
 
 
-def shm_workspace(env: os._Environ | dict | None = None) -> Path:
-    """This rank's shared-memory segment of DeepSpeed's CPU all-reduce (deepspeed/ops/csrc/cpu/comm/shm.cpp)."""
-    env = os.environ if env is None else env
-    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_"
-                               f"{env['RANK']}")
+def shm_workspace() -> Path:
+    """This rank's shared-memory segment of DeepSpeed's CPU all-reduce (named in deepspeed/ops/csrc/cpu/comm/shm.cpp)."""
+    env = os.environ
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_{env['RANK']}"
 
 
 def release_shm_workspace() -> None:
