@@ -261,13 +261,11 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     plan = plan_restore(checkpoints, cfg.init_from, world, cfg.checkpoint.fallback_on_corrupt)
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
     curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
-    ds_cfg = deepspeed_config(cfg, world, load_universal=bool(plan and plan.universal))
     if dist.rank() == 0:
         append_history(run_dir, {"overrides": command_overrides(), "world_size": world,
                                  "restore_from": str(plan.root / plan.tag) if plan else None,
                                  "changes": start.changes, "source_tokenizers": start.source_tokenizers})
         atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-        atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
         atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
 
     tok_info = next(iter(sources.values())).tokenizer
@@ -277,6 +275,10 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     if cfg.deepspeed.zero_stage in (1, 2):  # lets ds_to_universal convert these checkpoints (world-size changes)
         model.universal_checkpoint_info = {"universal_checkpoint_version": 0.2}
     checkpoints.hf_config = model.config
+    ds_cfg = deepspeed_config(cfg, world, load_universal=bool(plan and plan.universal),
+                              params=sum(p.numel() for p in model.parameters()))
+    if dist.rank() == 0:
+        atomic_write(run_dir / "deepspeed.json", json.dumps(ds_cfg, indent=2))
     optimizer = make_optimizer(param_groups(model, cfg.optimizer.weight_decay), cfg.optimizer.betas,
                                cfg.optimizer.eps, cfg.optimizer.weight_decay, cfg.deepspeed.offload_optimizer)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)

@@ -113,3 +113,16 @@ def test_cli_strips_launcher_local_rank(tmp_path):
     proc = run_cli(["launch/train.py", "--local_rank=0", "experiment=tiny", "--cfg", "job"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Path  # noqa: B018
+
+
+@pytest.mark.parametrize("zero,params,bucket", [("zero1", 362_816, 362_816), ("zero2", 1_300_000_000, 500_000_000),
+                                                ("zero3", 362_816, None)])
+def test_the_gradient_bucket_fits_the_model(zero, params, bucket):
+    """ZeRO-1/2 allocate reduce_bucket_size elements every step: a tiny model must not get DeepSpeed's 2 GB."""
+    from arctic_pretrain.train.ds_config import deepspeed_config
+
+    cfg = load("experiment=tiny", f"deepspeed={zero}")
+    assert deepspeed_config(cfg, 2, params=params)["zero_optimization"].get("reduce_bucket_size") == bucket
+    cfg.deepspeed.extra = {"zero_optimization": {"reduce_bucket_size": 1000}}  # the user's word wins
+    if bucket:
+        assert deepspeed_config(cfg, 2, params=params)["zero_optimization"]["reduce_bucket_size"] == 1000
