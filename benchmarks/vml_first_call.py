@@ -7,7 +7,8 @@ torch does) and ``resolved`` (``common.cpu_math.resolve_vml_kernels`` first, as 
 
     python benchmarks/vml_first_call.py --processes 150 --out benchmarks/results/vml_first_call.json
 
-The race is rare and load-dependent (a few per hundred processes here); ``--load K`` adds K busy processes.
+The race is rare and load-dependent (1 in 40 and 1 in 150 fresh processes here); ``--load K`` adds K busy
+processes.
 """
 
 from __future__ import annotations
