@@ -61,18 +61,14 @@ def init_distributed() -> None:
     release_shm_workspace()
 
 
-def shm_workspace() -> Path:
-    """This rank's shared-memory segment of DeepSpeed's CPU all-reduce (named in deepspeed/ops/csrc/cpu/comm/shm.cpp)."""
-    env = os.environ
-    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_{env['RANK']}"
-
-
 def release_shm_workspace() -> None:
     """Unlink this rank's DeepSpeed shm segment once every rank has mapped it. On CPU, DeepSpeed creates a
-    ~65 MB segment per rank named by the rendezvous address and never removes it, so each job left 65 MB per
-    rank in /dev/shm (RAM) for good: a day of test launches filled 19 GB here. Unlinked, the memory goes
-    back when the last rank exits, however it exits (a SIGKILL included)."""
-    segment = shm_workspace()
+    ~65 MB segment per rank named by the rendezvous address (deepspeed/ops/csrc/cpu/comm/shm.cpp) and never
+    removes it, so each job left 65 MB per rank in /dev/shm (RAM) for good: a day of test launches filled
+    19 GB here. Unlinked, the memory goes back when the last rank exits, however it exits (a SIGKILL included)."""
+    env = os.environ
+    segment = Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_"
+                                  f"{env['MASTER_PORT']}_{env['RANK']}")
     if not segment.exists():
         return  # GPUs: no shm op
     barrier()  # each rank opened every other rank's segment inside init_distributed

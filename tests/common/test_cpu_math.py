@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 import pytest
@@ -27,6 +28,7 @@ CANDIDATES.update({"gelu": F.gelu, "silu": F.silu, "softplus": F.softplus, "elu"
 DOMAIN_ERRORS = (float("inf"), float("-inf"), float("nan"), -1.0, 2.0, -2.0, 0.0, 1000.0, -1000.0)
 
 
+@functools.cache
 def vml_status():
     lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     get, clear = lib.vmlGetErrStatus, lib.vmlClearErrStatus
