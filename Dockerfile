@@ -4,7 +4,7 @@
 #   docker run --gpus all --ipc=host -v /data:/data arctic-pretrain \
 #       deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 data.root=/data run_dir=/data/runs/snowcoder
 #   docker build --build-arg VARIANT=cpu -t arctic-pretrain:cpu .  any machine: the quick start and the test suite,
-#                                                                  installed by .ci/install exactly as CI installs
+#                                                                  installed by .ci/install: the README's install lines
 #   docker run --rm arctic-pretrain:cpu python launch/pipeline.py experiment=demo
 #   docker run --rm arctic-pretrain:cpu python -m pytest -q
 ARG VARIANT=gpu
@@ -18,12 +18,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     MAX_JOBS=16 \
     HF_HUB_ENABLE_HF_TRANSFER=0
 WORKDIR /opt/arctic-pretrain
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY arctic_pretrain ./arctic_pretrain
 # The base image's torch stays (pip sees it satisfies the range); deepspeed compiles its ops against it.
-RUN pip install --no-build-isolation "deepspeed>=0.16,<0.20" \
+# constraints.txt pins everything else as CI tests it (flash-attn and the gpu extra are not in the lock).
+RUN pip install --no-build-isolation -c constraints.txt deepspeed \
  && pip install --no-build-isolation "flash-attn>=2.6,<3" \
- && pip install -e ".[gpu,data,eval,slurm,dev]" \
+ && pip install -c constraints.txt -e ".[gpu,data,eval,slurm,dev]" \
  && python -c "import deepspeed, flash_attn, transformers; print(deepspeed.__version__, flash_attn.__version__)"
 
 FROM python:3.11-slim-bookworm AS cpu
@@ -36,7 +37,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
     ARCTIC_PRETRAIN_CACHE=/opt/arctic-pretrain/.cache
 WORKDIR /opt/arctic-pretrain
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY .ci/install ./.ci/install
 COPY arctic_pretrain ./arctic_pretrain
 RUN .ci/install

@@ -160,7 +160,7 @@ class OpenAIClient:
                 if resp.status in RETRYABLE_STATUS:
                     raise _Retry(f"http_{resp.status}", parse_retry_after(resp.headers))
                 raise RequestFailed(f"http_{resp.status}", raw[:300].decode("utf-8", "replace"))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Retry("timeout") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
             raise _Retry("connection", detail=str(err)) from None

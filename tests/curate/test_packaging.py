@@ -1,18 +1,18 @@
-"""pyproject.toml against the code: every third-party import declared, every declared package used, every
-installed one inside its range; the `slurm` extra's Hydra launcher preset composes."""
+"""pyproject.toml against the code and the lock: every third-party import declared, every declared package used,
+every installed extra inside its ranges, constraints.txt inside the ranges and used by every install command;
+the `slurm` extra's Hydra launcher preset composes."""
 
 from __future__ import annotations
 
 import ast
 import re
 import sys
+import tomllib
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
-
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[2]
 # imported name -> distribution, for imports whose distribution may not be installed here
@@ -37,10 +37,29 @@ def _name(req: str) -> str:
     return re.sub(r"[-_.]+", "-", Requirement(req).name).lower()
 
 
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _by_extra() -> dict[str, list[Requirement]]:
+    """'' -> the base dependencies, then one entry per extra."""
+    project = _pyproject()["project"]
+    return {"": [Requirement(r) for r in project["dependencies"]],
+            **{extra: [Requirement(r) for r in reqs] for extra, reqs in project["optional-dependencies"].items()}}
+
+
 def _declared() -> dict[str, Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
-    return {_name(r): Requirement(r) for r in reqs}
+    return {_name(str(r)): r for reqs in _by_extra().values() for r in reqs}
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            pins[_name(name)] = pinned
+    return pins
 
 
 def _imported() -> tuple[dict[str, str], set[str]]:
@@ -76,16 +95,79 @@ def test_every_import_is_declared_and_every_declaration_used() -> None:
     assert undeclared == {} and unused == []
 
 
-def test_installed_versions_are_inside_the_declared_ranges() -> None:
+def outside_ranges(by_extra: dict[str, list[Requirement]], installed: Callable[[str], str | None]) -> dict:
+    """The requirements of the base and of every installed extra whose installed version is outside its range.
+    An extra counts as installed when all its packages are: a package that only arrived as somebody else's
+    dependency (httpx through openai, while `bench` was not asked for) is the resolver's business, not ours."""
     outside = {}
-    for name, req in _declared().items():
-        try:
-            installed = version(name)
-        except PackageNotFoundError:
+    for extra, reqs in by_extra.items():
+        versions = {_name(str(r)): installed(_name(str(r))) for r in reqs}
+        if extra and None in versions.values():
             continue
-        if not req.specifier.contains(installed.split("+")[0], prereleases=True):
-            outside[name] = (installed, str(req.specifier))
-    assert outside == {}
+        for req in reqs:
+            got = versions[_name(str(req))]
+            if got is not None and not req.specifier.contains(got.split("+")[0], prereleases=True):
+                outside[_name(str(req))] = (got, str(req.specifier), extra or "dependencies")
+    return outside
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def test_installed_versions_are_inside_the_declared_ranges() -> None:
+    assert outside_ranges(_by_extra(), _installed) == {}
+
+
+def test_a_transitive_package_is_judged_only_when_its_extra_is_installed() -> None:
+    """The fresh-clone failure of 2026-12-04: httpx 0.29 arrived through another package while the `bench`
+    extra (httpx<0.29) was not installed."""
+    extras = {"": [Requirement("numpy>=2,<3")], "bench": [Requirement("openai>=3,<4"), Requirement("httpx<0.29")]}
+    transitive = {"numpy": "2.4.6", "httpx": "0.29.0"}
+    assert outside_ranges(extras, transitive.get) == {}
+    asked_for = {**transitive, "openai": "3.60.0"}
+    assert outside_ranges(extras, asked_for.get) == {"httpx": ("0.29.0", "<0.29", "bench")}
+    assert outside_ranges(extras, {"numpy": "3.0"}.get) == {"numpy": ("3.0", "<3,>=2", "dependencies")}
+
+
+def test_the_lock_pins_every_declared_package_inside_its_range() -> None:
+    """constraints.txt (scripts/refresh-constraints) is one tested point inside pyproject's ranges; the build
+    backend the editable install uses is pinned to the lock's version too."""
+    lock = _lock()
+    problems = {}
+    for extra, reqs in _by_extra().items():
+        for req in reqs if extra != "gpu" else []:  # gpu: built on CUDA machines, not locked
+            name = _name(str(req))
+            if name == "torch":
+                assert name not in lock, "torch is pinned where it is installed, not in the lock"
+            elif name not in lock:
+                problems[name] = "not pinned"
+            elif not req.specifier.contains(lock[name], prereleases=True):
+                problems[name] = (lock[name], str(req.specifier))
+    assert problems == {}
+    assert _pyproject()["build-system"]["requires"] == [f"setuptools=={lock['setuptools']}"]
+
+
+def _code_blocks(text: str, heading: str) -> str:
+    start = re.search(r"^#+ .*" + heading + r".*$", text, re.M)
+    return re.search(r"```(?:bash)?\n(.*?)```", text[start.end():], re.S).group(1)
+
+
+def test_every_install_of_the_project_uses_the_lock() -> None:
+    """The README's blocks, CI and the Docker images install the project with -c constraints.txt, and CI's
+    install script is the README's test block line for line (so CI installs as a newcomer does)."""
+    readme = (ROOT / "README.md").read_text()
+    quick, tests = _code_blocks(readme, "Quick start"), _code_blocks(readme, "Tests")
+    installs = [line for text in (quick, tests, (ROOT / ".ci" / "install").read_text(),
+                                  (ROOT / "Dockerfile").read_text())
+                for line in text.splitlines() if re.search(r"pip install .*-e ", line)]
+    assert len(installs) >= 4 and all("-c constraints.txt" in line for line in installs), installs
+    ci = [line.replace(' ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}', "")
+          for line in (ROOT / ".ci" / "install").read_text().splitlines() if line.startswith("pip ")]
+    assert ci == [line for line in tests.splitlines() if line.startswith("pip ")]
 
 
 def test_slurm_launcher_preset_composes() -> None:
