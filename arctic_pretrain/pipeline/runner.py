@@ -30,6 +30,9 @@ class StageConfig:
     launcher: list[str] = field(default_factory=list)  # e.g. [deepspeed, --num_gpus, "8"] or [sbatch, --wait, ...]; [] = python
     script: str | None = None  # default launch/<stage>.py; e.g. launch/slurm_train.sbatch for sbatch
     args: list[str] = field(default_factory=list)  # key=value overrides, as on the stage's own command line
+    # more key=value overrides, applied over args: one with an arg's key replaces it in place (a rehearsal or a
+    # site file changes sizes and endpoints without restating the recipe's list)
+    overrides: list[str] = field(default_factory=list)
     done: str = MISSING  # the file the stage writes last (its manifest or report)
 
 
@@ -56,10 +59,26 @@ def validate(cfg: PipelineConfig) -> None:
         require(name in cfg.stages, "only", list(cfg.only), f"{name!r} is not a step of this pipeline: {list(cfg.stages)}")
 
 
+def _key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def merge_args(args: list[str], overrides: list[str]) -> list[str]:
+    """args with each override put in place of the arg of the same key, or appended when no arg has it."""
+    merged = list(args)
+    for override in overrides:
+        at = [i for i, arg in enumerate(merged) if _key(arg) == _key(override)]
+        if at:
+            merged[at[0]] = override
+        else:
+            merged.append(override)
+    return merged
+
+
 def command(name: str, stage: StageConfig) -> list[str]:
     script = str(PROJECT / (stage.script or f"launch/{stage.stage or name}.py"))
     launcher = list(stage.launcher) or [sys.executable]
-    return [*launcher, script, *stage.args]
+    return [*launcher, script, *merge_args(list(stage.args), list(stage.overrides))]
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
