@@ -244,9 +244,15 @@ def _dataset_units(path: Path | str, skips: Counter, cfg: ReadConfig) -> list[di
     The records' layout is checked here, from the schema or the first record: a dataset that has no text
     and nothing to fetch stops the plan stage, before any read task starts."""
     name = str(path)
-    if not is_remote(name) and not stat.S_ISREG(os.stat(name).st_mode):  # a FIFO would block the plan
-        _skip(skips, "special_file", safe_name(name))
-        return []
+    if not is_remote(name):
+        try:
+            regular = stat.S_ISREG(os.stat(name).st_mode)
+        except OSError as err:  # a dangling symlink among the shards
+            _skip(skips, "unreadable", f"{safe_name(name)} ({err})")
+            return []
+        if not regular:  # a FIFO would block the plan
+            _skip(skips, "special_file", safe_name(name))
+            return []
     if not name.endswith(".parquet"):
         try:
             rec = _first_jsonl_record(name)
