@@ -25,6 +25,32 @@ __all__ = ["BenchmarkConfig", "ConfigError", "DecontamConfig", "DedupConfig", "G
 
 
 @dataclass
+class FetchConfig:
+    """Contents of records that hold a blob id and no content (The Stack v2 and its per-repository `-ids`
+    sets), fetched from an S3-compatible store. Defaults: Software Heritage's bucket, as The Stack v2's
+    dataset card downloads it. Credentials, endpoint and profile not given here come from boto3's usual
+    chain (AWS_ACCESS_KEY_ID/..., AWS_PROFILE, ~/.aws, AWS_ENDPOINT_URL, instance roles)."""
+
+    enabled: bool = True  # false: a dataset of blob ids fails at once instead of being fetched
+    blob_field: str = "blob_id"  # a record with this field and no read.content_field is fetched
+    files_field: str = "files"  # the-stack-v2-train-*-ids: one row per repository, its files in this list
+    encoding_field: str = "src_encoding"  # the blob's text encoding (The Stack v2); absent: UTF-8
+    size_field: str = "length_bytes"  # used when present: files above read.max_file_bytes are not fetched
+    endpoint_url: str | None = None  # None: boto3's (AWS_ENDPOINT_URL, else AWS S3)
+    bucket: str = "softwareheritage"
+    key_template: str = "content/{blob_id}"
+    compression: str = "gzip"  # gzip | none: how blobs are stored (Software Heritage: gzip)
+    unsigned: bool = False  # anonymous requests (a public bucket, no credentials needed)
+    profile: str | None = None  # None: AWS_PROFILE, else the default profile
+    region: str | None = None  # None: the profile's / AWS_DEFAULT_REGION, else us-east-1
+    threads: int = 32  # concurrent requests per read task (ours: S3 latency, not bandwidth, bounds one stream)
+    retries: int = 5  # per blob: botocore's standard retry mode (throttling, 5xx, connection errors) + body reads
+    timeout_s: float = 60.0  # connect and read timeout of one request
+    fail_after: int = 100  # a task whose first N fetches all fail stops, naming the reasons (a wrong bucket,
+    # endpoint, key template or credentials), instead of counting every blob of the corpus as failed
+
+
+@dataclass
 class ReadConfig:
     """How raw inputs become one document per file."""
 
@@ -45,6 +71,7 @@ class ReadConfig:
     hf_retry_wait_s: float = 2.0  # back-off before the first retry, doubled each time (60 s at most)
     follow_symlinks: bool = True  # loops are detected, skipped and counted
     convert_notebooks: bool = True  # .ipynb -> script (code cells as code, markdown as comments), as StarCoder did
+    fetch: FetchConfig = field(default_factory=FetchConfig)  # blob-id datasets (The Stack v2): see FetchConfig
 
 
 @dataclass
@@ -117,11 +144,22 @@ def validate(cfg: CurateConfig) -> None:
     """Cross-field checks before any work starts; errors name the key and the value."""
     require(len(cfg.inputs) > 0, "inputs", list(cfg.inputs), "needs at least one path")
     require(bool(cfg.output_dir), "output_dir", cfg.output_dir, "must be a folder path")
+    require("://" not in cfg.output_dir or cfg.output_dir.startswith("file://"), "output_dir", cfg.output_dir,
+            "must be a local or shared-filesystem folder: curation keeps work files, completion markers and "
+            "memory-mapped token shards there; write locally, then copy (e.g. `aws s3 sync`)")
     r = cfg.read
     require(r.repo_depth >= 0, "read.repo_depth", r.repo_depth, "must be >= 0")
     require(r.max_file_bytes > 0, "read.max_file_bytes", r.max_file_bytes, "must be positive")
     require(r.hf_retries >= 0, "read.hf_retries", r.hf_retries, "must be >= 0")
     require(r.hf_retry_wait_s >= 0, "read.hf_retry_wait_s", r.hf_retry_wait_s, "must be >= 0")
+    fe = r.fetch
+    require("{blob_id}" in fe.key_template, "read.fetch.key_template", fe.key_template, "must contain {blob_id}")
+    require(fe.compression in ("gzip", "none"), "read.fetch.compression", fe.compression, "must be gzip or none")
+    require(bool(fe.bucket), "read.fetch.bucket", fe.bucket, "must name a bucket")
+    for key in ("threads", "fail_after"):
+        require(getattr(fe, key) >= 1, f"read.fetch.{key}", getattr(fe, key), "must be >= 1")
+    require(fe.retries >= 0, "read.fetch.retries", fe.retries, "must be >= 0")
+    require(fe.timeout_s > 0, "read.fetch.timeout_s", fe.timeout_s, "must be positive")
     for lang in r.languages:
         require(lang in LANGUAGES, "read.languages", lang, f"unknown language; known: {sorted(LANGUAGES)}")
     if r.repo_pattern is not None:

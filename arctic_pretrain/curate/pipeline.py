@@ -30,7 +30,7 @@ from arctic_pretrain.curate import slurm
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, validate
 from arctic_pretrain.curate.filters import starcoder2_filters
 from arctic_pretrain.curate.pii import RedactPII
-from arctic_pretrain.curate.readers import PLAN_COUNT, PLAN_SKIPS, PlanInputs, ReadInputs
+from arctic_pretrain.curate.readers import PLAN_COUNT, PLAN_SKIPS, PlanInputs, ReadInputs, input_exists
 from arctic_pretrain.curate.report import write_report
 from arctic_pretrain.data.grouping import AssignBucket, GroupAndTokenize, PrepareTokenizer
 from arctic_pretrain.data.shards import finalize_source
@@ -102,12 +102,9 @@ def config_hash(cfg: CurateConfig) -> str:
 def check_inputs(cfg: CurateConfig) -> None:
     """Fail before any work when no input exists (a typo, an unmounted disk), naming every path; a missing
     input next to usable ones is only counted (``missing_input``) and named in the log."""
-    import glob
-
     usable, bad = False, []
     for spec in cfg.inputs:
-        path = os.path.expanduser(spec)
-        if spec.startswith("hf:") or (glob.glob(path, recursive=True) if glob.has_magic(path) else os.path.exists(path)):
+        if spec.startswith("hf:") or input_exists(spec):
             usable = True
         else:
             bad.append(spec)

