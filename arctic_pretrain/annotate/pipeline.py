@@ -29,6 +29,7 @@ from loguru import logger
 from omegaconf import OmegaConf
 
 from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
+from arctic_pretrain.common.config import StageIncomplete
 from arctic_pretrain.common.executor import datatrove_executor, local_executor, local_workers
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import documents_files
@@ -172,7 +173,7 @@ class Annotate:
         executor.run()
         missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
         if missing:
-            raise RuntimeError(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
+            raise StageIncomplete(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
         self.write_scores_manifest()
         return None
 
@@ -190,7 +191,7 @@ class Annotate:
         missing = [str(path) for path, h in expected.items()
                    if not path.is_file() or (h is not None and _recorded(path) != h)]
         if missing:
-            raise RuntimeError(f"stage finish (select + report): its SLURM job ended without writing {missing}; "
+            raise StageIncomplete(f"stage finish (select + report): its SLURM job ended without writing {missing}; "
                                f"see {p.logs / 'finish' / 'slurm_logs'}")
         logger.info(f"SLURM jobs done: {p.out / 'selection.json'}, {p.out / 'manifest.json'}")
 
@@ -281,12 +282,12 @@ class Annotate:
         executor.run()
         missing = executor.get_incomplete_ranks(range(buckets))
         if missing:
-            raise RuntimeError(f"tokenize selection: tasks {missing} did not complete; see {p.logs / 'tokenize'}")
+            raise StageIncomplete(f"tokenize selection: tasks {missing} did not complete; see {p.logs / 'tokenize'}")
         meta = {"grouping": "language/repository", "selection": str(p.out / "selection.json"),
                 "config_hash": self.hashes["select"]}
         out = {}
         if not list(all_dir.glob("*.part.json")):
-            raise RuntimeError(f"tokenize selection: no files selected; see {p.out / 'selected'}")
+            raise StageIncomplete(f"tokenize selection: no files selected; see {p.out / 'selected'}")
         out["all"] = finalize_source(all_dir, metadata={**meta, "languages": "all"}).tokens
         link_python(all_dir, python_dir)
         if list(python_dir.glob("*.part.json")):

@@ -25,6 +25,7 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from loguru import logger
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common.config import StageIncomplete
 from arctic_pretrain.common.executor import datatrove_executor
 from arctic_pretrain.curate import slurm
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, validate
@@ -221,7 +222,7 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
                 stage_wall_s[stage.name] = time.perf_counter() - start
             missing = executor.get_incomplete_ranks(range(stage.tasks))
             if missing:
-                raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
+                raise StageIncomplete(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
             if stage.name == "plan":
                 _check_plan(cfg, out / "work")
     if cfg.executor.kind == "slurm":

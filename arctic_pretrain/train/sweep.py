@@ -212,7 +212,7 @@ def job_values(task_overrides: list[str], swept: list[str]) -> dict[str, str]:
 def run_variant(cfg: TrainConfig, train: Train, sweep_dir: Path, task_overrides: list[str],
                 poll_s: float = 30.0) -> dict:
     """Train one sweep variant in ``<sweep_dir>/<variant>``, from the shared prefix when there is one."""
-    from arctic_pretrain.train.run import setup_logging
+    from arctic_pretrain.train.runner import setup_logging
 
     setup_logging(sweep_dir, dist.env_rank())  # the sweep's own lines also go to <sweep_dir>/train.log
     plan = read_plan(sweep_dir)

@@ -32,7 +32,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what SLURM and schedulers sen
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps; the last state was saved first."""
+    """Too many consecutive non-finite steps; the last state was saved first. Exit code 3."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def test_unknown_key_is_rejected():
 
 def test_missing_source_and_overdrawn_source(tmp_path):
     cfg = load("experiment=tiny", f"data.sources.python.path={tmp_path / 'nowhere'}")
-    from arctic_pretrain.train.run import open_sources
+    from arctic_pretrain.train.runner import open_sources
 
     with pytest.raises(FileNotFoundError, match="data.sources.python.path=.*nowhere.*no manifest.json"):
         open_sources(cfg)
