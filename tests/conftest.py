@@ -70,7 +70,7 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launch
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-from arctic_pretrain.train.distributed import free_port  # noqa: E402  (one helper, shared with benchmarks)
+from arctic_pretrain.common.net import free_port  # noqa: E402  (one helper, shared with train and benchmarks)
 
 
 def humaneval_solution(task_id: str = "HumanEval/0") -> str:

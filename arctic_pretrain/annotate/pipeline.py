@@ -16,7 +16,6 @@ classifier or finished scores made with another config are never overwritten (Co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from loguru import logger
 from omegaconf import OmegaConf
 
 from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
-from arctic_pretrain.common.config import StageIncomplete
+from arctic_pretrain.common.config import StageIncomplete, config_hash
 from arctic_pretrain.common.executor import datatrove_executor, local_executor, local_workers
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import documents_files
@@ -38,7 +37,7 @@ ORDER = ("train", "score", "select", "report")
 
 
 def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(parts, 16)
 
 
 def _plain(node) -> object:

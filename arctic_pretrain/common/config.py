@@ -96,6 +96,17 @@ def to_object(cfg: Any, schema: type) -> Any:
         raise ConfigError(f"{key}: {getattr(err, 'msg', err)}") from None
 
 
+def config_hash(data: Any, length: int = 16) -> str:
+    """sha256 of ``data`` as JSON (sorted keys; ``str`` for what JSON cannot hold), first ``length`` hex
+    characters. The length is the caller's: the hashes name folders and records of existing outputs
+    (curate's and annotate's recorded hashes 16, evaluate's cache keys 20, a sweep's prefix folder 10), so
+    changing one would make a rerun redo finished work instead of resuming it."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def register(name: str, schema: type, groups: dict[str, dict[str, Any]] | None = None) -> None:
     """Put ``schema`` in Hydra's ConfigStore as ``<name>_schema`` (YAML defaults lists extend it, so every
     YAML is type-checked) and optional structured groups (``{"executor": {"local": node, ...}}``)."""

@@ -11,7 +11,6 @@ intermediate files and datatrove's logs, stats and completion markers (a re-run 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from loguru import logger
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common import config as common_config
 from arctic_pretrain.common.config import StageIncomplete
 from arctic_pretrain.common.executor import datatrove_executor
 from arctic_pretrain.curate import slurm
@@ -97,7 +97,7 @@ def config_hash(cfg: CurateConfig) -> str:
         data.pop(key, None)
     for key in _RUNTIME_EXECUTOR_KEYS:
         data["executor"].pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return common_config.config_hash(data, 16)
 
 
 def check_inputs(cfg: CurateConfig) -> None:

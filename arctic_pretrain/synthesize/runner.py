@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from arctic_pretrain.common.config import ConfigError, StageIncomplete
-from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.io import atomic_write, read_jsonl
 from arctic_pretrain.data.shards import MANIFEST, finalize_source
 from arctic_pretrain.synthesize.config import SynthesizeConfig, validate
 from arctic_pretrain.synthesize.engines import Reply, build_engine
@@ -227,7 +227,7 @@ def run(cfg: SynthesizeConfig) -> Path:
                               "rerun the same command to retry the rest")
     if cfg.workers.worker is not None or not cfg.workers.finalize:
         return out
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+    runs = read_jsonl(out / "runs.jsonl")
     return finalize(cfg, out, selection, runs)
 
 

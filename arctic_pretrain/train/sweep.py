@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -37,8 +36,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from arctic_pretrain.common.config import ConfigError
-from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.config import ConfigError, config_hash
+from arctic_pretrain.common.io import atomic_write, read_jsonl
 from arctic_pretrain.common.units import format_token_count
 from arctic_pretrain.train import distributed as dist
 from arctic_pretrain.train.config import TrainConfig
@@ -108,7 +107,7 @@ def config_digest(cfg: TrainConfig) -> str:
     data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     for key in ("run_dir", "logging", "dry_run", "nodes", "gpus_per_node"):
         data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return config_hash(data, 10)
 
 
 def prefix_config(cfg: TrainConfig, phases: list[str], sweep_dir: Path) -> TrainConfig:
@@ -260,10 +259,7 @@ def run_job(cfg: TrainConfig, train: Train) -> dict:
 
 # ---- the summary ---------------------------------------------------------------------------------
 def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(run_dir / "metrics.jsonl", missing_ok=True)
 
 
 def variant_row(run_dir: Path) -> dict[str, Any]:
