@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import fcntl
 import io
 import json
 import logging
@@ -38,8 +37,10 @@ from omegaconf import OmegaConf
 
 from arctic_pretrain.common.config import ConfigError, config_hash
 from arctic_pretrain.common.io import atomic_write, read_jsonl
+from arctic_pretrain.common.locks import try_lock, unlock
 from arctic_pretrain.common.units import format_token_count
 from arctic_pretrain.train import distributed as dist
+from arctic_pretrain.train.checkpoint import tag_for
 from arctic_pretrain.train.config import TrainConfig
 
 log = logging.getLogger("arctic_pretrain")
@@ -128,8 +129,10 @@ class PrefixLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = try_lock(fd, posix=True)  # honoured over NFS, where the variants of a sweep may run
         except OSError:
+            locked = False
+        if not locked:
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
@@ -139,7 +142,7 @@ class PrefixLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+            unlock(self.fd, posix=True)
             os.close(self.fd)
             self.fd = None
 
@@ -171,7 +174,7 @@ def ensure_prefix(pcfg: TrainConfig, train: Train, poll_s: float = 30.0) -> dict
                 result = train(pcfg)
                 if result["status"] == "preempted":
                     return None
-                done = {"checkpoint": str(run_dir / "checkpoints" / f"step_{result['step']:08d}"),
+                done = {"checkpoint": str(run_dir / "checkpoints" / tag_for(result["step"])),
                         "step": result["step"], "consumed_tokens": result["consumed_tokens"],
                         "status": result["status"], "phases": list(pcfg.curriculum.phases)}
                 if dist.rank() == 0:
