@@ -118,8 +118,6 @@ class Trainer:
         if metrics:
             self.guard.load_state_dict(state["guard"])
             saved = dict(state.get("callbacks", {}))
-            if "interval" in state:  # checkpoints written before callbacks had their own state
-                saved.setdefault("metrics", state["interval"])
             for cb in self.callbacks:
                 if cb.name in saved:
                     cb.load_state_dict(saved[cb.name])
