@@ -55,7 +55,10 @@ _RUNTIME_EXECUTOR_KEYS = ("kind", "workers", "start_method", "slurm", "ray", "wa
 
 
 @dataclass
-class Stage:
+class Job:
+    """One datatrove pipeline of a curation, run by one executor with ``tasks`` tasks (a SLURM job array under
+    SLURM); the jobs run in order. ("Stage" names the five stages of the recipe only.)"""
+
     name: str
     pipeline: list[PipelineStep]
     tasks: int
@@ -151,7 +154,7 @@ def _encode_threads(cfg: CurateConfig) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
+def build_stages(cfg: CurateConfig, digest: str = "") -> list[Job]:
     out = Path(cfg.output_dir).resolve()
     work = out / "work"
     tasks = cfg.executor.tasks
@@ -162,37 +165,37 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
     mh = minhash_config(cfg.dedup)
     shards = cfg.dedup.exact_shards or tasks
     stages = [
-        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks, exclude=[str(out)])], 1),
-        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
+        Job("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks, exclude=[str(out)])], 1),
+        Job("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
                          ExactHashes(exact_dir, shards),
                          JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks),
     ]
     if cfg.dedup.exact:
-        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks, shards)], shards))
+        stages.append(Job("exact", [ExactDedupFind(exact_dir, tasks, shards)], shards))
     clean = [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact)]
     if cfg.dedup.near:
         stages += [
-            Stage("signatures", [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact),
+            Job("signatures", [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact),
                                  CodeMinhashSignature(sigs, cfg.dedup)], tasks),
-            Stage("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
+            Job("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                   cfg.dedup.num_bands * cfg.dedup.workers_per_band),
-            Stage("clusters", [KeepFirstCluster(buckets, remove, config=mh)], 1),
+            Job("clusters", [KeepFirstCluster(buckets, remove, config=mh)], 1),
         ]
         clean.append(NearDedupFilter(remove))
     clean += [Decontaminate(cfg.decontamination, str(work / "decontamination")), RedactPII(cfg.pii),
               AssignBucket(cfg.group.buckets),
               JsonlWriter(documents, output_filename="${language}/g${bucket}-r${rank}.jsonl", compression=None)]
     stages += [
-        Stage("clean", clean, tasks),
-        Stage("tokenizer", [PrepareTokenizer(cfg.tokenize, documents, tokenizer)], 1),
-        Stage("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize,
+        Job("clean", clean, tasks),
+        Job("tokenizer", [PrepareTokenizer(cfg.tokenize, documents, tokenizer)], 1),
+        Job("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize,
                                             threads=_encode_threads(cfg))], cfg.group.buckets),
-        Stage("finalize", [Finalize(str(out), digest, cfg.decontamination.max_report_matches)], 1),
+        Job("finalize", [Finalize(str(out), digest, cfg.decontamination.max_report_matches)], 1),
     ]
     return stages
 
 
-def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
+def _executor(cfg: CurateConfig, stage: Job, logs: Path, previous):
     return datatrove_executor(cfg.executor, stage.pipeline, stage.tasks, str(logs / stage.name),
                               f"curate-{stage.name}", depends=previous)
 

@@ -276,8 +276,8 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
                                cfg.optimizer.eps, cfg.optimizer.weight_decay, cfg.deepspeed.offload_optimizer)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
     max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
-    holdout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
-    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, holdout_windows=holdout)
+    heldout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
+    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, heldout_windows=heldout)
     settings = LoopSettings(cfg.training.global_batch_size, cfg.training.micro_batch_size,
                             cfg.checkpoint.interval, cfg.max_steps)
     flops = flops_per_token(cfg.model, vocab, cfg.training.seq_len)
