@@ -1,6 +1,6 @@
 """The schema of an annotation run (``launch/annotate.py``). Field comments are the configuration reference.
 
-Numbers come from the Arctic-SnowCoder paper (shared/reference/recipe.md) unless the comment says
+Numbers come from the Arctic-SnowCoder paper (docs/recipe.md) unless the comment says
 otherwise; where the paper is silent the default is ours and the comment says so.
 """
 
