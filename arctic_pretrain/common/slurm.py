@@ -3,7 +3,7 @@ earlier jobs are queued: both would write the same outputs), and the wait (``exe
 squeue until the jobs leave the queue, fail naming the step whose job ended badly, then require every step's
 datatrove completion markers.
 
-Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
+Verified against tests/support/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Running the curation chain on SLURM through datatrove's SlurmPipelineExecutor: the sbatch arguments
 our jobs need, the submission record, and an optional wait (common/slurm.py) that names the stage that failed.
 
-Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
+Verified against tests/support/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
 """
 
 from __future__ import annotations
