@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from arctic_pretrain.train.distributed import free_port
+from arctic_pretrain.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -111,9 +111,9 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
+    from arctic_pretrain.common.net import free_port
     from arctic_pretrain.data.demo import build_demo
     from arctic_pretrain.train.config import DataConfig
-    from arctic_pretrain.train.distributed import free_port
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

@@ -25,7 +25,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from arctic_pretrain.train.distributed import free_port
+from arctic_pretrain.common.net import free_port
+from arctic_pretrain.train.checkpoint import tag_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def main() -> None:
     late = args.late or 100 * args.early
     work = Path(args.work or tempfile.mkdtemp(prefix="resume-bench-"))
     run_dir = work / "run"
-    tags = {args.early: f"step_{args.early:08d}", late: f"step_{late:08d}"}
+    tags = {args.early: tag_for(args.early), late: tag_for(late)}
     t = time.time()
     for step, tag in tags.items():  # a --work folder from an earlier call keeps the run's checkpoints
         if not (run_dir / "checkpoints" / tag / "COMPLETE").is_file():

@@ -3,7 +3,7 @@
 Each trial is a new Python process, as each training rank is: it starts the OpenMP pool, computes the cos
 of a RoPE-shaped float32 tensor (4096 elements: two 2048-element chunks, one per thread), computes it again
 and counts the elements that differ (the second call is always right). Variants alternate: ``as_is`` (what
-torch does) and ``resolved`` (``common.cpu_math.resolve_vml_kernels`` first, as train/run.py does).
+torch does) and ``resolved`` (``common.cpu_math.resolve_vml_kernels`` first, as train/runner.py does).
 
     python benchmarks/vml_first_call.py --processes 150 --out benchmarks/results/vml_first_call.json
 

@@ -9,40 +9,19 @@ runs one stage; finished stages are skipped.
 from __future__ import annotations
 
 import os
-import sys
 
+from arctic_pretrain.annotate import run, summary
 from arctic_pretrain.annotate.config import AnnotateConfig, register
-from arctic_pretrain.common.config import ConfigError, entry_point
+from arctic_pretrain.common.config import entry_point
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # datatrove forks workers after tokenizers ran
 register()
 
 
-@entry_point("annotate", "annotate", AnnotateConfig, __doc__, version_base=None,
-             missing_hint="usage: python launch/annotate.py curated=<curation output_dir> [select.tokens=N]")
-def main(cfg: AnnotateConfig) -> None:
-    from arctic_pretrain.annotate import run
-    from arctic_pretrain.annotate.training_data import ContaminatedPositives
-
-    try:
-        out = run(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except ContaminatedPositives as err:
-        print(f"annotate: refusing to train on contaminated positives: {err}", file=sys.stderr)
-        sys.exit(1)
-    except RuntimeError as err:
-        print(f"annotate failed: {err}", file=sys.stderr)
-        sys.exit(1)
-    if cfg.executor.kind == "slurm" and not cfg.executor.wait:
-        print(f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
-              f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
-        return
-    if not (out / "manifest.json").is_file():  # a stage= run: the other stages are still to run
-        print(f"stage={cfg.stage} complete in {out}; stage=all runs the rest (train, score, select, report)")
-        return
-    print(f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md")
+@entry_point("annotate", "annotate", AnnotateConfig, __doc__,
+             missing_hint="usage: python launch/annotate.py curated=<curated output_dir> [select.tokens=N]")
+def main(cfg: AnnotateConfig) -> str:
+    return summary(cfg, run(cfg))
 
 
 if __name__ == "__main__":

@@ -10,40 +10,17 @@ Examples:
 
 from __future__ import annotations
 
-import sys
-
-from arctic_pretrain.common.config import ConfigError, entry_point
+from arctic_pretrain.common.config import entry_point
+from arctic_pretrain.curate import run, summary
 from arctic_pretrain.curate.config import CurateConfig, register
 
 register()
 
 
 @entry_point("curate", "curate", CurateConfig, __doc__, missing_hint="usage: python launch/curate.py "
-             "inputs=[DIR,...] output_dir=OUT (--help for more)", version_base=None)
-def main(config: CurateConfig) -> None:
-    from arctic_pretrain.common.slurm import submitted_jobs
-    from arctic_pretrain.curate.pipeline import run
-
-    try:
-        out = run(config)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as err:  # a stage did not complete (its logs are named)
-        print(f"curation failed: {err}", file=sys.stderr)
-        sys.exit(1)
-    if config.executor.kind == "slurm" and not config.executor.wait:
-        jobs = submitted_jobs(out / "logs")
-        if not jobs:
-            print(f"nothing to submit: every stage is complete; report: {out}/report.json")
-            return
-        print(f"submitted {len(jobs)} SLURM jobs, each starting after the previous one succeeds (afterok):")
-        print("  " + ", ".join(f"{stage}={job}" for stage, job in jobs.items()))
-        print(f"report: {out}/report.json and tokens in {out}/tokens/<language> once job {list(jobs.values())[-1]} "
-              f"(finalize) ends; watch: squeue -j {','.join(jobs.values())}; logs: {out}/logs/<stage>/slurm_logs "
-              "(or add executor.wait=true to block until the chain ends)")
-        return
-    print(f"curated: {out}/report.json, tokens in {out}/tokens/<language>")
+             "inputs=[DIR,...] output_dir=OUT (--help for more)")
+def main(cfg: CurateConfig) -> str:
+    return summary(cfg, run(cfg))
 
 
 if __name__ == "__main__":

@@ -13,28 +13,16 @@ Examples:
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from arctic_pretrain.common.config import ConfigError, entry_point
+from arctic_pretrain.common.config import entry_point
+from arctic_pretrain.evaluate import run, summary
 from arctic_pretrain.evaluate.config import EvalConfig, register
 
 register()
 
 
 @entry_point("evaluate", "evaluate", EvalConfig, __doc__)
-def main(cfg: EvalConfig) -> None:
-    from arctic_pretrain.evaluate.results import markdown_table
-    from arctic_pretrain.evaluate.runner import evaluate
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        results = evaluate(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(markdown_table(results, cfg.reference))
-    print(f"results written to {cfg.output_dir}/results.json, results.md, pass_at_1.png")
+def main(cfg: EvalConfig) -> str:
+    return summary(cfg, run(cfg))
 
 
 if __name__ == "__main__":

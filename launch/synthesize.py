@@ -3,32 +3,17 @@ backend.base_url=http://node:8000/v1 backend.model=<name>`` (or backend=vllm / b
 
 from __future__ import annotations
 
-import sys
-
-from arctic_pretrain.common.config import ConfigError, entry_point
-from arctic_pretrain.synthesize.config import SynthesizeConfig, register, validate
+from arctic_pretrain.common.config import entry_point
+from arctic_pretrain.synthesize import run, summary
+from arctic_pretrain.synthesize.config import SynthesizeConfig, register
 
 register()
 
 
-@entry_point("synthesize", "synthesize", SynthesizeConfig, __doc__, version_base=None,
+@entry_point("synthesize", "synthesize", SynthesizeConfig, __doc__,
              missing_hint="usage: python launch/synthesize.py seeds=<annotate output_dir> backend=openai|vllm|transformers ...")
-def main(config: SynthesizeConfig) -> None:
-    from arctic_pretrain.synthesize import run
-
-    try:
-        validate(config)
-        out = run(config)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as err:  # requests that gave up: finished seeds are kept, a rerun retries the rest
-        print(f"synthesis incomplete: {err}", file=sys.stderr)
-        sys.exit(1)
-    if config.workers.worker is not None or not config.workers.finalize:
-        print(f"worker {config.workers.worker} done: {out}/generations; rerun without workers.worker to finalize")
-        return
-    print(f"synthesized: {out}/synthesis.json, token source {out}/manifest.json")
+def main(cfg: SynthesizeConfig) -> str:
+    return summary(cfg, run(cfg))
 
 
 if __name__ == "__main__":

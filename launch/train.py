@@ -33,20 +33,10 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return out
 
 
-def reject_moved_keys(argv: list[str]) -> None:
-    """Command lines of earlier versions fail with the new spelling, before Hydra parses them."""
-    for arg in argv[1:]:
-        if arg.lstrip("+~").startswith("faults."):
-            print(f"error: {arg!r}: fault injection is no longer a config key; it is test-only and set through "
-                  "the environment: ARCTIC_PRETRAIN_FAULTS='kill_at_step=12,kill_point=during_save' "
-                  "(see arctic_pretrain/train/callbacks/faults.py)", file=sys.stderr)
-            sys.exit(2)
-
-
 sys.argv = strip_launcher_args(sys.argv)
-reject_moved_keys(sys.argv)
 
-from arctic_pretrain.common.config import ConfigError, config_groups, entry_point  # noqa: E402
+from arctic_pretrain.common.config import config_groups, entry_point  # noqa: E402
+from arctic_pretrain.train import run  # noqa: E402
 from arctic_pretrain.train.config import TrainConfig, register  # noqa: E402
 
 register()
@@ -65,29 +55,10 @@ def stage_callbacks(cfg: TrainConfig) -> list:
                                cfg.training.seq_len, ev.heldout_windows, ev.humaneval_limit, ev.max_new_tokens)]
 
 
-@entry_point("train", "train", TrainConfig, __doc__, missing_hint=EXPERIMENT_HINT)
+# a missing data source or init_from checkpoint is named by its key: a config error (train/runner.py, checkpoint.py)
+@entry_point("train", "train", TrainConfig, __doc__, missing_hint=EXPERIMENT_HINT, exit_codes={FileNotFoundError: 2})
 def main(cfg: TrainConfig) -> None:
-    from arctic_pretrain.train.checkpoint import CorruptCheckpoint
-    from arctic_pretrain.train.run import run, strict_cpu_gemms
-    from arctic_pretrain.train.trainer import TrainingDiverged
-
-    if cfg.training.deterministic:  # first thing after the config: MKL reads it at its first call
-        strict_cpu_gemms()
-    try:
-        if cfg.dry_run:
-            from arctic_pretrain.train.dry_run import report
-
-            print(report(cfg))
-            return
-        from arctic_pretrain.train.sweep import run_job  # -m: a sweep variant, from the shared prefix
-
-        run_job(cfg, lambda c: run(c, callbacks=stage_callbacks(c)))
-    except (ConfigError, FileNotFoundError, CorruptCheckpoint) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+    run(cfg, callbacks_for=stage_callbacks)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,20 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launch
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-from arctic_pretrain.train.distributed import free_port  # noqa: E402  (one helper, shared with benchmarks)
+from arctic_pretrain.common.net import free_port  # noqa: E402  (one helper, shared with train and benchmarks)
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_file(name: str) -> str:
+    """A real file of this machine's Python standard library (real code for filters, dedup, grouping)."""
+    return (STDLIB / name).read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def normal_python() -> str:
+    """A real, ordinary Python file every filter must keep."""
+    return stdlib_file("json/decoder.py")
 
 
 def humaneval_solution(task_id: str = "HumanEval/0") -> str:

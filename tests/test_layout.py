@@ -74,3 +74,38 @@ def test_the_walk_sees_a_cycle_hidden_inside_a_function(tmp_path):
     edges = package_imports(pkg)
     assert edges == {"a": {"b": "arctic_pretrain/a/__init__.py:1"}, "b": {"a": "arctic_pretrain/b/__init__.py:2"}}
     assert len(cycles(edges)) == 2
+
+
+# ---- the stage contract (arctic_pretrain/common/config.py, docs/architecture.md) ---------------------------
+
+def test_every_stage_follows_the_contract():
+    """Each stage exports ``run(cfg) -> Path``, keeps ``validate`` and ``register`` in its ``config.py``, and
+    its launcher is ``entry_point`` around one call: no try/except (entry_point maps errors to exit codes)."""
+    import importlib
+    import inspect
+
+    root = PACKAGE.parent
+    for stage in sorted(STAGES):
+        package = importlib.import_module(f"arctic_pretrain.{stage}")
+        assert "run" in package.__all__ and inspect.isfunction(package.run), stage
+        assert inspect.signature(package.run).return_annotation in ("Path", "pathlib.Path"), stage
+        config = importlib.import_module(f"arctic_pretrain.{stage}.config")
+        assert inspect.isfunction(config.validate) and inspect.isfunction(config.register), stage
+        launcher = ast.parse((root / "launch" / f"{stage}.py").read_text())
+        tries = [node.lineno for node in ast.walk(launcher) if isinstance(node, ast.Try)]
+        assert not tries, f"launch/{stage}.py: try/except at lines {tries} (entry_point maps errors to exit codes)"
+        decorated = [f for f in launcher.body if isinstance(f, ast.FunctionDef) and f.name == "main"]
+        assert decorated and any(getattr(d.func, "id", "") == "entry_point" for d in decorated[0].decorator_list
+                                 if isinstance(d, ast.Call)), f"launch/{stage}.py: main is not an entry_point"
+
+
+def test_a_stage_run_stays_a_function_after_its_modules_load():
+    """A submodule named like the front door (train/run.py once) replaces ``<stage>.run`` on import."""
+    import importlib
+    import inspect
+
+    for stage in sorted(STAGES):
+        for module in (PACKAGE / stage).glob("*.py"):
+            if module.stem == "run":
+                raise AssertionError(f"{module}: importing it would replace arctic_pretrain.{stage}.run")
+        assert inspect.isfunction(importlib.import_module(f"arctic_pretrain.{stage}").run), stage

@@ -1,7 +1,8 @@
 """Phase-2 data: the quality annotator. Train a classifier (positives vs random phase-1 files), score
 every curated file, select the top per language, group and tokenize the selection, report.
 
-``run(cfg) -> Path`` is the entry point launch/annotate.py (and the demo pipeline) call.
+``run(cfg) -> Path`` is the entry point launch/annotate.py (and the demo pipeline) call; ``summary(cfg, out)``
+is what the launcher prints.
 """
 
 from __future__ import annotations
@@ -16,4 +17,14 @@ def run(cfg) -> Path:
     return _run(cfg)
 
 
-__all__ = ["run"]
+def summary(cfg, out: Path) -> str:
+    """What a finished, partial (``stage=``) or submitted (SLURM) annotation tells its user."""
+    if cfg.executor.kind == "slurm" and not cfg.executor.wait:
+        return (f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
+                f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
+    if not (out / "manifest.json").is_file():  # a stage= run: the other stages are still to run
+        return f"stage={cfg.stage} complete in {out}; stage=all runs the rest (train, score, select, report)"
+    return f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md"
+
+
+__all__ = ["run", "summary"]

@@ -1,6 +1,6 @@
 """The schema of an annotation run (``launch/annotate.py``). Field comments are the configuration reference.
 
-Numbers come from the Arctic-SnowCoder paper (shared/reference/recipe.md) unless the comment says
+Numbers come from the Arctic-SnowCoder paper (docs/recipe.md) unless the comment says
 otherwise; where the paper is silent the default is ours and the comment says so.
 """
 
@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from arctic_pretrain.common import executor
 from arctic_pretrain.common.config import ConfigError, require, to_object
-from arctic_pretrain.common.config import register as _register
+from arctic_pretrain.common.config import register as register_schema
 from arctic_pretrain.common.units import parse_token_count
 from arctic_pretrain.text.decontamination import BenchmarkConfig, DecontamConfig
 
@@ -187,5 +187,5 @@ def to_config(cfg: Any) -> AnnotateConfig:
 
 def register() -> None:
     """The schema and the executor group in Hydra's ConfigStore (`executor=local|slurm|ray`)."""
-    _register("annotate", AnnotateConfig,
+    register_schema("annotate", AnnotateConfig,
               executor.executor_group(ExecutorConfig, slurm_tasks=64, ray_tasks=16))

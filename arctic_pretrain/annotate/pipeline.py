@@ -16,7 +16,6 @@ classifier or finished scores made with another config are never overwritten (Co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from loguru import logger
 from omegaconf import OmegaConf
 
 from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
+from arctic_pretrain.common.config import StageIncomplete, config_hash
 from arctic_pretrain.common.executor import datatrove_executor, local_executor, local_workers
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import documents_files
@@ -37,7 +37,7 @@ ORDER = ("train", "score", "select", "report")
 
 
 def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(parts, 16)
 
 
 def _plain(node) -> object:
@@ -172,7 +172,7 @@ class Annotate:
         executor.run()
         missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
         if missing:
-            raise RuntimeError(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
+            raise StageIncomplete(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
         self.write_scores_manifest()
         return None
 
@@ -190,7 +190,7 @@ class Annotate:
         missing = [str(path) for path, h in expected.items()
                    if not path.is_file() or (h is not None and _recorded(path) != h)]
         if missing:
-            raise RuntimeError(f"stage finish (select + report): its SLURM job ended without writing {missing}; "
+            raise StageIncomplete(f"stage finish (select + report): its SLURM job ended without writing {missing}; "
                                f"see {p.logs / 'finish' / 'slurm_logs'}")
         logger.info(f"SLURM jobs done: {p.out / 'selection.json'}, {p.out / 'manifest.json'}")
 
@@ -281,12 +281,12 @@ class Annotate:
         executor.run()
         missing = executor.get_incomplete_ranks(range(buckets))
         if missing:
-            raise RuntimeError(f"tokenize selection: tasks {missing} did not complete; see {p.logs / 'tokenize'}")
+            raise StageIncomplete(f"tokenize selection: tasks {missing} did not complete; see {p.logs / 'tokenize'}")
         meta = {"grouping": "language/repository", "selection": str(p.out / "selection.json"),
                 "config_hash": self.hashes["select"]}
         out = {}
         if not list(all_dir.glob("*.part.json")):
-            raise RuntimeError(f"tokenize selection: no files selected; see {p.out / 'selected'}")
+            raise StageIncomplete(f"tokenize selection: no files selected; see {p.out / 'selected'}")
         out["all"] = finalize_source(all_dir, metadata={**meta, "languages": "all"}).tokens
         link_python(all_dir, python_dir)
         if list(python_dir.glob("*.part.json")):

@@ -18,14 +18,15 @@ from pathlib import Path
 from loguru import logger
 
 from arctic_pretrain.annotate.config import AnnotateConfig, PositiveSource
-from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.config import DataError
+from arctic_pretrain.common.io import atomic_write, read_jsonl
 from arctic_pretrain.data.documents import DocumentRef, documents_files, read_document
 from arctic_pretrain.text.decontamination import Decontaminate, normalize
 
 EXACT_SAMPLE_BYTES = 1 << 30  # ours: below 1 GB of documents negatives are drawn exactly; above, by random seeks
 
 
-class ContaminatedPositives(ValueError):
+class ContaminatedPositives(DataError):
     """A positive example contains a benchmark item."""
 
 
@@ -214,5 +215,4 @@ class BuildTrainingData:
 
 
 def read_split(folder: Path, name: str) -> list[dict]:
-    with open(folder / f"{name}.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+    return read_jsonl(folder / f"{name}.jsonl")

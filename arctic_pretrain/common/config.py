@@ -1,8 +1,10 @@
-"""One config helper for every stage: one error type, key checking against the schema, Hydra registration.
+"""One config helper for every stage: the error types, key checking against the schema, Hydra registration,
+and ``entry_point``, the one front door of every launcher.
 
-Each stage keeps its schema (dataclasses) in its own ``config.py``; what is common is how a composed
-config is checked: unknown keys and bad values fail with one ``ConfigError`` whose message names the
-key and the value, and entry points turn it into exit code 2.
+The stage contract (docs/architecture.md, checked by tests/test_layout.py): ``arctic_pretrain/<stage>/``
+exports ``run(cfg) -> Path`` (the folder it completed); ``<stage>/config.py`` holds the schema, ``validate``
+and ``register``; ``launch/<stage>.py`` is ``entry_point`` around one call, with no try/except of its own:
+``entry_point`` turns an error into its exit code (``EXIT_CODES``) and a one-line message naming it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,39 @@ def conf_dir(stage: str) -> str:
     return str(CONF_DIR / stage)
 
 
+HYDRA_VERSION_BASE = "1.3"  # every entry point and every test composing a config
+
+
 class ConfigError(ValueError):
-    """An invalid configuration; the message names the key and the value."""
+    """An invalid configuration; the message names the key and the value. Exit code 2."""
+
+    exit_code = 2
+
+
+class DataError(ValueError):
+    """Input data that cannot be used (a file, a field, a value of the inputs, named). Exit code 3."""
+
+    exit_code = 3
+
+
+class StageIncomplete(RuntimeError):
+    """Work that did not complete (tasks, jobs or requests that failed; their logs are named). What is
+    finished is kept and a rerun resumes. Exit code 1."""
+
+    exit_code = 1
+
+
+# The exit code of each error an entry point reports in one line (any exception class may also set its own
+# ``exit_code``, e.g. train's CorruptCheckpoint and TrainingDiverged); anything else surfaces with its traceback.
+EXIT_CODES = {ConfigError: 2, DataError: 3, StageIncomplete: 1}
+
+
+def exit_code(err: BaseException, extra: dict[type, int] | None = None) -> int | None:
+    """The exit code ``entry_point`` gives ``err``, or None: not one of ours (let it surface with its traceback)."""
+    for kind, code in (extra or {}).items():
+        if isinstance(err, kind):
+            return code
+    return getattr(type(err), "exit_code", None)
 
 
 def require(ok: bool, key: str, value: object, why: str) -> None:
@@ -63,6 +96,17 @@ def to_object(cfg: Any, schema: type) -> Any:
         raise ConfigError(f"{key}: {getattr(err, 'msg', err)}") from None
 
 
+def config_hash(data: Any, length: int = 16) -> str:
+    """sha256 of ``data`` as JSON (sorted keys; ``str`` for what JSON cannot hold), first ``length`` hex
+    characters. The length is the caller's: the hashes name folders and records of existing outputs
+    (curate's and annotate's recorded hashes 16, evaluate's cache keys 20, a sweep's prefix folder 10), so
+    changing one would make a rerun redo finished work instead of resuming it."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def register(name: str, schema: type, groups: dict[str, dict[str, Any]] | None = None) -> None:
     """Put ``schema`` in Hydra's ConfigStore as ``<name>_schema`` (YAML defaults lists extend it, so every
     YAML is type-checked) and optional structured groups (``{"executor": {"local": node, ...}}``)."""
@@ -75,9 +119,9 @@ def register(name: str, schema: type, groups: dict[str, dict[str, Any]] | None =
             cs.store(group=group, name=option, node=node)
 
 
-# ---- entry points: --help and exit code 2 for every config error --------------------------------------
+# ---- entry points: --help, exit code 2 for every config error, EXIT_CODES for the rest ------------------
 
-CONFIG_ERROR_EXIT = 2
+CONFIG_ERROR_EXIT = EXIT_CODES[ConfigError]
 
 
 def config_groups(stage: str) -> dict[str, list[str]]:
@@ -118,10 +162,12 @@ def missing_message(err: Exception, hint: str = "") -> str:
 
 
 def entry_point(stage: str, config_name: str, schema: type, doc: str, missing_hint: str = "",
-                version_base: str | None = "1.3"):
+                exit_codes: dict[type, int] | None = None):
     """Decorator for a stage's ``main(cfg: Schema)``, in place of ``hydra.main``: ``-h/--help`` prints
     ``help_text``; the composed config is checked with ``to_object``; every config error (Hydra's own
-    composition errors included: unknown key, bad type, unknown group option) exits 2 naming it."""
+    composition errors included: unknown key, bad type, unknown group option) exits 2 naming it; an error
+    with an exit code (``exit_code``; ``exit_codes`` adds a stage's own, e.g. train's FileNotFoundError: 2)
+    prints ``error: <message>`` and exits with it. A string ``main`` returns is printed (its summary)."""
     import functools
 
     def wrap(task):
@@ -147,13 +193,18 @@ def entry_point(stage: str, config_name: str, schema: type, doc: str, missing_hi
                         OmegaConf.to_container(dict_cfg, throw_on_missing=True)
                     except MissingMandatoryValue as err:
                         raise ConfigError(missing_message(err, missing_hint)) from None
-                    return task(to_object(dict_cfg, schema))
-                except ConfigError as err:
+                    summary = task(to_object(dict_cfg, schema))
+                except Exception as err:
+                    code = exit_code(err, exit_codes)
+                    if code is None:
+                        raise  # not one of ours (a torch error, a bug): its traceback is the message
                     print(f"error: {err}", file=sys.stderr)
-                    sys.exit(CONFIG_ERROR_EXIT)
+                    sys.exit(code)
+                if isinstance(summary, str) and summary:
+                    print(summary)
 
             try:
-                hydra.main(version_base=version_base, config_path=conf_dir(stage), config_name=config_name)(job)()
+                hydra.main(version_base=HYDRA_VERSION_BASE, config_path=conf_dir(stage), config_name=config_name)(job)()
             except SystemExit as exc:
                 if exc.code == 1 and not started:  # Hydra printed a composition error (key, value) above
                     print(f"error: invalid configuration (see above); python {sys.argv[0]} --help lists "

@@ -25,3 +25,15 @@ def atomic_write(path: str | Path, text: str) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
+    """Every record of a JSONL file, blank lines skipped (``.gz``: through gzip); ``missing_ok``: [] for no file."""
+    import gzip
+    import json
+
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -3,7 +3,7 @@ earlier jobs are queued: both would write the same outputs), and the wait (``exe
 squeue until the jobs leave the queue, fail naming the step whose job ended badly, then require every step's
 datatrove completion markers.
 
-Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
+Verified against tests/support/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from loguru import logger
 
-from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.config import ConfigError, StageIncomplete
 from arctic_pretrain.common.io import atomic_write
 
 SLURM_RECORD = "slurm_jobs.json"
@@ -109,14 +109,14 @@ def wait_for_jobs(steps: list[SlurmStep], logs: str | Path, grace_s: float = 60.
         if queued is None:
             failures += 1
             if failures >= 10:
-                raise RuntimeError("squeue failed 10 times in a row; the jobs may still run: see squeue")
+                raise StageIncomplete("squeue failed 10 times in a row; the jobs may still run: see squeue")
         else:
             failures = 0
             if not queued:
                 break
             running = any(state == "RUNNING" for rows in queued.values() for state, _ in rows)
             if not running and all(r == "DependencyNeverSatisfied" for rows in queued.values() for _, r in rows):
-                raise RuntimeError(f"SLURM jobs {sorted(queued)} ({', '.join(step_of[j] for j in sorted(queued))}) "
+                raise StageIncomplete(f"SLURM jobs {sorted(queued)} ({', '.join(step_of[j] for j in sorted(queued))}) "
                                    f"can never start (a step before them failed); scancel them; "
                                    f"logs: {logs}/<step>/slurm_logs")
         time.sleep(min(60.0, max(1.0, (time.monotonic() - start) / 10)))
@@ -128,6 +128,6 @@ def wait_for_jobs(steps: list[SlurmStep], logs: str | Path, grace_s: float = 60.
         while missing := step.executor.get_incomplete_ranks(range(step.tasks)):
             if time.monotonic() >= deadline:
                 why = f"; SLURM job {first_bad} ({step_of[first_bad]}) ended {bad[first_bad]}" if bad else ""
-                raise RuntimeError(f"stage {step.name}: tasks {missing} did not complete (SLURM job "
+                raise StageIncomplete(f"stage {step.name}: tasks {missing} did not complete (SLURM job "
                                    f"{step.job_id or '?'}){why}; see {logs}/<stage>/slurm_logs")
             time.sleep(5.0)

@@ -1,6 +1,6 @@
 """The schema of a curation run (``launch/curate.py``). Field comments are the configuration reference.
 
-Numbers come from the StarCoder2 / The Stack v2 processing (shared/reference/recipe.md) unless the
+Numbers come from the StarCoder2 / The Stack v2 processing (docs/recipe.md) unless the
 comment says otherwise; where the recipe is silent the default is ours and the comment says so.
 """
 

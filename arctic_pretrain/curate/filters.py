@@ -1,7 +1,7 @@
 """The StarCoder2 / The Stack v2 file heuristics, one datatrove BaseFilter per rule.
 
 One class per rule so that each has its own datatrove counters (``dropped_<reason>``) and time share;
-every threshold comes from FilterConfig (recipe.md, StarCoder2 section).
+every threshold comes from FilterConfig (docs/recipe.md, StarCoder2 section).
 """
 
 from __future__ import annotations

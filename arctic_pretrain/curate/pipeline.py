@@ -11,7 +11,6 @@ intermediate files and datatrove's logs, stats and completion markers (a re-run 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,6 +24,8 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from loguru import logger
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common import config as common_config
+from arctic_pretrain.common.config import StageIncomplete
 from arctic_pretrain.common.executor import datatrove_executor
 from arctic_pretrain.curate import slurm
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, validate
@@ -54,7 +55,10 @@ _RUNTIME_EXECUTOR_KEYS = ("kind", "workers", "start_method", "slurm", "ray", "wa
 
 
 @dataclass
-class Stage:
+class Job:
+    """One datatrove pipeline of a curation, run by one executor with ``tasks`` tasks (a SLURM job array under
+    SLURM); the jobs run in order. ("Stage" names the five stages of the recipe only.)"""
+
     name: str
     pipeline: list[PipelineStep]
     tasks: int
@@ -96,7 +100,7 @@ def config_hash(cfg: CurateConfig) -> str:
         data.pop(key, None)
     for key in _RUNTIME_EXECUTOR_KEYS:
         data["executor"].pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return common_config.config_hash(data, 16)
 
 
 def check_inputs(cfg: CurateConfig) -> None:
@@ -147,7 +151,7 @@ def _encode_threads(cfg: CurateConfig) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
+def build_stages(cfg: CurateConfig, digest: str = "") -> list[Job]:
     out = Path(cfg.output_dir).resolve()
     work = out / "work"
     tasks = cfg.executor.tasks
@@ -158,37 +162,37 @@ def build_stages(cfg: CurateConfig, digest: str = "") -> list[Stage]:
     mh = minhash_config(cfg.dedup)
     shards = cfg.dedup.exact_shards or tasks
     stages = [
-        Stage("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks, exclude=[str(out)])], 1),
-        Stage("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
+        Job("plan", [PlanInputs(list(cfg.inputs), cfg.read, str(work), tasks, exclude=[str(out)])], 1),
+        Job("curate", [ReadInputs(cfg.read, str(work)), *starcoder2_filters(cfg.filter),
                          ExactHashes(exact_dir, shards),
                          JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks),
     ]
     if cfg.dedup.exact:
-        stages.append(Stage("exact", [ExactDedupFind(exact_dir, tasks, shards)], shards))
+        stages.append(Job("exact", [ExactDedupFind(exact_dir, tasks, shards)], shards))
     clean = [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact)]
     if cfg.dedup.near:
         stages += [
-            Stage("signatures", [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact),
+            Job("signatures", [RankReader(filtered), ExactDedupFilter(exact_dir, enabled=cfg.dedup.exact),
                                  CodeMinhashSignature(sigs, cfg.dedup)], tasks),
-            Stage("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
+            Job("buckets", [MinhashDedupBuckets(sigs, buckets, config=mh)],
                   cfg.dedup.num_bands * cfg.dedup.workers_per_band),
-            Stage("clusters", [KeepFirstCluster(buckets, remove, config=mh)], 1),
+            Job("clusters", [KeepFirstCluster(buckets, remove, config=mh)], 1),
         ]
         clean.append(NearDedupFilter(remove))
     clean += [Decontaminate(cfg.decontamination, str(work / "decontamination")), RedactPII(cfg.pii),
               AssignBucket(cfg.group.buckets),
               JsonlWriter(documents, output_filename="${language}/g${bucket}-r${rank}.jsonl", compression=None)]
     stages += [
-        Stage("clean", clean, tasks),
-        Stage("tokenizer", [PrepareTokenizer(cfg.tokenize, documents, tokenizer)], 1),
-        Stage("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize,
+        Job("clean", clean, tasks),
+        Job("tokenizer", [PrepareTokenizer(cfg.tokenize, documents, tokenizer)], 1),
+        Job("tokenize", [GroupAndTokenize(documents, tokens, tokenizer, cfg.group, cfg.tokenize,
                                             threads=_encode_threads(cfg))], cfg.group.buckets),
-        Stage("finalize", [Finalize(str(out), digest, cfg.decontamination.max_report_matches)], 1),
+        Job("finalize", [Finalize(str(out), digest, cfg.decontamination.max_report_matches)], 1),
     ]
     return stages
 
 
-def _executor(cfg: CurateConfig, stage: Stage, logs: Path, previous):
+def _executor(cfg: CurateConfig, stage: Job, logs: Path, previous):
     return datatrove_executor(cfg.executor, stage.pipeline, stage.tasks, str(logs / stage.name),
                               f"curate-{stage.name}", depends=previous)
 
@@ -218,7 +222,7 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
                 stage_wall_s[stage.name] = time.perf_counter() - start
             missing = executor.get_incomplete_ranks(range(stage.tasks))
             if missing:
-                raise RuntimeError(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
+                raise StageIncomplete(f"stage {stage.name}: tasks {missing} did not complete; see {out / 'logs' / stage.name}")
             if stage.name == "plan":
                 _check_plan(cfg, out / "work")
     if cfg.executor.kind == "slurm":

@@ -1,7 +1,7 @@
 """Running the curation chain on SLURM through datatrove's SlurmPipelineExecutor: the sbatch arguments
 our jobs need, the submission record, and an optional wait (common/slurm.py) that names the stage that failed.
 
-Verified against tests/curate/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
+Verified against tests/support/fake_slurm, a one-node scheduler speaking the sbatch/squeue/srun protocol.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from arctic_pretrain.common.slurm import (
 from arctic_pretrain.curate.config import ConfigError, CurateConfig
 
 if TYPE_CHECKING:
-    from arctic_pretrain.curate.pipeline import Stage
+    from arctic_pretrain.curate.pipeline import Job
 
 
-def submit(cfg: CurateConfig, stages: list[Stage], executors: list, out: Path) -> dict[str, str]:
+def submit(cfg: CurateConfig, stages: list[Job], executors: list, out: Path) -> dict[str, str]:
     if "SLURM_ARRAY_TASK_ID" in os.environ:
         raise ConfigError("executor=slurm submits jobs: run launch/curate.py on a login node, not inside "
                                   f"a SLURM array job (SLURM_ARRAY_TASK_ID={os.environ['SLURM_ARRAY_TASK_ID']})")
@@ -44,7 +44,7 @@ def submit(cfg: CurateConfig, stages: list[Stage], executors: list, out: Path) -
     return submit_once(out / "logs", f"output_dir={cfg.output_dir!r}", cfg.executor.wait, submit_chain)
 
 
-def wait(stages: list[Stage], executors: list, jobs: dict[str, str], out: Path, grace_s: float = 60.0) -> None:
+def wait(stages: list[Job], executors: list, jobs: dict[str, str], out: Path, grace_s: float = 60.0) -> None:
     """Block until the chain's jobs leave the queue, then require every stage's completion markers
     (common.slurm.wait_for_jobs: a failed job names its stage)."""
     steps = [SlurmStep(stage.name, ex, stage.tasks, jobs.get(stage.name))

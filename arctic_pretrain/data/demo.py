@@ -21,6 +21,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from arctic_pretrain.common.locks import exclusive
 from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
 from arctic_pretrain.data.tokenizer import train_tokenizer
 
@@ -98,7 +99,6 @@ def _chain(*iterators: Iterator[Path]) -> Iterator[Path]:
 
 def build_demo(root: Path, megabytes: float, vocab_size: int) -> Path:
     """Build (or reuse) the demo corpus under ``root``; returns the folder holding the sources."""
-    from filelock import FileLock
     from tokenizers import Tokenizer
 
     version = f"py{sys.version_info.major}{sys.version_info.minor}-{megabytes:g}MB-v{vocab_size}"
@@ -106,7 +106,7 @@ def build_demo(root: Path, megabytes: float, vocab_size: int) -> Path:
     if (folder / READY).is_file():
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{version}.lock")):
+    with exclusive(root / f"{version}.lock"):
         if (folder / READY).is_file():
             return folder
         log.info("building the demo corpus in %s (once; cached for later runs)", folder)

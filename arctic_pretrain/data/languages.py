@@ -1,6 +1,6 @@
 """Language of a file from its extension or name: The Stack's table, cut to what phase 1 trains on.
 
-Phase 1 covers 18 languages (recipe.md) plus the Markdown/JSON/YAML the StarCoder2 filters treat as
+Phase 1 covers 18 languages (docs/recipe.md) plus the Markdown/JSON/YAML the StarCoder2 filters treat as
 data formats; a few neighbours (HTML, CSS, XML, text) are known so that a config can opt into them.
 """
 

@@ -37,13 +37,13 @@ class Batch:
 
 class MixtureSampler:
     def __init__(self, sources: dict[str, TokenSource], seq_len: int, seed: int,
-                 max_epochs: dict[str, float] | None = None, holdout_windows: int = 0) -> None:
+                 max_epochs: dict[str, float] | None = None, heldout_windows: int = 0) -> None:
         self.names = list(sources)
         self.sources = [sources[n] for n in self.names]
         self.seq_len = seq_len
         self.seed = seed
-        # the last `holdout_windows` windows of each source are never drawn (held-out loss reads them)
-        self.windows = [max(s.num_windows(seq_len) - holdout_windows, 1) for s in self.sources]
+        # the last `heldout_windows` windows of each source are never drawn (held-out loss reads them)
+        self.windows = [max(s.num_windows(seq_len) - heldout_windows, 1) for s in self.sources]
         self.max_epochs = max_epochs or {}
         self.samples = 0  # global samples drawn
         self.per_source = [0] * len(self.names)  # global picks per source

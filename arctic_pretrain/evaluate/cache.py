@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from arctic_pretrain.common.config import config_hash
+
 _WEIGHTS = (".safetensors", ".bin", ".pt")
 
 
@@ -30,7 +32,7 @@ def model_fingerprint(model: str) -> str:
 
 def cache_key(**parts: Any) -> str:
     """A stable hash of the keyword parts (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return config_hash(parts, 20)
 
 
 class ResultCache:

@@ -1,8 +1,8 @@
 """Phase-end evaluation as a training callback: launch/train.py attaches it when
 ``evaluation.enabled=true``, so training never imports this stage.
 
-It follows the step loop's callback protocol (``phase_end``; see arctic_pretrain/train/callbacks) by
-shape, not by inheritance: rank 0 scores the phase export written just before (HumanEval pass@1 on the
+It subclasses the step loop's ``Callback`` (arctic_pretrain/common/callbacks.py) and uses one event,
+``phase_end``: rank 0 scores the phase export written just before (HumanEval pass@1 on the
 first problems, held-out loss per source) and logs the figures as a metric line.
 """
 
@@ -16,12 +16,13 @@ from typing import Any
 
 import torch.distributed as tdist
 
+from arctic_pretrain.common.callbacks import Callback
 from arctic_pretrain.evaluate.light import heldout_loss, light_humaneval
 
 log = logging.getLogger(__name__)
 
 
-class PhaseEndEvaluation:
+class PhaseEndEvaluation(Callback):
     name = "phase_eval"
 
     def __init__(self, export_root: str | Path, sources: Mapping[str, Any], seq_len: int, heldout_windows: int,
@@ -49,15 +50,3 @@ class PhaseEndEvaluation:
             record.update({f"eval/{k}": v for k, v in scores.items()})
         log.info("phase %s evaluation: %s", phase.name, {k: v for k, v in record.items() if "/" in k})
         return record
-
-    # the rest of the callback protocol: nothing to do
-    def pre_train(self, trainer, resumed) -> None: ...
-    def pre_step(self, trainer, phase) -> None: ...
-    def post_step(self, trainer, phase, lr, result) -> None: ...
-    def checkpoint_written(self, trainer, tag) -> None: ...
-    def post_checkpoint(self, trainer, tag, phase_end) -> None: ...
-    def log_metrics(self, trainer, record) -> None: ...
-    def post_train(self, trainer, result) -> None: ...
-    def state_dict(self) -> None:
-        return None
-    def load_state_dict(self, state) -> None: ...

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from arctic_pretrain.common.io import read_jsonl
 from arctic_pretrain.evaluate._sandbox_child import to_plain
 from arctic_pretrain.evaluate.sandbox import Job
 
@@ -254,8 +255,7 @@ class BigCodeBench(Task):
         if not Path(self.path).is_file():
             raise TaskUnavailable(f"data file not found: {self.path}")
         self.fingerprint = hash_file(self.path)
-        with open(self.path) as f:
-            rows = [json.loads(line) for line in f if line.strip()][:limit]
+        rows = read_jsonl(self.path)[:limit]
         return [Problem(r["task_id"], r["complete_prompt"], r) for r in rows]
 
     def job(self, problem: Problem, prompt: str, completion: str, timeout_s: float) -> Job:

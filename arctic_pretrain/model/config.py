@@ -10,7 +10,6 @@ from arctic_pretrain.common.config import require
 
 LOSSES = ("auto", "logits", "chunked", "liger", "cut_ce")
 CHECKPOINTING = ("none", "full", "selective")
-_OLD_CHECKPOINTING = {"true": "full", "false": "none"}  # the bool this field used to be
 
 
 @dataclass
@@ -45,15 +44,13 @@ class ModelConfig:
     compile: bool = False  # torch.compile each decoder layer (the attention mask is still built once per forward)
 
     def __post_init__(self) -> None:
-        ac = str(self.activation_checkpointing).lower()
-        self.activation_checkpointing = _OLD_CHECKPOINTING.get(ac, ac)
         validate_knobs(self)
 
 
 def validate_knobs(cfg: ModelConfig) -> None:
     """The throughput knobs' values, each error naming its key (train/validate checks the rest)."""
     require(cfg.activation_checkpointing in CHECKPOINTING, "model.activation_checkpointing",
-            cfg.activation_checkpointing, f"must be one of {CHECKPOINTING} (true/false still mean full/none)")
+            cfg.activation_checkpointing, f"must be one of {CHECKPOINTING}")
     require(cfg.activation_checkpointing_every >= 1, "model.activation_checkpointing_every",
             cfg.activation_checkpointing_every, "must be >= 1 (selective checkpoints every k-th layer)")
     require(cfg.loss in LOSSES, "model.loss", cfg.loss, f"must be one of {LOSSES}")

@@ -133,6 +133,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 
 class StageFailed(RuntimeError):
+    exit_code = 1  # the failing stage's name and log are in the message
+
     def __init__(self, stage: str, code: int, log: str, tail: list[str], done: str) -> None:
         why = f"exit code {code}" if code else f"it exited 0 but did not write {done}"
         super().__init__(f"stage {stage!r} failed ({why}); log: {log}\n" + "\n".join("    " + t for t in tail))

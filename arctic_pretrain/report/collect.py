@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common.io import read_jsonl
+
 
 def _json(path: Path) -> Any | None:
     try:
@@ -20,9 +22,7 @@ def _json(path: Path) -> Any | None:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, missing_ok=True)
 
 
 def file_sha256(path: Path) -> str | None:

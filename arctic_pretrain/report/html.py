@@ -10,7 +10,7 @@ from typing import Any
 
 from arctic_pretrain.report.collect import RunFacts, collect, provenance
 
-# the paper's reported greedy pass@1 (shared/reference/recipe.md), shown beside this run's rows
+# the paper's reported greedy pass@1 (docs/recipe.md), shown beside this run's rows
 PAPER_ROWS = [
     ("after phase 1 (500B)", 14.0, 27.8, 7.4, 10.3),
     ("after phase 2 (+50B)", 21.3, 34.7, 12.8, 12.3),

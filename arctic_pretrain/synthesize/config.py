@@ -177,10 +177,8 @@ def validate(cfg: SynthesizeConfig) -> None:
 
 
 def to_config(cfg: Any) -> SynthesizeConfig:
-    """A composed DictConfig -> SynthesizeConfig, every key checked against the schema."""
-    out = to_object(cfg, SynthesizeConfig)
-    validate(out)
-    return out
+    """A composed DictConfig -> SynthesizeConfig, every key checked against the schema (``run`` validates)."""
+    return to_object(cfg, SynthesizeConfig)
 
 
 def register() -> None:

@@ -22,8 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from arctic_pretrain.common.config import ConfigError
-from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.config import ConfigError, StageIncomplete
+from arctic_pretrain.common.io import atomic_write, read_jsonl
 from arctic_pretrain.data.shards import MANIFEST, finalize_source
 from arctic_pretrain.synthesize.config import SynthesizeConfig, validate
 from arctic_pretrain.synthesize.engines import Reply, build_engine
@@ -222,12 +222,12 @@ def run(cfg: SynthesizeConfig) -> Path:
     this = generate(cfg, out, selection, template)
     gave_up = {k: v for k, v in this["verdicts"].items() if k.startswith("gave_up")}
     if gave_up:
-        raise RuntimeError(f"{sum(gave_up.values())} requests gave up after backend.max_retries="
-                           f"{cfg.backend.max_retries} ({gave_up}); finished seeds are kept in {out}/generations: "
-                           "rerun the same command to retry the rest")
+        raise StageIncomplete(f"{sum(gave_up.values())} requests gave up after backend.max_retries="
+                              f"{cfg.backend.max_retries} ({gave_up}); finished seeds are kept in {out}/generations: "
+                              "rerun the same command to retry the rest")
     if cfg.workers.worker is not None or not cfg.workers.finalize:
         return out
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+    runs = read_jsonl(out / "runs.jsonl")
     return finalize(cfg, out, selection, runs)
 
 

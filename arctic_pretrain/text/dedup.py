@@ -7,7 +7,7 @@ Exact: every task writes (hash, index) pairs for its documents, split into ``sha
 ``t`` sorts shard ``t`` of every rank (a sharded merge: no task holds more than 1/shards of the hashes)
 and writes, per rank, the indices to drop. Near: our own signature step feeds datatrove's bucket and
 filter stages unchanged; its stock signature stage splits words with spaCy (97% of its time on code,
-design.md), while code needs no linguistics, so tokens here are runs of identifier characters or of
+docs/architecture.md), while code needs no linguistics, so tokens here are runs of identifier characters or of
 operator characters, found and hashed with numpy over the UTF-8 bytes. Its cluster stage unions by size,
 so the kept root can be a later copy: ``KeepFirstCluster`` replaces it and keeps each cluster's smallest
 (rank, index).

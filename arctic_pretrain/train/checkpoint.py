@@ -44,7 +44,9 @@ CHUNK = 16 * 2**20
 
 
 class CorruptCheckpoint(RuntimeError):
-    """A checkpoint's files do not match the checksums recorded when it was saved, or cannot be read."""
+    """A checkpoint's files do not match the checksums recorded when it was saved, or cannot be read. Exit 2."""
+
+    exit_code = 2
 
 
 def file_digest(path: Path) -> str:

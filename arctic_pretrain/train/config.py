@@ -166,6 +166,14 @@ class TrainConfig:
     gpus_per_node: int = 1  # ranks per node for dry_run and the SLURM launcher preset
 
 
+def validate(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Cross-field checks that need no data on disk (the rules: train/validate.py; the data plan is checked
+    once the sources are open). ``run`` calls it with the job's world size before any rank trains."""
+    from arctic_pretrain.train.validate import validate_config
+
+    validate_config(cfg, world_size=world_size)
+
+
 def register() -> None:
     """Register the schema so that conf/train/*.yaml are checked against it (unknown keys fail)."""
     register_schema("train", TrainConfig)

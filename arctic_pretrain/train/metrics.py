@@ -11,7 +11,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.io import atomic_write, read_jsonl
 from arctic_pretrain.train.callbacks import Callback
 from arctic_pretrain.train.config import LoggingConfig
 
@@ -128,5 +128,4 @@ def wandb_settings(cfg: LoggingConfig, run_dir: Path, env: dict[str, str] | None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(run_dir) / METRICS)

@@ -1,7 +1,7 @@
 """One job per run dir: an exclusive lock, ``run_dir/run.lock``, held by rank 0 for the whole job.
 
 Two jobs writing one run dir interleave their metrics and overwrite each other's checkpoints, so the
-second job must stop before it touches anything. The lock is a kernel ``flock`` on an open file: the
+second job must stop before it touches anything. The lock is a kernel ``flock`` on an open file (common/locks.py): the
 kernel drops it when the holder exits in any way (SIGKILL and OOM included), so a dead job never
 blocks the next one. The file holds the holder's identity (host, pid, start time, launcher job id);
 a clean exit deletes it, so a file found under a free lock is a stale one from a job that died, and
@@ -11,8 +11,6 @@ broadcast (``acquire_for_job``), so all ranks of one job share it and all ranks 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.locks import try_lock
 
 log = logging.getLogger(__name__)
 LOCK = "run.lock"
@@ -59,13 +58,14 @@ class RunLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = try_lock(fd)
             except OSError as err:
                 os.close(fd)
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    log.warning("%s: this filesystem does not support locks (%s): nothing stops a second job "
-                                "from writing this run dir", self.path, err)
-                    return self
+                log.warning("%s: this filesystem does not support locks (%s): nothing stops a second job "
+                            "from writing this run dir", self.path, err)
+                return self
+            if not locked:
+                os.close(fd)
                 holder = self.read_holder()
                 raise RunLocked(f"run_dir={str(self.run_dir)!r}: in use by another job ({describe(holder)}); "
                                 "wait for it to end, stop it, or choose another run_dir") from None

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -37,10 +35,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from arctic_pretrain.common.config import ConfigError
-from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.config import ConfigError, config_hash
+from arctic_pretrain.common.io import atomic_write, read_jsonl
+from arctic_pretrain.common.locks import try_lock, unlock
 from arctic_pretrain.common.units import format_token_count
 from arctic_pretrain.train import distributed as dist
+from arctic_pretrain.train.checkpoint import tag_for
 from arctic_pretrain.train.config import TrainConfig
 
 log = logging.getLogger("arctic_pretrain")
@@ -108,7 +108,7 @@ def config_digest(cfg: TrainConfig) -> str:
     data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     for key in ("run_dir", "logging", "dry_run", "nodes", "gpus_per_node"):
         data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return config_hash(data, 10)
 
 
 def prefix_config(cfg: TrainConfig, phases: list[str], sweep_dir: Path) -> TrainConfig:
@@ -129,8 +129,10 @@ class PrefixLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = try_lock(fd, posix=True)  # honoured over NFS, where the variants of a sweep may run
         except OSError:
+            locked = False
+        if not locked:
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
@@ -140,7 +142,7 @@ class PrefixLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+            unlock(self.fd, posix=True)
             os.close(self.fd)
             self.fd = None
 
@@ -172,7 +174,7 @@ def ensure_prefix(pcfg: TrainConfig, train: Train, poll_s: float = 30.0) -> dict
                 result = train(pcfg)
                 if result["status"] == "preempted":
                     return None
-                done = {"checkpoint": str(run_dir / "checkpoints" / f"step_{result['step']:08d}"),
+                done = {"checkpoint": str(run_dir / "checkpoints" / tag_for(result["step"])),
                         "step": result["step"], "consumed_tokens": result["consumed_tokens"],
                         "status": result["status"], "phases": list(pcfg.curriculum.phases)}
                 if dist.rank() == 0:
@@ -212,7 +214,7 @@ def job_values(task_overrides: list[str], swept: list[str]) -> dict[str, str]:
 def run_variant(cfg: TrainConfig, train: Train, sweep_dir: Path, task_overrides: list[str],
                 poll_s: float = 30.0) -> dict:
     """Train one sweep variant in ``<sweep_dir>/<variant>``, from the shared prefix when there is one."""
-    from arctic_pretrain.train.run import setup_logging
+    from arctic_pretrain.train.runner import setup_logging
 
     setup_logging(sweep_dir, dist.env_rank())  # the sweep's own lines also go to <sweep_dir>/train.log
     plan = read_plan(sweep_dir)
@@ -260,10 +262,7 @@ def run_job(cfg: TrainConfig, train: Train) -> dict:
 
 # ---- the summary ---------------------------------------------------------------------------------
 def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(run_dir / "metrics.jsonl", missing_ok=True)
 
 
 def variant_row(run_dir: Path) -> dict[str, Any]:

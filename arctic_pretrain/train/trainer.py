@@ -23,7 +23,7 @@ from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.model.loss import LossFn, logits_loss
 from arctic_pretrain.train import distributed as dist
 from arctic_pretrain.train.callbacks import Callback
-from arctic_pretrain.train.checkpoint import CheckpointManager
+from arctic_pretrain.train.checkpoint import CheckpointManager, tag_for
 from arctic_pretrain.train.curriculum import Curriculum, Phase
 from arctic_pretrain.train.guards import StepGuard
 
@@ -32,7 +32,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what SLURM and schedulers sen
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps; the last state was saved first."""
+    """Too many consecutive non-finite steps; the last state was saved first. Exit code 3."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,12 @@ class Trainer:
         if metrics:
             self.guard.load_state_dict(state["guard"])
             saved = dict(state.get("callbacks", {}))
-            if "interval" in state:  # checkpoints written before callbacks had their own state
-                saved.setdefault("metrics", state["interval"])
             for cb in self.callbacks:
                 if cb.name in saved:
                     cb.load_state_dict(saved[cb.name])
 
     def save(self, phase_end: str | None = None) -> str:
-        tag = f"step_{self.step:08d}"
+        tag = tag_for(self.step)
         self.checkpoints.save(self.engine, self.step, self.state_dict(phase_end),
                               before_publish=lambda: self.fire("checkpoint_written", tag))
         self.fire("post_checkpoint", tag, phase_end)
@@ -206,7 +206,7 @@ class Trainer:
                     status = "preempted"
                     log.warning("stop signal received: saved step %d, exiting", self.step)
                     break
-            if status == "max_steps" and steps_this_run and self.checkpoints.latest_tag() != f"step_{self.step:08d}":
+            if status == "max_steps" and steps_this_run and self.checkpoints.latest_tag() != tag_for(self.step):
                 self.save()  # keep the progress of a shortened run
         finally:
             if self._prefetch is not None:

@@ -1,4 +1,4 @@
-"""Annotate on SLURM (tests/curate/fake_slurm stands in for the scheduler): a rerun while the jobs are queued
+"""Annotate on SLURM (tests/support/fake_slurm stands in for the scheduler): a rerun while the jobs are queued
 submits nothing (refused, or with executor.wait=true it waits for them); a waiting run returns only once the
 scoring array and the finish job (select + report) have written the selection and the manifest, the
 pipeline's `done:` file; no --qos is passed when executor.slurm.qos is None."""
@@ -20,7 +20,7 @@ from arctic_pretrain.annotate.config import ConfigError
 from .conftest import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_SLURM = ROOT / "tests" / "curate" / "fake_slurm"
+FAKE_SLURM = ROOT / "tests" / "support" / "fake_slurm"
 
 
 def test_slurm_submits_once_and_wait_returns_once_the_selection_is_written(annotated, curated, tmp_path,

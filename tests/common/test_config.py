@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from arctic_pretrain.common.config import config_groups, help_text, missing_message
+from arctic_pretrain.common.config import config_groups, config_hash, exit_code, help_text, missing_message
 from arctic_pretrain.train.config import TrainConfig
 
 
@@ -24,3 +24,23 @@ def test_missing_value_names_the_key_not_the_hydra_path():
         assert missing_message(err, "pick one").startswith("training.seq_len: has no value (mandatory); pick one")
     else:
         raise AssertionError("seq_len has no default")
+
+
+def test_config_hash_is_stable_because_it_names_existing_outputs():
+    """Recorded hashes and a sweep's prefix folder are compared with new ones on every rerun: the same
+    config must hash to the same characters as before, or finished work is redone instead of resumed."""
+    data = {"b": [1, 2], "a": {"x": None}}
+    assert config_hash(data, 16) == "89db19551027f388"  # curate's, annotate's recorded config hashes
+    assert config_hash(data, 10) == "89db195510"  # train/sweep.py's prefix folder
+    assert config_hash(("train", data), 16) == "c084a0e29b5a5f2c"  # annotate's per-step hashes hash tuples
+
+
+def test_exit_codes_come_from_the_error_type():
+    from arctic_pretrain.common.config import ConfigError, DataError, StageIncomplete
+
+    class Diverged(RuntimeError):
+        exit_code = 3
+
+    assert [exit_code(e) for e in (ConfigError("k"), DataError("f"), StageIncomplete("t"), Diverged())] == [2, 3, 1, 3]
+    assert exit_code(RuntimeError("CUDA error")) is None  # torch's errors surface with their traceback
+    assert exit_code(FileNotFoundError("x"), {FileNotFoundError: 2}) == 2

@@ -6,13 +6,11 @@ import shutil
 import sysconfig
 from pathlib import Path
 
-import pytest
 from omegaconf import OmegaConf
 
 from arctic_pretrain.curate.config import CurateConfig
-from tests.conftest import HUMANEVAL_0_SOLUTION  # noqa: F401  (re-exported for the curate tests)
+from tests.conftest import HUMANEVAL_0_SOLUTION, STDLIB, stdlib_file  # noqa: F401  (re-exported for the curate tests)
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 INCLUDE = Path(sysconfig.get_paths()["include"])
 
 
@@ -25,10 +23,6 @@ def make_config(inputs: list[str], output_dir: str | Path, *overrides: str) -> C
     return OmegaConf.to_object(merged)
 
 
-def stdlib_file(name: str) -> str:
-    return (STDLIB / name).read_text(encoding="utf-8")
-
-
 def copy_real_repos(root: Path) -> None:
     """Three small real 'repositories': stdlib packages (Python) and the Python C headers (C)."""
     for pkg in ("json", "email"):
@@ -38,8 +32,3 @@ def copy_real_repos(root: Path) -> None:
     for h in sorted(INCLUDE.glob("*.h"))[:25]:
         shutil.copy(h, headers / h.name)
 
-
-@pytest.fixture
-def normal_python() -> str:
-    """A real, ordinary Python file every filter must keep."""
-    return stdlib_file("json/decoder.py")

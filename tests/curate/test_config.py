@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from arctic_pretrain.common.config import HYDRA_VERSION_BASE
 from arctic_pretrain.curate.config import ConfigError, CurateConfig, register, to_config, validate
 
 from .conftest import make_config
@@ -16,7 +17,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "curate"
 
 def _compose(*overrides: str) -> CurateConfig:
     register()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name="curate", overrides=["inputs=[/x]", "output_dir=/y", *overrides])
     return to_config(cfg)
 

@@ -1,6 +1,6 @@
 """The same curation config under datatrove's SLURM and Ray executors, by changing the `executor` group.
 
-SLURM: this machine has no scheduler, so tests/curate/fake_slurm (sbatch/squeue/scancel/srun/scontrol)
+SLURM: this machine has no scheduler, so tests/support/fake_slurm (sbatch/squeue/scancel/srun/scontrol)
 stands in for it and speaks the protocol datatrove uses: sbatch scripts with #SBATCH directives, job
 arrays with SLURM_ARRAY_* variables, srun job steps, --dependency=afterok chains, "Submitted batch job N".
 Ray: a real local Ray (skipped where ray is not installed). Both must produce the local executor's outputs.
@@ -26,7 +26,7 @@ from arctic_pretrain.data.shards import Manifest
 from .conftest import INCLUDE, STDLIB, make_config, stdlib_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
+FAKE_SLURM = Path(__file__).resolve().parents[1] / "support" / "fake_slurm"
 # small: 2 tasks per parallel stage, 2 LSH bands x 2 rows (threshold ~0.71), a 500-token BPE
 SMALL = ["executor.tasks=2", "group.buckets=2", "tokenize.train_vocab_size=500", "tokenize.train_sample_mb=1",
          "dedup.num_bands=2", "dedup.rows_per_band=2", "progress=false"]

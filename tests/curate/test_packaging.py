@@ -175,9 +175,9 @@ def test_every_install_of_the_project_uses_the_lock() -> None:
 def test_slurm_launcher_preset_composes() -> None:
     from hydra import compose, initialize_config_dir
 
-    from arctic_pretrain.common.config import conf_dir
+    from arctic_pretrain.common.config import HYDRA_VERSION_BASE, conf_dir
 
-    with initialize_config_dir(config_dir=conf_dir("train"), version_base=None):
+    with initialize_config_dir(config_dir=conf_dir("train"), version_base=HYDRA_VERSION_BASE):
         cfg = compose(overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

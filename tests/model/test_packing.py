@@ -88,7 +88,7 @@ def test_activation_checkpointing_switch():
     def enabled(m):
         return getattr(m, "is_activation_checkpointing", None) or m.is_gradient_checkpointing
 
-    assert enabled(build_model(tiny(activation_checkpointing=True), vocab_size=256))
+    assert enabled(build_model(tiny(activation_checkpointing="full"), vocab_size=256))
     assert not enabled(build_model(tiny(), vocab_size=256))
 
 

@@ -116,7 +116,7 @@ def test_chunked_loss_through_a_deepspeed_engine(stage):
 
 
 # ---- activation checkpointing ----------------------------------------------------------------------------
-def test_activation_checkpointing_modes_and_old_spelling():
+def test_activation_checkpointing_modes_and_the_old_bool_refused():
     def flags(cfg):
         return [layer.gradient_checkpointing for layer in build_model(cfg, VOCAB).model.layers]
 
@@ -125,8 +125,8 @@ def test_activation_checkpointing_modes_and_old_spelling():
     assert flags(tiny(activation_checkpointing="selective", activation_checkpointing_every=2)) == [True, False] * 2
     assert flags(tiny(activation_checkpointing="selective", activation_checkpointing_every=3)) == [
         True, False, False, True]
-    assert tiny(activation_checkpointing=True).activation_checkpointing == "full"  # the old bool
-    assert tiny(activation_checkpointing=False).activation_checkpointing == "none"
+    with pytest.raises(ConfigError, match="model.activation_checkpointing='True': must be one of"):  # once a bool
+        tiny(activation_checkpointing=True)
     with pytest.raises(ConfigError, match="model.activation_checkpointing='some'"):
         tiny(activation_checkpointing="some")
     with pytest.raises(ConfigError, match="model.activation_checkpointing_every=0"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from arctic_pretrain.common.config import conf_dir, register, to_object
+from arctic_pretrain.common.config import HYDRA_VERSION_BASE, conf_dir, register, to_object
 from arctic_pretrain.common.executor import ExecutorConfig, check_executor
 from arctic_pretrain.pipeline.runner import PROJECT, PipelineConfig
 
@@ -31,7 +31,7 @@ def pipeline_config(experiment: str) -> PipelineConfig:
     from hydra import compose, initialize_config_dir
 
     register("pipeline", PipelineConfig)
-    with initialize_config_dir(config_dir=conf_dir("pipeline"), version_base="1.3"):
+    with initialize_config_dir(config_dir=conf_dir("pipeline"), version_base=HYDRA_VERSION_BASE):
         return to_object(compose(config_name="pipeline", overrides=[f"experiment={experiment}"]), PipelineConfig)
 
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from arctic_pretrain.common.config import conf_dir
-from arctic_pretrain.synthesize.config import SynthesizeConfig, register, to_config
+from arctic_pretrain.common.config import HYDRA_VERSION_BASE, conf_dir
+from arctic_pretrain.synthesize.config import SynthesizeConfig, register, to_config, validate
 
 
 def make_config(*overrides: str) -> SynthesizeConfig:
     register()
-    with initialize_config_dir(config_dir=conf_dir("synthesize"), version_base=None):
-        cfg = compose("synthesize", overrides=list(overrides))
-    return to_config(cfg)
+    with initialize_config_dir(config_dir=conf_dir("synthesize"), version_base=HYDRA_VERSION_BASE):
+        cfg = to_config(compose("synthesize", overrides=list(overrides)))
+    validate(cfg)  # what run() checks first
+    return cfg
 
 
 def records(out: Path) -> list[dict]:

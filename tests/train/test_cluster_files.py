@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from arctic_pretrain.common.config import HYDRA_VERSION_BASE
 from tests.conftest import ROOT
 
 
@@ -51,7 +52,7 @@ def test_submitit_slurm_preset_takes_the_cluster_shape():
     from arctic_pretrain.train.config import register
 
     register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name="train", overrides=["hydra/launcher=submitit_slurm", "nodes=2", "gpus_per_node=8",
                                                       "run_dir=/sweeps/hq"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.config import HYDRA_VERSION_BASE, ConfigError
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.train.config import TrainConfig, register
 from arctic_pretrain.train.validate import validate_config, validate_data_plan
@@ -19,7 +19,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "train" / "experiment").gl
 
 
 def load(*overrides: str) -> TrainConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
         return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
 
 
@@ -83,7 +83,7 @@ def test_unknown_key_is_rejected():
 
 def test_missing_source_and_overdrawn_source(tmp_path):
     cfg = load("experiment=tiny", f"data.sources.python.path={tmp_path / 'nowhere'}")
-    from arctic_pretrain.train.run import open_sources
+    from arctic_pretrain.train.runner import open_sources
 
     with pytest.raises(FileNotFoundError, match="data.sources.python.path=.*nowhere.*no manifest.json"):
         open_sources(cfg)

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from arctic_pretrain.common.config import ConfigError
+from arctic_pretrain.common.config import HYDRA_VERSION_BASE, ConfigError
 from arctic_pretrain.data.shards import MANIFEST, TokenSource
 from arctic_pretrain.model import build_model
 from arctic_pretrain.train.checkpoint import (
@@ -45,7 +45,7 @@ TINY = ModelConfig(name="tiny-guard", hidden_size=32, num_layers=2, intermediate
 
 
 def load(*overrides: str) -> TrainConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
         return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
 
 

@@ -1,4 +1,4 @@
-"""launch/slurm_train.sbatch under the fake SLURM (tests/curate/fake_slurm): two "nodes" on this machine,
+"""launch/slurm_train.sbatch under the fake SLURM (tests/support/fake_slurm): two "nodes" on this machine,
 one CPU rank each, srun starting one torchrun per node, a real c10d + gloo rendezvous over loopback.
 USR1 to the batch shell (what `--signal=B:USR1@300` sends before the time limit) reaches both ranks,
 which save once and exit 0; the script requeues the job and the second start resumes and finishes."""
@@ -21,7 +21,7 @@ from arctic_pretrain.train.distributed import first_host, slurm_ranks
 from arctic_pretrain.train.metrics import read_metrics
 from tests.conftest import ROOT
 
-FAKE_SLURM = ROOT / "tests" / "curate" / "fake_slurm"
+FAKE_SLURM = ROOT / "tests" / "support" / "fake_slurm"
 
 
 def test_slurm_variables_map_to_ranks_only_inside_a_step():

@@ -7,10 +7,14 @@ from pathlib import Path
 
 from datatrove.data import Document
 
-from arctic_pretrain.curate.config import BenchmarkConfig, DecontamConfig
-from arctic_pretrain.text.decontamination import Decontaminate, load_benchmark_strings, normalize
-
-from .conftest import HUMANEVAL_0_SOLUTION
+from arctic_pretrain.text.decontamination import (
+    BenchmarkConfig,
+    DecontamConfig,
+    Decontaminate,
+    load_benchmark_strings,
+    normalize,
+)
+from tests.conftest import HUMANEVAL_0_SOLUTION
 
 
 def test_normalize_removes_whitespace_and_case() -> None:
@@ -103,7 +107,7 @@ def test_short_solutions_match_only_after_their_own_def(tmp_path: Path, normal_p
 
 def test_no_false_positives_on_the_stdlib(tmp_path: Path) -> None:
     """Every module of this Python's standard library is clean (the whole tree: about a second)."""
-    from .conftest import STDLIB
+    from tests.conftest import STDLIB
 
     step = Decontaminate(DecontamConfig(), str(tmp_path / "m"))
     hits = {}

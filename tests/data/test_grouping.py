@@ -8,20 +8,19 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from arctic_pretrain.curate.config import GroupConfig, TokenizeConfig
 from arctic_pretrain.data.grouping import (
     FILE_SEP,
     REPO_NAME,
     BucketIndex,
     GroupAndTokenize,
+    GroupConfig,
     bucket_of,
     repo_document,
     repo_pieces,
 )
 from arctic_pretrain.data.shards import TokenSource, finalize_source
-from arctic_pretrain.data.tokenizer import prepare_tokenizer
-
-from .conftest import stdlib_file
+from arctic_pretrain.data.tokenizer import TokenizeConfig, prepare_tokenizer
+from tests.conftest import stdlib_file
 
 
 def test_repo_document_layout() -> None:

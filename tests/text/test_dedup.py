@@ -12,9 +12,9 @@ from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 
-from arctic_pretrain.curate.config import DedupConfig
 from arctic_pretrain.text.dedup import (
     CodeMinhashSignature,
+    DedupConfig,
     ExactDedupFilter,
     ExactDedupFind,
     ExactHashes,
@@ -24,8 +24,7 @@ from arctic_pretrain.text.dedup import (
     code_token_hashes,
     minhash_config,
 )
-
-from .conftest import stdlib_file
+from tests.conftest import stdlib_file
 
 
 class ListReader(PipelineStep):
@@ -119,8 +118,7 @@ def test_cluster_keeps_the_first_copy_in_input_order(tmp_path: Path) -> None:
     import struct
 
     from arctic_pretrain.curate.pipeline import build_stages
-
-    from .conftest import make_config
+    from tests.curate.conftest import make_config
 
     cfg = make_config(["/x"], tmp_path, "dedup.num_bands=2", "dedup.rows_per_band=2")
     step = next(s for s in build_stages(cfg) if s.name == "clusters").pipeline[0]

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from arctic_pretrain.common import logs as common_logs
 from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.common.cpu_math import resolve_vml_kernels
 from arctic_pretrain.common.io import atomic_write
@@ -61,15 +61,8 @@ log = logging.getLogger("arctic_pretrain")
 
 def setup_logging(run_dir: Path, rank: int, to_file: bool = True) -> None:
     """stdout on every rank (INFO on rank 0); ``to_file``: also run_dir/train.log (once the start is valid)."""
-    level = logging.INFO if rank == 0 else logging.WARNING
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if rank == 0 and to_file:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    common_logs.setup_logging(logging.INFO if rank == 0 else logging.WARNING, f"rank{rank}",
+                              run_dir / "train.log" if rank == 0 and to_file else None)
 
 
 def on_rank0(check) -> None:
@@ -283,8 +276,8 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
                                cfg.optimizer.eps, cfg.optimizer.weight_decay, cfg.deepspeed.offload_optimizer)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
     max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
-    holdout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
-    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, holdout_windows=holdout)
+    heldout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
+    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, heldout_windows=heldout)
     settings = LoopSettings(cfg.training.global_batch_size, cfg.training.micro_batch_size,
                             cfg.checkpoint.interval, cfg.max_steps)
     flops = flops_per_token(cfg.model, vocab, cfg.training.seq_len)
