@@ -102,6 +102,10 @@ class CheckpointConfig:
     keep_last: int = 3  # interval checkpoints kept; phase-end checkpoints are never pruned
     export_phases: bool = True  # write an HF export of every finished phase to run_dir/export/<phase>
     fallback_on_corrupt: bool = False  # latest fails its checksums: resume from the newest earlier one that passes
+    # sources whose data changed since the checkpoint (re-run selection, re-tokenized) that a resume may use:
+    # each starts a fresh permutation over its new windows at the recorded point (history.jsonl records it);
+    # any other changed source stops the start, named. E.g. checkpoint.accept_changed_sources=[high_quality]
+    accept_changed_sources: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -71,6 +71,9 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
         require(lr.decay in DECAYS, f"{key}.lr.decay", lr.decay, f"must be one of {DECAYS}")
     for name, src in sources.items():
         require(src.max_epochs > 0, f"data.sources.{name}.max_epochs", src.max_epochs, "must be positive")
+    for name in cfg.checkpoint.accept_changed_sources:
+        require(name in sources, "checkpoint.accept_changed_sources", list(cfg.checkpoint.accept_changed_sources),
+                f"{name!r} is not a data source (data.sources has {sorted(sources)})")
 
     ds = cfg.deepspeed
     require(ds.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", ds.zero_stage, "must be 0, 1, 2 or 3")
