@@ -260,6 +260,13 @@ class TokenSource:
     def tokenizer(self) -> TokenizerInfo:
         return self.manifest.tokenizer
 
+    @property
+    def language_tokens(self) -> dict[str, int] | None:
+        """Tokens per language as the source's writer recorded them (None: not recorded)."""
+        from arctic_pretrain.data.languages import language_tokens
+
+        return language_tokens(self.manifest)
+
     def num_windows(self, seq_len: int) -> int:
         return self.num_tokens // seq_len
 

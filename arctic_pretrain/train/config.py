@@ -32,6 +32,10 @@ class PhaseConfig:
     mixture: dict[str, float] = MISSING  # weights over data.sources names (normalised; zero drops a source)
     weighting: str = "explicit"  # explicit: weights as written | natural: weight x source size (keeps data ratios)
     pinned: dict[str, float] = field(default_factory=dict)  # fixed shares (e.g. python: 0.5); the rest splits by weighting
+    # a language's share of the phase's tokens (python: 0.5), reached by computing the share of the mixture's
+    # one unpinned source of only that language (high_quality_python) from every source's measured language mix
+    # (its manifest.json: data/languages.py::language_tokens); the rest still splits by weighting
+    language_shares: dict[str, float] = field(default_factory=dict)
     lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
 
