@@ -3,7 +3,8 @@
 Usage: [deepspeed --num_gpus N | torchrun --nproc_per_node N | python] launch/train.py experiment=NAME [key=value ...]
 
 Examples:
-    python launch/train.py experiment=demo
+    python launch/train.py experiment=tiny                  # the tiny model on stand-in data (built on first use)
+    python launch/train.py experiment=demo                  # after launch/pipeline.py experiment=demo (its data)
     deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 run_dir=/ckpt/snowcoder
     python launch/train.py experiment=demo --cfg job        # print the composed config
     python launch/train.py experiment=tiny run_dir=runs/t checkpoint.fallback_on_corrupt=true

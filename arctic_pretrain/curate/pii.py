@@ -102,6 +102,9 @@ def _plugins() -> tuple[list, list]:
 
 
 _TRIM = " \t\r\n\"'"  # delimiters some patterns include around the secret (and "=:" before it)
+# detect-secrets' JWT pattern ends in a lazy `[...]*?`, so its match stops at the dot before the signature (the
+# 43 characters of an HS256 one): the span is extended over it, so the whole header.payload.signature goes
+JWT_SIGNATURE = re.compile(r"[A-Za-z0-9_\-+/=]*")
 
 
 def _secret_span(plugin, m: re.Match, offset: int) -> tuple[int, int] | None:
@@ -133,7 +136,10 @@ def _detect_secrets(text: str) -> list[tuple[int, int, str]]:
     for plugin, literals, kind in gated:
         if literals is None or any(lit in text for lit in literals):
             for regex in plugin.denylist:
-                spans += [(*sp, kind) for m in regex.finditer(text) if (sp := _secret_span(plugin, m, 0))]
+                found = [sp for m in regex.finditer(text) if (sp := _secret_span(plugin, m, 0))]
+                if type(plugin).__name__ == "JwtTokenDetector":
+                    found = [(a, JWT_SIGNATURE.match(text, b).end() if text[b - 1] == "." else b) for a, b in found]
+                spans += [(*sp, kind) for sp in found]
     if any(w in text for w in _KEYWORDS):
         pos = 0
         for line in text.split("\n"):

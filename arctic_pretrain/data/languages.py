@@ -2,11 +2,16 @@
 
 Phase 1 covers 18 languages (docs/recipe.md) plus the Markdown/JSON/YAML the StarCoder2 filters treat as
 data formats; a few neighbours (HTML, CSS, XML, text) are known so that a config can opt into them.
+``language_tokens`` reads the language mix a token source records (the curriculum's language shares).
 """
 
 from __future__ import annotations
 
 from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from arctic_pretrain.data.shards import Manifest
 
 # language -> (extensions, exact file names); names match the recipe's list, lower-cased
 LANGUAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -60,3 +65,23 @@ def normalize_language(name: str) -> str | None:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     return key if key in LANGUAGES else None
+
+
+def language_tokens(manifest: Manifest) -> dict[str, int] | None:
+    """A token source's tokens per language, as its writer recorded them (None: not recorded).
+
+    ``metadata.language_tokens`` (a source of mixed languages, e.g. synthesis), ``metadata.language`` (a
+    phase-1 source of one language), or shards named ``<language>-...`` (the annotator's selection, written
+    by ``GroupAndTokenize(merge_languages=True)``; its ``python/`` part)."""
+    meta = manifest.metadata
+    if isinstance(meta.get("language_tokens"), dict):
+        return {lang: int(n) for lang, n in meta["language_tokens"].items()}
+    if isinstance(meta.get("language"), str):
+        return {meta["language"]: manifest.tokens}
+    prefixes = [s.name.split("-", 1)[0] for s in manifest.shards]
+    if prefixes and all(p in LANGUAGES for p in prefixes):
+        out: dict[str, int] = {}
+        for lang, shard in zip(prefixes, manifest.shards, strict=True):
+            out[lang] = out.get(lang, 0) + shard.tokens
+        return out
+    return None

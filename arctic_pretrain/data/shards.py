@@ -243,6 +243,8 @@ class TokenSource:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.manifest = Manifest.read(self.folder)
+        # the source's identity in a checkpoint: a re-run that rewrote it (new selection, new tokenizer) differs
+        self.manifest_sha256 = hashlib.sha256((self.folder / MANIFEST).read_bytes()).hexdigest()
         self.dtype = np.dtype(self.manifest.dtype)
         shards = [s for s in self.manifest.shards if s.tokens > 0]
         self._names = [s.name for s in shards]
@@ -257,6 +259,13 @@ class TokenSource:
     @property
     def tokenizer(self) -> TokenizerInfo:
         return self.manifest.tokenizer
+
+    @property
+    def language_tokens(self) -> dict[str, int] | None:
+        """Tokens per language as the source's writer recorded them (None: not recorded)."""
+        from arctic_pretrain.data.languages import language_tokens
+
+        return language_tokens(self.manifest)
 
     def num_windows(self, seq_len: int) -> int:
         return self.num_tokens // seq_len

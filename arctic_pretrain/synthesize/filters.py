@@ -95,20 +95,24 @@ def load_tokenizer(name: str):
     return tok, TokenizerInfo(name=name, vocab_size=len(tok), eos_id=tok.eos_token_id, sha256=digest)
 
 
-def tokenize(documents: Iterable[str], tokenizer: str, folder: Path, shard_tokens: int,
-             batch: int = 256) -> tuple[TokenizerInfo, Counter]:
-    """Write ``documents`` (EOS appended to each) as shards into ``folder``; the manifest is not yet
-    written (the caller writes it last, with the run's metadata)."""
+def tokenize(documents: Iterable[tuple[str, str]], tokenizer: str, folder: Path, shard_tokens: int,
+             batch: int = 256) -> tuple[TokenizerInfo, Counter, Counter]:
+    """Write ``documents`` ((language, text) pairs; EOS appended to each) as shards into ``folder``; the
+    manifest is not yet written (the caller writes it last, with the run's metadata). Returns the tokenizer,
+    the document and token counts, and the tokens per language (the training curriculum's language mix)."""
     tok, info = load_tokenizer(tokenizer)
     counts: Counter = Counter()
+    languages: Counter = Counter()
     writer = ShardWriter(folder, info, prefix="synthetic", shard_tokens=shard_tokens)
-    pending: list[str] = []
+    pending: list[tuple[str, str]] = []
 
     def flush() -> None:
-        for ids in tok(pending, add_special_tokens=False)["input_ids"]:
+        for (language, _), ids in zip(pending, tok([d for _, d in pending], add_special_tokens=False)["input_ids"],
+                                      strict=True):
             writer.add_document(ids)
             counts["documents"] += 1
             counts["tokens"] += len(ids) + 1
+            languages[language] += len(ids) + 1
         pending.clear()
 
     for doc in documents:
@@ -117,4 +121,4 @@ def tokenize(documents: Iterable[str], tokenizer: str, folder: Path, shard_token
             flush()
     flush()
     writer.close(finalize=False)
-    return info, counts
+    return info, counts, languages

@@ -187,7 +187,8 @@ def finalize(cfg: SynthesizeConfig, out: Path, selection: Selection, runs: list[
         old.unlink()
     kept = [r for r in records if verdicts[r["id"]] == "kept"]
     tokenizer = cfg.tokenizer or str(selection.curated / "tokenizer")
-    info, counts = tokenize((r["document"] for r in kept), tokenizer, out, cfg.shard_tokens)
+    info, counts, language_tokens = tokenize(((r["language"], r["document"]) for r in kept), tokenizer, out,
+                                             cfg.shard_tokens)
     rejected = Counter(v for v in verdicts.values() if v != "kept")
     by_lang: dict[str, Counter] = {}
     for r in records:
@@ -199,6 +200,7 @@ def finalize(cfg: SynthesizeConfig, out: Path, selection: Selection, runs: list[
         "requested": sum(selection.available(cfg.seeding).values()), "generated": len(records),
         "kept": len(kept), "rejected": dict(sorted(rejected.items())), "duplicate_records": duplicates,
         "tokens_kept": counts["tokens"], "documents_kept": counts["documents"],
+        "tokens_by_language": dict(sorted(language_tokens.items())),
         "by_language": {k: dict(v) for k, v in sorted(by_lang.items())},
         "generated_tokens": sum(r.get("completion_tokens") or 0 for r in records),
         "wall_s": round(wall, 2), "requests": requests,
@@ -207,7 +209,8 @@ def finalize(cfg: SynthesizeConfig, out: Path, selection: Selection, runs: list[
     }
     atomic_write(out / "synthesis.json", json.dumps(summary, indent=2))
     finalize_source(out, metadata={"stage": "synthesize", "model": cfg.backend.model,
-                                   "template": cfg.prompt.template, "kept": len(kept)})
+                                   "template": cfg.prompt.template, "kept": len(kept),
+                                   "language_tokens": dict(sorted(language_tokens.items()))})
     return out
 
 

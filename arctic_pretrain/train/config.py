@@ -32,6 +32,10 @@ class PhaseConfig:
     mixture: dict[str, float] = MISSING  # weights over data.sources names (normalised; zero drops a source)
     weighting: str = "explicit"  # explicit: weights as written | natural: weight x source size (keeps data ratios)
     pinned: dict[str, float] = field(default_factory=dict)  # fixed shares (e.g. python: 0.5); the rest splits by weighting
+    # a language's share of the phase's tokens (python: 0.5), reached by computing the share of the mixture's
+    # one unpinned source of only that language (high_quality_python) from every source's measured language mix
+    # (its manifest.json: data/languages.py::language_tokens); the rest still splits by weighting
+    language_shares: dict[str, float] = field(default_factory=dict)
     lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
 
@@ -102,6 +106,10 @@ class CheckpointConfig:
     keep_last: int = 3  # interval checkpoints kept; phase-end checkpoints are never pruned
     export_phases: bool = True  # write an HF export of every finished phase to run_dir/export/<phase>
     fallback_on_corrupt: bool = False  # latest fails its checksums: resume from the newest earlier one that passes
+    # sources whose data changed since the checkpoint (re-run selection, re-tokenized) that a resume may use:
+    # each starts a fresh permutation over its new windows at the recorded point (history.jsonl records it);
+    # any other changed source stops the start, named. E.g. checkpoint.accept_changed_sources=[high_quality]
+    accept_changed_sources: list[str] = field(default_factory=list)
 
 
 @dataclass

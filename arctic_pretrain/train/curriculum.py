@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from arctic_pretrain.common.units import parse_token_count
 from arctic_pretrain.train.config import CurriculumConfig, LRScheduleConfig, PhaseConfig
 
@@ -28,19 +30,88 @@ class Phase:
         return self.end - self.start
 
 
-def phase_weights(phase: PhaseConfig, source_tokens: dict[str, int] | None = None) -> dict[str, float]:
-    """Normalised sampling shares: pinned shares first, the rest by explicit or natural weighting."""
-    free = {src: w for src, w in phase.mixture.items() if w > 0 and src not in phase.pinned}
+def phase_weights(phase: PhaseConfig, source_tokens: dict[str, int] | None = None,
+                  source_languages: dict[str, dict[str, int] | None] | None = None) -> dict[str, float]:
+    """Normalised sampling shares: pinned shares first (with those ``language_shares`` computes), the rest
+    by explicit or natural weighting."""
+    pinned = {**phase.pinned, **language_pins(phase, source_tokens, source_languages)}
+    free = {src: w for src, w in phase.mixture.items() if w > 0 and src not in pinned}
     if phase.weighting == "natural":
         if source_tokens is None:
             raise ValueError("natural weighting needs the sources' token counts")
         free = {src: w * source_tokens[src] for src, w in free.items()}
-    shares = {src: float(s) for src, s in phase.pinned.items()}
+    shares = {src: float(s) for src, s in pinned.items()}
     rest, total = 1.0 - sum(shares.values()), sum(free.values())
     if total > 0:
         shares.update({src: rest * w / total for src, w in free.items()})
     norm = sum(shares.values())
     return {src: s / norm for src, s in shares.items() if s > 0}
+
+
+def language_fractions(source_languages: dict[str, dict[str, int] | None], names) -> dict[str, dict[str, float]]:
+    """Each named source's tokens per language as fractions; ValueError naming the sources that record none."""
+    unknown = sorted(n for n in names if not (source_languages.get(n) and sum(source_languages[n].values())))
+    if unknown:
+        raise ValueError(f"sources {unknown} record no language mix in their manifest.json (metadata.language, "
+                         "metadata.language_tokens, or shards named <language>-...); rewrite them with this "
+                         "version's stages, or drop the phase's language_shares")
+    return {n: {lang: t / sum(source_languages[n].values()) for lang, t in source_languages[n].items()}
+            for n in names}
+
+
+def language_pins(phase: PhaseConfig, source_tokens: dict[str, int] | None,
+                  source_languages: dict[str, dict[str, int] | None] | None) -> dict[str, float]:
+    """The pinned shares that bring each language of ``phase.language_shares`` to its share of the phase.
+
+    Each such language moves through the mixture's one unpinned source of only that language (phase 3's
+    high_quality_python); the other sources keep their pins and their split of the rest, so every language's
+    share is linear in these pins: one small linear system. A target the data cannot reach (the language
+    already exceeds it without its source) is clamped to [0, the unpinned rest]; ``phase_languages`` shows
+    what the phase then gets."""
+    if not phase.language_shares:
+        return {}
+    if source_languages is None:
+        raise ValueError("language_shares needs the sources' measured language mix")
+    active = [src for src, w in phase.mixture.items() if w > 0]
+    frac = language_fractions(source_languages, active)
+    movers = {}
+    for lang in phase.language_shares:
+        only = [src for src in active if src not in phase.pinned and set(frac[src]) == {lang}]
+        if len(only) != 1:
+            raise ValueError(f"language_shares.{lang}: needs exactly one unpinned mixture source of only {lang} "
+                             f"to raise it with, found {only or 'none'}")
+        movers[lang] = only[0]
+    free = {src: phase.mixture[src] for src in active if src not in phase.pinned and src not in movers.values()}
+    if phase.weighting == "natural":
+        if source_tokens is None:
+            raise ValueError("natural weighting needs the sources' token counts")
+        free = {src: w * source_tokens[src] for src, w in free.items()}
+    total = sum(free.values())
+    rest = 1.0 - sum(phase.pinned.values())
+    langs = list(movers)
+    pool = np.array([sum(w / total * frac[s].get(lang, 0.0) for s, w in free.items()) if total else 0.0
+                     for lang in langs])  # each language's fraction of the free pool
+    fixed = np.array([sum(p * frac[s].get(lang, 0.0) for s, p in phase.pinned.items()) for lang in langs])
+    target = np.array([phase.language_shares[lang] for lang in langs])
+    # share(lang) = fixed + x_lang + (rest - sum(x)) * pool  ->  (I - pool 1^T) x = target - fixed - rest * pool
+    x = np.linalg.solve(np.eye(len(langs)) - np.outer(pool, np.ones(len(langs))), target - fixed - rest * pool)
+    x = np.clip(x, 0.0, rest)
+    if x.sum() > rest:
+        x *= rest / x.sum()
+    return {movers[lang]: float(v) for lang, v in zip(langs, x, strict=True)}
+
+
+def phase_languages(weights: dict[str, float], source_languages: dict[str, dict[str, int] | None]
+                    ) -> tuple[dict[str, float], list[str]]:
+    """Each language's share of a phase's tokens under its sampling ``weights``, and the sources whose mix
+    is unknown (their share is left out)."""
+    known = [s for s in weights if source_languages.get(s) and sum(source_languages[s].values())]
+    frac = language_fractions(source_languages, known)
+    out: dict[str, float] = {}
+    for src in known:
+        for lang, f in frac[src].items():
+            out[lang] = out.get(lang, 0.0) + weights[src] * f
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])), sorted(set(weights) - set(known))
 
 
 def lr_in_phase(schedule: LRScheduleConfig, step: int, total_steps: int) -> float:
@@ -63,8 +134,8 @@ def lr_in_phase(schedule: LRScheduleConfig, step: int, total_steps: int) -> floa
 class Curriculum:
     """Walks the phases in the order configured, ``tokens_per_step`` tokens per optimizer step."""
 
-    def __init__(self, cfg: CurriculumConfig, tokens_per_step: int,
-                 source_tokens: dict[str, int] | None = None) -> None:
+    def __init__(self, cfg: CurriculumConfig, tokens_per_step: int, source_tokens: dict[str, int] | None = None,
+                 source_languages: dict[str, dict[str, int] | None] | None = None) -> None:
         if tokens_per_step <= 0:
             raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
         self.tokens_per_step = tokens_per_step
@@ -73,7 +144,7 @@ class Curriculum:
         for index, (name, phase) in enumerate(cfg.phases.items()):
             budget_end += parse_token_count(phase.tokens, field=f"curriculum.phases.{name}.tokens")
             end = math.ceil(budget_end / tokens_per_step) * tokens_per_step
-            weights = phase_weights(phase, source_tokens)
+            weights = phase_weights(phase, source_tokens, source_languages)
             self.phases.append(Phase(index, name, start, max(end, start + tokens_per_step), weights, phase.lr))
             start = self.phases[-1].end
 

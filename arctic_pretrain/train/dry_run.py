@@ -1,21 +1,22 @@
 """`dry_run=true`: the run's arithmetic for a cluster shape, before anything is allocated.
 
 It answers what a person checks by hand before submitting a job: the world size, micro batch, gradient
-accumulation, tokens per step, steps per phase, how often each data source is read, how many checkpoints
-the run keeps and how large they are. The same ``validate_config`` a real launch runs decides whether the
+accumulation, tokens per step, steps per phase, how often each data source is read, each phase's language
+mix (from the sources' manifests), how many checkpoints the run keeps and how large they are. The same ``validate_config`` a real launch runs decides whether the
 global batch divides, so a dry run fails exactly when the launch would. The model is built on the meta
 device (no memory) to count its parameters.
 """
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from arctic_pretrain.common.units import format_token_count, parse_token_count
 from arctic_pretrain.train.config import TrainConfig
-from arctic_pretrain.train.curriculum import Curriculum, phase_weights
-from arctic_pretrain.train.validate import validate_config
+from arctic_pretrain.train.curriculum import Curriculum, phase_languages
+from arctic_pretrain.train.validate import checked_phase_weights, validate_config
 
 PAPER_VOCAB = 64_000  # assumed when neither the sources nor model.vocab_size give one
 ADAM_BYTES = 12  # fp32 master weights + Adam's two moments, per parameter (DeepSpeed's optimizer states)
@@ -40,6 +41,8 @@ class DryRunPlan:
     epochs: dict[str, float] | None  # per source; None when the sources were not found
     sources_note: str = ""
     notes: list[str] = field(default_factory=list)
+    # per phase: each language's share of its tokens, and the sources whose mix is unknown (None: no sources)
+    languages: dict[str, tuple[dict[str, float], list[str]]] | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -99,15 +102,20 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
     t = cfg.training
     sources, missing = _open_sources(cfg)
     sizes = {name: s.num_tokens for name, s in sources.items()} if not missing else None
-    # without sizes, natural weights come out equal: the steps (all that is printed then) do not depend on them
-    curriculum = Curriculum(cfg.curriculum, t.global_batch_size * t.seq_len,
+    mixes = {name: s.language_tokens for name, s in sources.items()} if not missing else None
+    # the steps do not depend on the weights: without sizes natural weights come out equal, and language shares
+    # are computed below (checked_phase_weights names the phase whose sources record no language mix)
+    curriculum = Curriculum(without_language_shares(cfg.curriculum), t.global_batch_size * t.seq_len,
                             sizes or dict.fromkeys(cfg.data.sources, 1))
     phases = [{"phase": p["phase"], "steps": p["steps"], "tokens": p["tokens"]} for p in curriculum.describe()]
-    epochs, note = None, ""
+    epochs, note, languages = None, "", None
     if sizes is not None:
         epochs = {name: 0.0 for name in sources}
-        for phase in cfg.curriculum.phases.values():
-            for src, share in phase_weights(phase, sizes).items():
+        languages = {}
+        for name, phase in cfg.curriculum.phases.items():
+            weights = checked_phase_weights(name, phase, sizes, mixes)
+            languages[name] = phase_languages(weights, mixes)
+            for src, share in weights.items():
                 available = sources[src].num_windows(t.seq_len) * t.seq_len
                 epochs[src] += parse_token_count(phase.tokens) * share / max(available, 1)
     else:
@@ -127,7 +135,16 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
     kept = min(cfg.checkpoint.keep_last, total_steps // cfg.checkpoint.interval) + len(phases)
     return DryRunPlan(cfg.nodes, cfg.gpus_per_node, world, t.micro_batch_size,
                       t.global_batch_size // (t.micro_batch_size * world), t.global_batch_size, t.seq_len, phases,
-                      _parameters(cfg, vocab), vocab, vocab_note, 4 if fp32 else 2, written, kept, epochs, note)
+                      _parameters(cfg, vocab), vocab, vocab_note, 4 if fp32 else 2, written, kept, epochs, note,
+                      languages=languages)
+
+
+def without_language_shares(curriculum):
+    """The curriculum with no ``language_shares`` (they need the sources' mixes; the phases' steps do not)."""
+    copy = deepcopy(curriculum)
+    for phase in copy.phases.values():
+        phase.language_shares = {}
+    return copy
 
 
 def _gb(n: int) -> str:
@@ -154,6 +171,9 @@ def render(p: DryRunPlan) -> str:
     else:
         lines.append("data epochs per source")
         lines += [f"  {name:<16}  {ep:.2f}" for name, ep in p.epochs.items()]
+    if p.languages is not None:
+        lines.append("languages per phase (share of the phase's tokens, from the sources' manifests)")
+        lines += [f"  {phase:<16}  {language_mix(shares, unknown)}" for phase, (shares, unknown) in p.languages.items()]
     lines += [
         f"parameters          {p.parameters / 1e6:,.1f}M (vocabulary {p.vocab}: {p.vocab_note})",
         f"checkpoints         {p.checkpoints_written} written, {p.checkpoints_kept} kept "
@@ -162,6 +182,17 @@ def render(p: DryRunPlan) -> str:
         f"weights + fp32 master and Adam moments), ~{_gb(p.checkpoint_bytes * p.checkpoints_kept)} kept",
     ]
     return "\n".join(lines)
+
+
+def language_mix(shares: dict[str, float], unknown: list[str], top: int = 8) -> str:
+    """``python 50.0%, java 9.1%, ...`` (the largest ``top``, the rest summed), then the sources not known."""
+    shown = [f"{lang} {share:.1%}" for lang, share in list(shares.items())[:top]]
+    rest = sum(list(shares.values())[top:])
+    if rest > 0:
+        shown.append(f"{len(shares) - top} others {rest:.1%}")
+    if unknown:
+        shown.append(f"unknown: {', '.join(unknown)} (no language mix in their manifest.json)")
+    return ", ".join(shown)
 
 
 def report(cfg: TrainConfig) -> str:

@@ -4,8 +4,12 @@ A resume restores weights and the sample stream, so whatever shapes the weights 
 stay as the run began: the model's shape, the tokenizer, the sources' tokenizer hashes, the sequence
 length. A change there is refused, naming every differing key, before any rank builds a model (and
 before ``config.yaml`` is rewritten). Everything else (budgets, learning rates, intervals, guards) may
-change and is logged. ``history.jsonl`` gets one line per start: its command-line overrides and its
-config diff against the previous start.
+change and is logged. ``history.jsonl`` gets one line per start: its command-line overrides, its
+config diff against the previous start, and the sources it accepted onto changed data.
+
+The data itself may change under a run (a re-run selection, a re-tokenized source); the checkpoint's
+sampler state records each source's window count and manifest hash, and a resume onto a source read
+before and changed since is refused by name unless ``checkpoint.accept_changed_sources`` names it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +98,29 @@ def check_resume(run_dir: Path, new: dict[str, Any], hashes: dict[str, str], res
         verb = "resuming with" if resuming else "no checkpoint to resume; starting over with"
         log.info("%s changed settings: %s", verb, "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in diff.items()))
     return diff
+
+
+def check_source_data(changed: dict[str, dict] | None, accept: Collection[str], checkpoint: Path
+                      ) -> dict[str, dict]:
+    """Refuse a start onto sources whose data changed since ``checkpoint`` (``changed``, from the sampler:
+    a changed window count or manifest would re-cut the current epoch's permutation, so windows are read
+    twice and others never), unless ``accept`` names each. ``None``: the checkpoint predates the record
+    (warned, unknown). Returns the accepted changes, for history.jsonl."""
+    from arctic_pretrain.data.sampler import describe_changes
+
+    if changed is None:
+        log.warning("%s was saved before checkpoints recorded each source's window count and manifest hash: "
+                    "a source changed since cannot be detected on this start (recorded from now on)", checkpoint)
+        return {}
+    refused = {name: change for name, change in changed.items() if name not in accept}
+    if refused:
+        raise ConfigError(
+            f"data changed since checkpoint {checkpoint}: {describe_changes(refused)}. Resuming would re-cut the "
+            "current epoch's sample order of these sources (windows read twice, others never). Point "
+            "data.sources.<name>.path back to the data the run read, or accept the change deliberately with "
+            f"checkpoint.accept_changed_sources=[{','.join(refused)}]: each then starts a fresh permutation over "
+            "its new data at the recorded point, and history.jsonl records it")
+    return changed
 
 
 def command_overrides() -> list[str]:

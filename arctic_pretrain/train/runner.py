@@ -45,7 +45,7 @@ from arctic_pretrain.train.config import TrainConfig
 from arctic_pretrain.train.curriculum import Curriculum
 from arctic_pretrain.train.ds_config import deepspeed_config
 from arctic_pretrain.train.guards import StepGuard, make_optimizer
-from arctic_pretrain.train.history import append_history, check_resume, command_overrides
+from arctic_pretrain.train.history import append_history, check_resume, check_source_data, command_overrides
 from arctic_pretrain.train.metrics import MetricsSink
 from arctic_pretrain.train.runlock import acquire_for_job
 from arctic_pretrain.train.trainer import LoopSettings, Trainer
@@ -252,12 +252,23 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     seed_everything(cfg.seed, cfg.training.deterministic)
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
     plan = plan_restore(checkpoints, cfg.init_from, world, cfg.checkpoint.fallback_on_corrupt)
+    max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
+    heldout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
+    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, heldout_windows=heldout,
+                             accept_changed=cfg.checkpoint.accept_changed_sources)
+    accepted = {}
+    if plan is not None:  # before anything is written or built: a refused start leaves the run as it was
+        saved = plan.state["sampler"]
+        accepted = check_source_data(sampler.changed_sources(saved) if sampler.records_identity(saved) else None,
+                                     cfg.checkpoint.accept_changed_sources, plan.root / plan.tag)
     tokens_per_step = cfg.training.global_batch_size * cfg.training.seq_len
-    curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()})
+    curriculum = Curriculum(cfg.curriculum, tokens_per_step, {n: s.num_tokens for n, s in sources.items()},
+                            {n: s.language_tokens for n, s in sources.items()})
     if dist.rank() == 0:
         append_history(run_dir, {"overrides": command_overrides(), "world_size": world,
                                  "restore_from": str(plan.root / plan.tag) if plan else None,
-                                 "changes": start.changes, "source_tokenizers": start.source_tokenizers})
+                                 "changes": start.changes, "source_tokenizers": start.source_tokenizers,
+                                 "accepted_source_changes": accepted})
         atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write(run_dir / "curriculum.json", json.dumps(curriculum.describe(), indent=2))
 
@@ -275,9 +286,6 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     optimizer = make_optimizer(param_groups(model, cfg.optimizer.weight_decay), cfg.optimizer.betas,
                                cfg.optimizer.eps, cfg.optimizer.weight_decay, cfg.deepspeed.offload_optimizer)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
-    max_epochs = {name: src.max_epochs for name, src in cfg.data.sources.items()}
-    heldout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
-    sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, heldout_windows=heldout)
     settings = LoopSettings(cfg.training.global_batch_size, cfg.training.micro_batch_size,
                             cfg.checkpoint.interval, cfg.max_steps)
     flops = flops_per_token(cfg.model, vocab, cfg.training.seq_len)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ DECAYS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("online", "offline", "disabled")
 WEIGHTINGS = ("explicit", "natural")
+log = logging.getLogger(__name__)
 
 
 def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -64,6 +66,8 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
             require(0 < share < 1, f"{key}.pinned.{src}", share, "a pinned share must be in (0, 1)")
         require(sum(phase.pinned.values()) < 1 or len(phase.pinned) == len(phase.mixture), f"{key}.pinned",
                  dict(phase.pinned), "pinned shares leave nothing for the other sources")
+        for lang, share in phase.language_shares.items():
+            require(0 < share < 1, f"{key}.language_shares.{lang}", share, "a language share must be in (0, 1)")
         lr = phase.lr
         require(lr.peak_lr > 0, f"{key}.lr.peak_lr", lr.peak_lr, "must be positive")
         require(0 <= lr.end_lr <= lr.peak_lr, f"{key}.lr.end_lr", lr.end_lr, "must be in [0, peak_lr]")
@@ -71,6 +75,9 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
         require(lr.decay in DECAYS, f"{key}.lr.decay", lr.decay, f"must be one of {DECAYS}")
     for name, src in sources.items():
         require(src.max_epochs > 0, f"data.sources.{name}.max_epochs", src.max_epochs, "must be positive")
+    for name in cfg.checkpoint.accept_changed_sources:
+        require(name in sources, "checkpoint.accept_changed_sources", list(cfg.checkpoint.accept_changed_sources),
+                f"{name!r} is not a data source (data.sources has {sorted(sources)})")
 
     ds = cfg.deepspeed
     require(ds.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", ds.zero_stage, "must be 0, 1, 2 or 3")
@@ -104,13 +111,20 @@ def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> Non
     require(vocab is None or vocab >= first.vocab_size, "model.vocab_size", vocab,
              f"smaller than the tokenizer's vocabulary ({first.vocab_size})")
     seq_len = cfg.training.seq_len
-    from arctic_pretrain.train.curriculum import phase_weights
+    from arctic_pretrain.train.curriculum import phase_languages
 
     sizes = {name: src.num_tokens for name, src in sources.items()}
+    languages = {name: src.language_tokens for name, src in sources.items()}
     planned: dict[str, float] = {name: 0.0 for name in sources}
     for phase_name, phase in cfg.curriculum.phases.items():
         budget = parse_token_count(phase.tokens)
-        for src, share in phase_weights(phase, sizes).items():
+        weights = checked_phase_weights(phase_name, phase, sizes, languages)
+        reached = phase_languages(weights, languages)[0] if phase.language_shares else {}
+        for lang, share in phase.language_shares.items():
+            if abs(reached.get(lang, 0.0) - share) > 0.005:
+                log.warning("curriculum.phases.%s.language_shares.%s=%s: the sources' language mix allows %.3f "
+                            "(see dry_run=true)", phase_name, lang, share, reached.get(lang, 0.0))
+        for src, share in weights.items():
             planned[src] += budget * share
             require(sources[src].num_windows(seq_len) > 0, f"curriculum.phases.{phase_name}.mixture.{src}",
                      phase.mixture[src],
@@ -122,6 +136,16 @@ def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> Non
                  f"the curriculum plans {format_token_count(int(tokens))} tokens from a source of "
                  f"{format_token_count(available)} ({tokens / max(available, 1):.2f} epochs); "
                  "raise max_epochs or lower the phase budgets")
+
+
+def checked_phase_weights(name: str, phase, sizes: dict[str, int], languages: dict) -> dict[str, float]:
+    """``phase_weights``, with a language mix that cannot be measured reported against the phase's key."""
+    from arctic_pretrain.train.curriculum import phase_weights
+
+    try:
+        return phase_weights(phase, sizes, languages)
+    except ValueError as err:
+        raise ConfigError(f"curriculum.phases.{name}.language_shares={dict(phase.language_shares)}: {err}") from None
 
 
 def verify_sources(cfg: TrainConfig, sources: dict[str, TokenSource]) -> None:

@@ -75,6 +75,17 @@ def test_each_planted_secret_kind_is_redacted_and_counted(normal_python: str) ->
         assert dict(counts) == expected, (name, counts)  # the URL password is a password, not an email
 
 
+def test_a_jwt_is_redacted_whole_with_its_signature() -> None:
+    """detect-secrets' JWT match stops before the signature; header, payload and signature all go."""
+    signature = JWT.rsplit(".", 1)[1]
+    assert len(signature) == 43
+    text, counts = redact(f'headers = {{"Authorization": "Bearer {JWT}"}}\nurl = f"/api?token={JWT}&page=2"\n'
+                          f"# expired: {JWT}.\n", PIIConfig())
+    assert signature not in text and dict(counts) == {"key": 3}
+    assert text == ('headers = {"Authorization": "Bearer <KEY>"}\nurl = f"/api?token=<KEY>&page=2"\n'
+                    "# expired: <KEY>.\n")
+
+
 def test_url_credentials_redact_only_the_password_span(normal_python: str) -> None:
     """A common password ('password') in a URL: the URL's copy goes, the word elsewhere stays."""
     text, counts = redact('password_hint = "see the docs"\nURL = "mysql://root:password@10.0.0.5/db"\n',

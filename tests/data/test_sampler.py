@@ -7,14 +7,20 @@ from arctic_pretrain.data.shards import TokenSource
 from tests.conftest import make_source
 
 
+def corpus(n: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, 1000, rng.integers(5, 60)).tolist() for _ in range(n)]
+
+
 @pytest.fixture
 def sources(tmp_path):
-    rng = np.random.default_rng(1)
-    out = {}
-    for i, name in enumerate(["python", "c", "rust"]):
-        docs = [rng.integers(1, 1000, rng.integers(5, 60)).tolist() for _ in range(100 * (i + 1))]
-        out[name] = TokenSource(make_source(tmp_path / name, docs, shard_tokens=500))
-    return out
+    return {name: TokenSource(make_source(tmp_path / name, corpus(100 * (i + 1), i), shard_tokens=500))
+            for i, name in enumerate(["python", "c", "rust"])}
+
+
+def rewritten(tmp_path, sources, name, docs=250):
+    """``sources`` with ``name`` re-tokenized: another corpus (a re-run selection) in a new folder."""
+    return {**sources, name: TokenSource(make_source(tmp_path / f"{name}-v2", corpus(docs, 99), shard_tokens=500))}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097])
@@ -75,7 +81,7 @@ def test_restored_state_continues_identically(sources):
     first = MixtureSampler(sources, seq_len=16, seed=11)
     first.draw(777, weights)
     state = first.state_dict()
-    assert len(str(state)) < 300  # counters, not a list of seen samples
+    assert len(str(state)) < 300 * len(sources)  # counters and identities, not a list of seen samples
     resumed = MixtureSampler(sources, seq_len=16, seed=11)
     resumed.load_state_dict(state)
     assert resumed.draw(300, weights) == expected
@@ -87,3 +93,77 @@ def test_batches_carry_document_positions(sources):
     assert batch.input_ids.shape == batch.position_ids.shape == (8, 64)
     eos_before = batch.input_ids[:, :-1] == 0
     np.testing.assert_array_equal(batch.position_ids[:, 1:] == 0, eos_before)
+
+
+WEIGHTS = {"python": 0.5, "c": 0.5}  # rust is never read
+
+
+def saved_state(sources, draws=500):
+    sampler = MixtureSampler(sources, seq_len=16, seed=5)
+    sampler.draw(draws, WEIGHTS)
+    return sampler.state_dict()
+
+
+def test_state_records_each_sources_window_count_and_manifest_hash(sources):
+    import hashlib
+
+    state = saved_state(sources)
+    for name, src in sources.items():
+        digest = hashlib.sha256((src.folder / "manifest.json").read_bytes()).hexdigest()
+        assert state["sources"][name] == {"windows": src.num_windows(16), "manifest_sha256": digest,
+                                          "restarted_at": 0, "restarts": 0}
+
+
+def test_a_changed_source_is_refused_with_its_name(tmp_path, sources):
+    state = saved_state(sources)
+    changed = rewritten(tmp_path, sources, "c")
+    resumed = MixtureSampler(changed, seq_len=16, seed=5)
+    report = resumed.changed_sources(state)
+    assert list(report) == ["c"]
+    assert report["c"]["windows"] == [sources["c"].num_windows(16), changed["c"].num_windows(16)]
+    assert report["c"]["picks"] == state["per_source"]["c"] > 0
+    with pytest.raises(ValueError, match=r"c \(\d+ -> \d+ windows, manifest.json sha256 \w+\.\.\. -> "):
+        resumed.load_state_dict(state)
+
+
+def test_a_source_never_read_may_change(tmp_path, sources):
+    state = saved_state(sources)
+    assert state["per_source"]["rust"] == 0
+    resumed = MixtureSampler(rewritten(tmp_path, sources, "rust"), seq_len=16, seed=5)
+    assert resumed.changed_sources(state) == {}
+    resumed.load_state_dict(state)  # its first epoch has not begun: nothing to repeat or skip
+    assert resumed.state_dict()["sources"]["rust"]["restarts"] == 0
+
+
+def test_an_accepted_change_starts_a_fresh_permutation_at_the_recorded_point(tmp_path, sources):
+    state = saved_state(sources)
+    picks = state["per_source"]["c"]
+    changed = rewritten(tmp_path, sources, "c")
+    resumed = MixtureSampler(changed, seq_len=16, seed=5, accept_changed=["c"])
+    resumed.load_state_dict(state)
+    after = resumed.state_dict()
+    assert after["sources"]["c"]["restarted_at"] == picks and after["sources"]["c"]["restarts"] == 1
+    assert after["sources"]["c"]["windows"] == changed["c"].num_windows(16)  # the new identity, from now on
+    n = changed["c"].num_windows(16)
+    fresh = resumed.draw(n, {"c": 1.0})
+    assert sorted(s.window for s in fresh) == list(range(n))  # one whole epoch of the new data, from its start
+    assert {s.epoch for s in fresh} == {0}
+    straight = MixtureSampler(changed, seq_len=16, seed=5)
+    assert [s.window for s in fresh] != [s.window for s in straight.draw(n, {"c": 1.0})]  # a new order
+    # the unchanged sources continue exactly where they were
+    python_next = MixtureSampler(sources, seq_len=16, seed=5)
+    python_next.load_state_dict(state)
+    assert resumed.draw(50, {"python": 1.0}) == python_next.draw(50, {"python": 1.0})
+    # and the restarted stream itself resumes identically from its own checkpoint (nothing changed since)
+    again = MixtureSampler(changed, seq_len=16, seed=5)
+    again.load_state_dict(resumed.state_dict())
+    assert again.draw(40, WEIGHTS) == resumed.draw(40, WEIGHTS)
+
+
+def test_a_state_saved_before_identities_loads_as_unknown(tmp_path, sources):
+    state = saved_state(sources)
+    del state["sources"]
+    resumed = MixtureSampler(rewritten(tmp_path, sources, "c"), seq_len=16, seed=5)
+    assert not MixtureSampler.records_identity(state) and resumed.changed_sources(state) == {}
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["per_source"] == state["per_source"]

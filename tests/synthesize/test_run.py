@@ -126,6 +126,9 @@ def test_every_check_rejects_its_planted_replies(faulty_run):
     kept_docs = [r["document"] for r in recs if expected[r["id"]] == "kept"]
     src = TokenSource(out)
     assert src.manifest.documents == len(kept_docs) and summary["tokens_kept"] == src.manifest.tokens
+    by_language = summary["tokens_by_language"]  # the training curriculum's measured language mix
+    assert src.language_tokens == by_language and sum(by_language.values()) == src.manifest.tokens
+    assert set(by_language) == {r["language"] for r in recs if expected[r["id"]] == "kept"}
     assert json.loads((out / "decontamination.jsonl").read_text().splitlines()[0])["task_id"] == "HumanEval/2"
 
 

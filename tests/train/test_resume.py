@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -214,3 +215,53 @@ def test_resume_computes_with_the_saved_cpu_thread_count(tmp_path, demo_cache, o
     state = json.loads((resumed / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
     assert state["cpu_threads"] == 1  # recorded from torch.get_num_threads() after the restore pinned it
     assert losses(resumed) == losses(one_thread_run), first_difference(resumed, one_thread_run)
+
+
+def test_resume_onto_a_changed_source_is_refused_then_accepted_with_the_key(tmp_path, demo_cache, two_rank_run):
+    """A re-run selection under a running curriculum: python loses a shard after step 8. The same command
+    refuses, naming python; with checkpoint.accept_changed_sources=[python] python's permutation starts afresh
+    at the recorded point and history.jsonl says so. (The refusal is taken from the check the launch runs,
+    on the real checkpoint and data: one launch here.)"""
+    import yaml
+
+    from arctic_pretrain.common.config import ConfigError
+    from arctic_pretrain.data.sampler import MixtureSampler
+    from arctic_pretrain.data.shards import TokenSource
+    from arctic_pretrain.train.history import check_source_data
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_rank_run, run_dir)
+    (run_dir / "checkpoints" / "latest").write_text("step_00000008")
+    for tag in (run_dir / "checkpoints").glob("step_*"):
+        if tag.name > "step_00000008":
+            shutil.rmtree(tag)
+    paths = {n: s["path"] for n, s in yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["sources"].items()}
+    python = tmp_path / "python-reselected"
+    shutil.copytree(paths["python"], python)
+    manifest = json.loads((python / "manifest.json").read_text())
+    shard = manifest["shards"][0]  # a smaller selection: the first half of its documents
+    starts = np.load(python / f"{shard['name']}.idx.npy")[: shard["documents"] // 2 + 1]
+    tokens = np.fromfile(python / f"{shard['name']}.bin", dtype=manifest["dtype"])[: starts[-1]]
+    tokens.tofile(python / f"{shard['name']}.bin")
+    np.save(python / f"{shard['name']}.idx.npy", starts)
+    shard.update(tokens=int(starts[-1]), documents=len(starts) - 1)
+    manifest.update(tokens=int(starts[-1]), documents=len(starts) - 1)
+    (python / "manifest.json").write_text(json.dumps(manifest))
+    saved = json.loads((run_dir / "checkpoints" / "step_00000008" / "trainer_state.json").read_text())["sampler"]
+    sources = {n: TokenSource(python if n == "python" else p) for n, p in paths.items()}
+    changed = MixtureSampler(sources, 128, 1234).changed_sources(saved)
+    assert list(changed) == ["python"] and changed["python"]["picks"] == saved["per_source"]["python"] > 0
+    assert 0 < changed["python"]["windows"][1] < changed["python"]["windows"][0]
+    with pytest.raises(ConfigError, match=r"python \(\d+ -> \d+ windows"):
+        check_source_data(changed, [], run_dir / "checkpoints" / "step_00000008")
+
+    launch(run_dir, demo_cache, f"data.sources.python.path={python}", "checkpoint.accept_changed_sources=[python]",
+           "max_steps=12")
+    record = json.loads((run_dir / "history.jsonl").read_text().splitlines()[-1])
+    assert record["accepted_source_changes"] == json.loads(json.dumps(changed))
+    state = json.loads((run_dir / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())["sampler"]
+    new = sources["python"]
+    assert state["sources"]["python"] == {"windows": new.num_windows(128), "manifest_sha256": new.manifest_sha256,
+                                          "restarted_at": saved["per_source"]["python"], "restarts": 1}
+    assert state["sources"]["c"] == saved["sources"]["c"]  # untouched
+    assert sum(state["per_source"].values()) == 12 * 8

@@ -33,10 +33,10 @@ from arctic_pretrain.train.checkpoint import (
 )
 from arctic_pretrain.train.config import LoggingConfig, ModelConfig, TrainConfig, register
 from arctic_pretrain.train.export import export_checkpoint
-from arctic_pretrain.train.history import check_resume, config_diff
+from arctic_pretrain.train.history import check_resume, check_source_data, config_diff
 from arctic_pretrain.train.metrics import WANDB_ID, MetricsSink, wandb_settings
 from arctic_pretrain.train.runlock import LOCK, RunLock, RunLocked
-from arctic_pretrain.train.validate import check_tokenizer, verify_sources
+from arctic_pretrain.train.validate import check_tokenizer, validate_config, verify_sources
 from tests.conftest import ROOT, make_source
 
 register()
@@ -116,6 +116,24 @@ def test_resume_accepts_and_logs_budgets_lr_and_intervals(tmp_path, caplog):
                             "curriculum.phases.general.lr.peak_lr", "model.attention"}
     assert "checkpoint.interval: 5 -> 7" in caplog.text
     assert config_diff({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == {"a.c": [None, 2]}
+
+
+def test_a_resume_onto_changed_data_is_refused_naming_the_source_unless_accepted(tmp_path, caplog):
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000008"
+    change = {"high_quality": {"picks": 40, "windows": [100, 120], "manifest_sha256": ["a" * 64, "b" * 64]}}
+    with pytest.raises(ConfigError) as err:
+        check_source_data(change, [], ckpt)
+    message = str(err.value)
+    assert "high_quality (100 -> 120 windows, manifest.json sha256 aaaaaaaaaaaa... -> bbbbbbbbbbbb..." in message
+    assert str(ckpt) in message and "checkpoint.accept_changed_sources=[high_quality]" in message
+    assert check_source_data(change, ["high_quality"], ckpt) == change  # accepted: returned for history.jsonl
+    with pytest.raises(ConfigError, match="accept_changed_sources=\\[high_quality\\]"):
+        check_source_data(change, ["python"], ckpt)  # accepting another source accepts nothing here
+    with caplog.at_level(logging.WARNING, logger="arctic_pretrain.train.history"):
+        assert check_source_data(None, [], ckpt) == {}  # a checkpoint from before the record: unknown
+    assert "cannot be detected" in caplog.text
+    with pytest.raises(ConfigError, match="checkpoint.accept_changed_sources.*'pyhton' is not a data source"):
+        validate_config(load("experiment=tiny", "checkpoint.accept_changed_sources=[pyhton]"))
 
 
 def test_a_source_joining_later_resumes_if_the_run_tokenizer_made_it(tmp_path):
