@@ -55,7 +55,8 @@ def tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     for i, phase in enumerate(PHASES[:2]):  # two finished phases; written out of order on purpose
         folder = build_tiny_model(run / "export" / phase, seed=i)
-        meta = {"phase": phase, "phase_index": i, "step": 10 * (i + 1), "consumed_tokens": 81920 * (i + 1)}
+        meta = {"phase": phase, "phase_index": i, "step": 10 * (i + 1), "consumed_tokens": 81920 * (i + 1),
+                "seq_len": 256}
         (folder / "arctic_export.json").write_text(json.dumps(meta))
     return run
 
