@@ -64,6 +64,9 @@ class AlignedConfig:
     # model's max_position_embeddings, at most 4096. Longer documents lose the prompt's beginning.
     max_tokens: int | None = None
     batch_tokens: int = 16384  # tokens per forward pass (rows x longest row)
+    # model= a run directory: also the loss on the last N windows of each of its token sources (the run's
+    # config.yaml names them; never trained on when the run set evaluation.enabled=true); 0: off
+    heldout_windows: int = 8
 
 
 @dataclass
@@ -121,6 +124,8 @@ def validate(cfg: EvalConfig) -> None:
         raise ConfigError(f"aligned.limit={a.limit}: must be positive (or null for all problems)")
     if a.max_tokens is not None and a.max_tokens < 2:
         raise ConfigError(f"aligned.max_tokens={a.max_tokens}: must be at least 2 (a context and a scored token)")
+    if a.heldout_windows < 0:
+        raise ConfigError(f"aligned.heldout_windows={a.heldout_windows}: must be 0 (off) or positive")
     if a.batch_tokens < 1:
         raise ConfigError(f"aligned.batch_tokens={a.batch_tokens}: must be positive")
     if cfg.sandbox.timeout_s <= 0:

@@ -106,11 +106,16 @@ def aligned_table(results: dict[str, Any]) -> list[str]:
     tasks = aligned_tasks(results)
     if not tasks:
         return []
+    sources = list(dict.fromkeys(s for row in results["models"] for s in row.get("heldout") or {}))
+    heads = [TITLES[t] for t in tasks] + [f"held-out: {s}" for s in sources]
     lines = ["", "Benchmark-aligned loss: mean per-token loss (nats) of each benchmark's reference solutions given "
-             "their prompts, prompt tokens not counted; lower is better.", "",
-             "| model | tokens | " + " | ".join(TITLES[t] for t in tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+             "their prompts, prompt tokens not counted; lower is better."
+             + (" Held-out: the loss on the last windows of the run's token sources, for comparison." if sources
+                else ""), "",
+             "| model | tokens | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     counts = set()
     for row in results["models"]:
+        held_cells = [f"{row['heldout'][s]:.3f}" if s in (row.get("heldout") or {}) else "" for s in sources]
         cells = []
         for t in tasks:
             entry = (row.get("aligned") or {}).get(t, {})
@@ -118,7 +123,13 @@ def aligned_table(results: dict[str, Any]) -> list[str]:
             if "documents" in entry:
                 counts.add(f"- {TITLES[t]}: {entry['documents']} problems, {entry['tokens']} solution tokens, "
                            f"{entry['truncated']} truncated to {entry['max_tokens']} tokens")
-        lines.append(f"| {row['name']} | {_tokens(row.get('consumed_tokens'))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['name']} | {_tokens(row.get('consumed_tokens'))} | " + " | ".join(cells + held_cells)
+                     + " |")
+    held = results.get("aligned", {}).get("heldout")
+    if held:
+        counts.add(f"- held-out: the last {held['windows']} windows of each source, "
+                   + ("never trained on (the run held them out)" if held["held_out"] else
+                      "which this run trained on (evaluation.enabled was false): a corpus loss, not a held-out one"))
     return lines + ["", "Scored:", *sorted(counts)]
 
 

@@ -232,14 +232,23 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
     results: dict[str, Any] = {"tasks": list(cfg.tasks), "limit": cfg.limit, "generation": gen,
                                "sandbox": {**sandbox_key}, "models": []}
     aligned = cfg.aligned.enabled and cfg.samples is None  # a samples file has no model to score
+    corpus: dict[str, Any] = {}
     if aligned:
         results["aligned"] = {"limit": cfg.aligned.limit, "max_tokens": cfg.aligned.max_tokens}
+        corpus = run_sources(cfg.model) if cfg.aligned.heldout_windows > 0 else {}
+        if corpus:
+            results["aligned"]["heldout"] = {"windows": cfg.aligned.heldout_windows, "held_out": corpus["held_out"],
+                                             "sources": corpus["sources"]}
     for spec in models:
         row: dict[str, Any] = {**asdict(spec), "tasks": {}}
         backend: Backend | None = None
         fingerprint = model_fingerprint(spec.path) if cfg.samples is None else gen_key["file"]
         if aligned:
-            row["aligned"] = aligned_losses(spec, tasks, cfg, cache, fingerprint, out_dir)
+            own = Path(spec.path).parent == Path(str(cfg.model)) / "export"  # the run's tokenizer: its corpus
+            row["aligned"], heldout = aligned_losses(spec, tasks, cfg, cache, fingerprint, out_dir,
+                                                     corpus.get("sources", {}) if own else {})
+            if heldout:
+                row["heldout"] = heldout
         for name in cfg.tasks:
             task = tasks[name]
             if isinstance(task, str):
@@ -272,12 +281,32 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
     return results
 
 
+def run_sources(model: str | None) -> dict[str, Any]:
+    """A run directory's token sources (its config.yaml) that are on this machine, and whether the run held
+    their last windows out of training ({} when ``model`` is not a run directory)."""
+    path = Path(model or "") / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    run = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    sources = {name: str(src["path"]) for name, src in ((run.get("data") or {}).get("sources") or {}).items()
+               if (Path(str(src.get("path", ""))) / "manifest.json").is_file()}
+    return {"sources": sources, "held_out": bool((run.get("evaluation") or {}).get("enabled"))} if sources else {}
+
+
 def aligned_losses(spec: ModelSpec, tasks: dict[str, Task | str], cfg: EvalConfig, cache: ResultCache,
-                   fingerprint: str, out_dir: Path) -> dict[str, Any]:
-    """{task: aligned-loss summary} for one model, cached like pass@k, per-problem records in
-    ``out_dir/aligned/``. The model is loaded with transformers and freed before generation starts
-    (a vLLM backend would not give logits, and would not share the GPU)."""
-    from arctic_pretrain.evaluate.aligned import default_max_tokens, score_references
+                   fingerprint: str, out_dir: Path, sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """({task: aligned-loss summary}, {source: held-out loss}) for one model, cached like pass@k, per-problem
+    records in ``out_dir/aligned/``. The model is loaded with transformers and freed before generation
+    starts (a vLLM backend would not give logits, and would not share the GPU)."""
+    from arctic_pretrain.evaluate.aligned import (
+        default_max_tokens,
+        heldout_docs,
+        score_docs,
+        score_references,
+        summarize,
+    )
 
     a = cfg.aligned
     out: dict[str, Any] = {}
@@ -293,10 +322,19 @@ def aligned_losses(spec: ModelSpec, tasks: dict[str, Task | str], cfg: EvalConfi
             out[name] = {**hit["summary"], "cached": True}
         else:
             todo[name] = (key, task)
-    if not todo:
-        return out
+    heldout_key = cache_key(model=fingerprint, task="heldout", windows=a.heldout_windows, max_tokens=a.max_tokens,
+                            seq_len=spec.seq_len, sources={n: hash_file(Path(p) / "manifest.json")
+                                                           for n, p in sources.items()})
+    heldout = (cache.get("heldout", heldout_key) or {}).get("summary") if sources else {}
+    if not todo and heldout is not None:
+        return out, heldout
     lm = HFBackend(spec.path, dtype=cfg.generation.dtype, device=cfg.generation.device)
     max_tokens = a.max_tokens or default_max_tokens(lm.model, spec.seq_len)
+    if heldout is None:  # the corpus's windows at the length the model trained on
+        docs = heldout_docs(sources, a.heldout_windows, max_tokens)
+        heldout = {g.split("/", 1)[1]: s["loss"] for g, s in summarize(docs, *score_docs(lm.model, docs,
+                                                                                         a.batch_tokens)).items()}
+        cache.put("heldout", heldout_key, {"summary": heldout, "model": spec.path})
     references = {name: task.references(a.limit) for name, (_, task) in todo.items()}
     t0 = time.perf_counter()
     scored = score_references(lm.model, lm.tokenizer, references, max_tokens, a.batch_tokens)
@@ -310,7 +348,7 @@ def aligned_losses(spec: ModelSpec, tasks: dict[str, Task | str], cfg: EvalConfi
                  summary["documents"], summary["tokens"])
     del lm
     _free_memory()
-    return out
+    return out, heldout
 
 
 def _safe(name: str) -> str:

@@ -70,6 +70,14 @@ def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
     # two differently initialised models: two different losses
     losses = [m["aligned"]["humaneval"]["loss"] for m in results["models"]]
     assert losses[0] != pytest.approx(losses[1], rel=1e-4)
+    # beside it, the loss on the last windows of the run's token source, at the trained length
+    from arctic_pretrain.evaluate.light import heldout_loss
+
+    source = {"python": tiny_run / "tokens" / "python"}
+    for row in results["models"]:
+        assert row["heldout"]["python"] == pytest.approx(
+            heldout_loss(row["path"], source, windows=8, seq_len=256)["heldout_loss/python"], rel=1e-5)
+    assert results["aligned"]["heldout"]["held_out"] is True
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["models"][1]["consumed_tokens"] == 163840 and on_disk["reference"]
@@ -80,7 +88,7 @@ def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
     assert (out / "pass_at_1.png").stat().st_size > 1000
     assert len((out / "samples" / "general-humaneval.jsonl").read_text().splitlines()) == 3
     assert on_disk["models"][0]["aligned"]["humaneval"]["loss"] == losses[0]
-    assert "Benchmark-aligned loss" in md and f"{losses[1]:.3f}" in md
+    assert "Benchmark-aligned loss" in md and f"{losses[1]:.3f}" in md and "held-out: python" in md
     assert (out / "aligned_loss.png").stat().st_size > 1000
     per_problem = [json.loads(x) for x in (out / "aligned" / "general-humaneval.jsonl").read_text().splitlines()]
     assert [p["task_id"] for p in per_problem] == [f"HumanEval/{i}" for i in range(4)]
