@@ -46,14 +46,23 @@ EXPERIMENT_HINT = (f"pick an experiment (experiment={'|'.join(config_groups('tra
 
 
 def stage_callbacks(cfg: TrainConfig) -> list:
-    """Other stages join the step loop here, and only here: phase-end evaluation (evaluation.enabled)."""
-    if not cfg.evaluation.enabled:
-        return []
-    from arctic_pretrain.evaluate.phase_end import PhaseEndEvaluation
+    """Other stages join the step loop here, and only here: phase-end evaluation (evaluation.enabled) and
+    the in-loop benchmark-aligned loss (evaluation.interval)."""
+    ev, callbacks = cfg.evaluation, []
+    if ev.enabled:
+        from arctic_pretrain.evaluate.phase_end import PhaseEndEvaluation
 
-    ev = cfg.evaluation
-    return [PhaseEndEvaluation(os.path.join(cfg.run_dir, "export"), cfg.data.sources,
-                               cfg.training.seq_len, ev.heldout_windows, ev.humaneval_limit, ev.max_new_tokens)]
+        callbacks.append(PhaseEndEvaluation(os.path.join(cfg.run_dir, "export"), cfg.data.sources,
+                                            cfg.training.seq_len, ev.heldout_windows, ev.humaneval_limit,
+                                            ev.max_new_tokens))
+    if ev.interval > 0:
+        from arctic_pretrain.evaluate.aligned import AlignedLossEvaluation
+
+        # held-out windows only where the sampler leaves them alone (evaluation.enabled)
+        callbacks.append(AlignedLossEvaluation(ev.interval, ev.aligned_limit, cfg.training.seq_len,
+                                               cfg.training.micro_batch_size * cfg.training.seq_len,
+                                               cfg.data.sources, ev.heldout_windows if ev.enabled else 0))
+    return callbacks
 
 
 # a missing data source or init_from checkpoint is named by its key: a config error (train/runner.py, checkpoint.py)

@@ -54,6 +54,22 @@ class BenchmarkDataConfig:
 
 
 @dataclass
+class AlignedConfig:
+    """Benchmark-aligned loss: the mean per-token loss of each benchmark's reference solutions given their
+    prompts (one forward pass per model, no sampling; see arctic_pretrain/evaluate/aligned.py)."""
+
+    enabled: bool = True
+    limit: int | None = None  # problems per benchmark; null: all of them (cheap: no generation, no sandbox)
+    # context per document; null: the training seq_len the export records (arctic_export.json), else the
+    # model's max_position_embeddings, at most 4096. Longer documents lose the prompt's beginning.
+    max_tokens: int | None = None
+    batch_tokens: int = 16384  # tokens per forward pass (rows x longest row)
+    # model= a run directory: also the loss on the last N windows of each of its token sources (the run's
+    # config.yaml names them; never trained on when the run set evaluation.enabled=true); 0: off
+    heldout_windows: int = 8
+
+
+@dataclass
 class EvalConfig:
     """`python launch/evaluate.py model=<run_dir or HF path> tasks=[humaneval] output_dir=<path> limit=<n>`,
     or `samples=<file.jsonl>` in place of model."""
@@ -73,6 +89,7 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     data: BenchmarkDataConfig = field(default_factory=BenchmarkDataConfig)
+    aligned: AlignedConfig = field(default_factory=AlignedConfig)
 
 
 def validate(cfg: EvalConfig) -> None:
@@ -102,6 +119,15 @@ def validate(cfg: EvalConfig) -> None:
                               "completion; set generation.do_sample=true for pass@k")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"limit={cfg.limit}: must be positive (or null for all problems)")
+    a = cfg.aligned
+    if a.limit is not None and a.limit < 1:
+        raise ConfigError(f"aligned.limit={a.limit}: must be positive (or null for all problems)")
+    if a.max_tokens is not None and a.max_tokens < 2:
+        raise ConfigError(f"aligned.max_tokens={a.max_tokens}: must be at least 2 (a context and a scored token)")
+    if a.heldout_windows < 0:
+        raise ConfigError(f"aligned.heldout_windows={a.heldout_windows}: must be 0 (off) or positive")
+    if a.batch_tokens < 1:
+        raise ConfigError(f"aligned.batch_tokens={a.batch_tokens}: must be positive")
     if cfg.sandbox.timeout_s <= 0:
         raise ConfigError(f"sandbox.timeout_s={cfg.sandbox.timeout_s}: must be positive")
 

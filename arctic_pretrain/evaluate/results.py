@@ -92,7 +92,45 @@ def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
     if reference:
         tail += ["", "Paper rows: Arctic-SnowCoder (arXiv 2409.02326), greedy pass@1; the paper reports no plain "
                  "HumanEval column. Tokens: consumed so far for this run's phases, as the paper lists them for its rows."]
-    return "\n".join(head + lines + tail) + "\n"
+    return "\n".join(head + lines + tail + aligned_table(results)) + "\n"
+
+
+def aligned_tasks(results: dict[str, Any]) -> list[str]:
+    """Tasks with a benchmark-aligned loss for at least one model, in the run's task order."""
+    return [t for t in results["tasks"]
+            if any("loss" in (row.get("aligned") or {}).get(t, {}) for row in results["models"])]
+
+
+def aligned_table(results: dict[str, Any]) -> list[str]:
+    """Lines of the benchmark-aligned loss table (empty when no model has one)."""
+    tasks = aligned_tasks(results)
+    if not tasks:
+        return []
+    sources = list(dict.fromkeys(s for row in results["models"] for s in row.get("heldout") or {}))
+    heads = [TITLES[t] for t in tasks] + [f"held-out: {s}" for s in sources]
+    lines = ["", "Benchmark-aligned loss: mean per-token loss (nats) of each benchmark's reference solutions given "
+             "their prompts, prompt tokens not counted; lower is better."
+             + (" Held-out: the loss on the last windows of the run's token sources, for comparison." if sources
+                else ""), "",
+             "| model | tokens | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    counts = set()
+    for row in results["models"]:
+        held_cells = [f"{row['heldout'][s]:.3f}" if s in (row.get("heldout") or {}) else "" for s in sources]
+        cells = []
+        for t in tasks:
+            entry = (row.get("aligned") or {}).get(t, {})
+            cells.append(f"{entry['loss']:.3f}" if "loss" in entry else ("skipped" if "skipped" in entry else ""))
+            if "documents" in entry:
+                counts.add(f"- {TITLES[t]}: {entry['documents']} problems, {entry['tokens']} solution tokens, "
+                           f"{entry['truncated']} truncated to {entry['max_tokens']} tokens")
+        lines.append(f"| {row['name']} | {_tokens(row.get('consumed_tokens'))} | " + " | ".join(cells + held_cells)
+                     + " |")
+    held = results.get("aligned", {}).get("heldout")
+    if held:
+        counts.add(f"- held-out: the last {held['windows']} windows of each source, "
+                   + ("never trained on (the run held them out)" if held["held_out"] else
+                      "which this run trained on (evaluation.enabled was false): a corpus loss, not a held-out one"))
+    return lines + ["", "Scored:", *sorted(counts)]
 
 
 def _tokens(n: int | None) -> str:
@@ -138,8 +176,36 @@ def plot(results: dict[str, Any], path: Path, reference: bool = True) -> Path | 
     return path
 
 
+def plot_aligned(results: dict[str, Any], path: Path) -> Path | None:
+    """Benchmark-aligned loss by phase (one line per benchmark): the curve that moves before pass@1 does."""
+    tasks = aligned_tasks(results)
+    if not tasks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["models"]
+    names = [r["name"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 4))
+    for i, task in enumerate(tasks):
+        ys = [(r.get("aligned") or {}).get(task, {}).get("loss", math.nan) for r in rows]
+        ax.plot(range(len(rows)), ys, marker="o", color=f"C{i}", label=TITLES[task])
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("loss on reference solutions (nats/token)")
+    ax.set_title("benchmark-aligned loss by phase")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_outputs(results: dict[str, Any], output_dir: Path, reference: bool = True) -> dict[str, Path]:
-    """results.json, results.md and pass_at_1.png in ``output_dir``."""
+    """results.json, results.md, pass_at_1.png and aligned_loss.png in ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "results.json", "md": output_dir / "results.md"}
     payload = {**results, "reference": REFERENCE_ROWS if reference else []}
@@ -148,5 +214,8 @@ def write_outputs(results: dict[str, Any], output_dir: Path, reference: bool = T
     png = plot(results, output_dir / "pass_at_1.png", reference)
     if png:
         paths["png"] = png
+    aligned_png = plot_aligned(results, output_dir / "aligned_loss.png")
+    if aligned_png:
+        paths["aligned_png"] = aligned_png
     return paths
 

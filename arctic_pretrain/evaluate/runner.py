@@ -26,7 +26,13 @@ from arctic_pretrain.evaluate.sandbox import (
     kernel_refusal,
 )
 from arctic_pretrain.evaluate.tasks import Problem, Task, TaskUnavailable, build_task, hash_file
-from arctic_pretrain.generation.backends import Backend, SamplingParams, build_backend, truncate_at_stop
+from arctic_pretrain.generation.backends import (
+    Backend,
+    HFBackend,
+    SamplingParams,
+    build_backend,
+    truncate_at_stop,
+)
 from arctic_pretrain.model import EXPORT_META
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ class ModelSpec:
     phase_index: int | None = None
     step: int | None = None
     consumed_tokens: int | None = None
+    seq_len: int | None = None  # the training sequence length (phase exports record it)
 
 
 BackendFactory = Callable[[ModelSpec, GenerationConfig], Backend]
@@ -52,7 +59,7 @@ def _spec(path: Path, name: str | None = None) -> ModelSpec:
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         return ModelSpec(name or meta["phase"], str(path), meta["phase"], meta.get("phase_index"),
-                         meta.get("step"), meta.get("consumed_tokens"))
+                         meta.get("step"), meta.get("consumed_tokens"), meta.get("seq_len"))
     return ModelSpec(name or path.name, str(path))
 
 
@@ -224,10 +231,24 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
 
     results: dict[str, Any] = {"tasks": list(cfg.tasks), "limit": cfg.limit, "generation": gen,
                                "sandbox": {**sandbox_key}, "models": []}
+    aligned = cfg.aligned.enabled and cfg.samples is None  # a samples file has no model to score
+    corpus: dict[str, Any] = {}
+    if aligned:
+        results["aligned"] = {"limit": cfg.aligned.limit, "max_tokens": cfg.aligned.max_tokens}
+        corpus = run_sources(cfg.model) if cfg.aligned.heldout_windows > 0 else {}
+        if corpus:
+            results["aligned"]["heldout"] = {"windows": cfg.aligned.heldout_windows, "held_out": corpus["held_out"],
+                                             "sources": corpus["sources"]}
     for spec in models:
         row: dict[str, Any] = {**asdict(spec), "tasks": {}}
         backend: Backend | None = None
         fingerprint = model_fingerprint(spec.path) if cfg.samples is None else gen_key["file"]
+        if aligned:
+            own = Path(spec.path).parent == Path(str(cfg.model)) / "export"  # the run's tokenizer: its corpus
+            row["aligned"], heldout = aligned_losses(spec, tasks, cfg, cache, fingerprint, out_dir,
+                                                     corpus.get("sources", {}) if own else {})
+            if heldout:
+                row["heldout"] = heldout
         for name in cfg.tasks:
             task = tasks[name]
             if isinstance(task, str):
@@ -258,6 +279,76 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
         write_outputs(results, out_dir, cfg.reference)  # partial results survive a crash of a later model
     write_outputs(results, out_dir, cfg.reference)
     return results
+
+
+def run_sources(model: str | None) -> dict[str, Any]:
+    """A run directory's token sources (its config.yaml) that are on this machine, and whether the run held
+    their last windows out of training ({} when ``model`` is not a run directory)."""
+    path = Path(model or "") / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    run = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    sources = {name: str(src["path"]) for name, src in ((run.get("data") or {}).get("sources") or {}).items()
+               if (Path(str(src.get("path", ""))) / "manifest.json").is_file()}
+    return {"sources": sources, "held_out": bool((run.get("evaluation") or {}).get("enabled"))} if sources else {}
+
+
+def aligned_losses(spec: ModelSpec, tasks: dict[str, Task | str], cfg: EvalConfig, cache: ResultCache,
+                   fingerprint: str, out_dir: Path, sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """({task: aligned-loss summary}, {source: held-out loss}) for one model, cached like pass@k, per-problem
+    records in ``out_dir/aligned/``. The model is loaded with transformers and freed before generation
+    starts (a vLLM backend would not give logits, and would not share the GPU)."""
+    from arctic_pretrain.evaluate.aligned import (
+        default_max_tokens,
+        heldout_docs,
+        score_docs,
+        score_references,
+        summarize,
+    )
+
+    a = cfg.aligned
+    out: dict[str, Any] = {}
+    todo: dict[str, tuple[str, Task]] = {}
+    for name, task in tasks.items():
+        if isinstance(task, str):
+            out[name] = {"skipped": task}
+            continue
+        key = cache_key(model=fingerprint, task=f"aligned:{name}", data=task.fingerprint, limit=a.limit,
+                        max_tokens=a.max_tokens, seq_len=spec.seq_len)
+        hit = cache.get(f"aligned-{name}", key)
+        if hit is not None:
+            out[name] = {**hit["summary"], "cached": True}
+        else:
+            todo[name] = (key, task)
+    heldout_key = cache_key(model=fingerprint, task="heldout", windows=a.heldout_windows, max_tokens=a.max_tokens,
+                            seq_len=spec.seq_len, sources={n: hash_file(Path(p) / "manifest.json")
+                                                           for n, p in sources.items()})
+    heldout = (cache.get("heldout", heldout_key) or {}).get("summary") if sources else {}
+    if not todo and heldout is not None:
+        return out, heldout
+    lm = HFBackend(spec.path, dtype=cfg.generation.dtype, device=cfg.generation.device)
+    max_tokens = a.max_tokens or default_max_tokens(lm.model, spec.seq_len)
+    if heldout is None:  # the corpus's windows at the length the model trained on
+        docs = heldout_docs(sources, a.heldout_windows, max_tokens)
+        heldout = {g.split("/", 1)[1]: s["loss"] for g, s in summarize(docs, *score_docs(lm.model, docs,
+                                                                                         a.batch_tokens)).items()}
+        cache.put("heldout", heldout_key, {"summary": heldout, "model": spec.path})
+    references = {name: task.references(a.limit) for name, (_, task) in todo.items()}
+    t0 = time.perf_counter()
+    scored = score_references(lm.model, lm.tokenizer, references, max_tokens, a.batch_tokens)
+    seconds = round(time.perf_counter() - t0, 2)
+    for name, (key, _) in todo.items():
+        summary = {**scored[name]["summary"], "seconds": seconds}
+        cache.put(f"aligned-{name}", key, {"summary": summary, "model": spec.path, "problems": scored[name]["problems"]})
+        _write_samples(out_dir / "aligned" / f"{_safe(spec.name)}-{name}.jsonl", scored[name]["problems"])
+        out[name] = {**summary, "cached": False}
+        log.info("%s %s: aligned loss %.4f over %d problems (%d tokens)", spec.name, name, summary["loss"],
+                 summary["documents"], summary["tokens"])
+    del lm
+    _free_memory()
+    return out, heldout
 
 
 def _safe(name: str) -> str:

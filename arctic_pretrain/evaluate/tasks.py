@@ -55,6 +55,15 @@ class Task:
     def job(self, problem: Problem, prompt: str, completion: str, timeout_s: float) -> Job:
         raise NotImplementedError
 
+    def reference(self, problem: Problem) -> tuple[str, str]:
+        """(prompt, reference solution): the program the benchmark's canonical solution makes with its
+        prompt, split where the model's completion would start (the benchmark-aligned loss scores it)."""
+        return problem.prompt, problem.data["canonical_solution"]
+
+    def references(self, limit: int | None) -> list[tuple[str, str, str]]:
+        """(task_id, prompt, solution) of the first ``limit`` problems; raises TaskUnavailable like load."""
+        return [(p.task_id, *self.reference(p)) for p in self.load(limit)]
+
 
 def hash_file(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -140,6 +149,14 @@ class EvalPlusTask(Task):
         finally:
             setattr(module, attr, saved)
         return problems
+
+    def reference(self, problem: Problem) -> tuple[str, str]:
+        return problem.prompt + self.gt_separator, problem.data["canonical_solution"]
+
+    def references(self, limit: int | None) -> list[tuple[str, str, str]]:
+        """From the raw data: no canonical solution runs (``load`` executes them for expected outputs)."""
+        return [(p["task_id"], *self.reference(Problem(p["task_id"], p["prompt"], p)))
+                for p in list(self._raw().values())[:limit]]
 
     def load(self, limit: int | None) -> list[Problem]:
         problems = list(self._raw().values())[:limit]

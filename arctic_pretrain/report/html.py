@@ -157,12 +157,59 @@ def _evaluation_section(ev: dict | None) -> str:
                 row[task] = round(100 * float(res["pass@1"]), 1)
             elif isinstance(res, dict) and res.get("skipped"):
                 row[task] = "skipped"
+        for task, res in (model.get("aligned") or {}).items():
+            if isinstance(res, dict) and "loss" in res:
+                row[f"aligned loss: {task}"] = round(float(res["loss"]), 3)
         rows.append(row)
     paper = [{"model": f"paper: {name}", **dict(zip(TASK_COLUMNS, vals, strict=True))} for name, *vals in PAPER_ROWS]
     if not rows:
         return "<p class=note>no evaluation results for this run</p>" + _table(paper)
     cols = ["model", *dict.fromkeys(k for r in rows + paper for k in r if k != "model")]
     return _table(rows + paper, cols)
+
+
+def _aligned_section(facts: RunFacts) -> str:
+    """The benchmark-aligned loss per phase export (results.json) and along training (metrics.jsonl lines
+    of the in-loop callback), with the held-out corpus loss beside it where the run held windows out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = []
+    models = [m for m in (facts.evaluation or {}).get("models") or [] if m.get("aligned")]
+    tasks = list(dict.fromkeys(t for m in models for t, r in m["aligned"].items() if "loss" in r))
+    if tasks:
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(models) + 2), 3.8))
+        for i, task in enumerate(tasks):
+            ax.plot(range(len(models)), [m["aligned"].get(task, {}).get("loss") for m in models], marker="o",
+                    color=f"C{i}", label=task)
+        ax.set_xticks(range(len(models)), [m.get("name") for m in models], rotation=20)
+        ax.set(title="benchmark-aligned loss by phase export", ylabel="nats per solution token")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        parts.append(_img(_png(fig), "benchmark-aligned loss by phase"))
+    rows = [r for r in facts.metrics if r.get("event") == "aligned_eval"]
+    keys = sorted({k for r in rows for k in r if k.startswith(("aligned_loss/", "heldout_loss/"))})
+    if rows and keys:
+        fig, ax = plt.subplots(figsize=(12, 4))
+        for i, key in enumerate(keys):
+            part = [r for r in rows if r.get(key) is not None]
+            ax.plot([r["consumed_tokens"] for r in part], [r[key] for r in part], marker=".", color=f"C{i}",
+                    ls="-" if key.startswith("aligned") else "--", label=key)
+        for a, b in zip(rows, rows[1:], strict=False):
+            if a["phase"] != b["phase"]:
+                ax.axvline(a["consumed_tokens"], color="grey", lw=0.8, ls=":")
+        heldout = " and held-out corpus loss (dashed)" if any(k.startswith("heldout") for k in keys) else ""
+        ax.set(title=f"along training: benchmark-aligned loss (solid){heldout}; phase ends dotted",
+               xlabel="consumed tokens", ylabel="nats per token")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        parts.append(_img(_png(fig), "benchmark-aligned loss along training"))
+    if not parts:
+        return ("<p class=note>no benchmark-aligned loss: set evaluation.interval for the in-loop curve; "
+                "launch/evaluate.py writes it per phase export</p>")
+    return "".join(parts)
 
 
 def _short(value: Any, limit: int = 3000) -> str:
@@ -195,6 +242,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, evaluation
         ("Annotator selection (phase-2 data)", _selection_section(facts.selection, facts.selection_pngs)),
         ("Synthesis (phase-3 data)", _synthesis_section(facts.synthesis)),
         ("Evaluation (greedy pass@1, %; paper rows for reference)", _evaluation_section(facts.evaluation)),
+        ("Benchmark-aligned loss (reference solutions given their prompts; lower is better)",
+         _aligned_section(facts)),
         ("Provenance", _table(provenance(facts, code_root))),
     ]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in facts.notes)

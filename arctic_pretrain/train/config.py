@@ -139,12 +139,17 @@ class GuardsConfig:
 
 @dataclass
 class PhaseEvalConfig:
-    """Light evaluation at every phase end (rank 0, on the phase's export), logged like any metric."""
+    """Light evaluation at every phase end (rank 0, on the phase's export), and the benchmark-aligned loss
+    every ``interval`` steps on the model in memory; both logged like any metric."""
 
     enabled: bool = False
     humaneval_limit: int = 20  # first N HumanEval problems, greedy pass@1 in the sandbox (0: skip)
     max_new_tokens: int = 128
     heldout_windows: int = 8  # last N windows of every source: never trained on, scored at phase ends
+    # steps between in-loop benchmark-aligned loss lines (also at phase ends): the loss of the benchmarks'
+    # reference solutions given their prompts, plus the held-out windows' loss when enabled; 0: off
+    interval: int = 0
+    aligned_limit: int | None = 100  # problems per benchmark the in-loop aligned loss scores (null: all)
 
 
 @dataclass

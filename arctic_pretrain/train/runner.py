@@ -156,7 +156,7 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer: str, flops: floa
         ProgressBar(enabled=rank0),
     ]
     if cfg.checkpoint.export_phases:
-        callbacks.append(PhaseExport(run_dir, tokenizer))
+        callbacks.append(PhaseExport(run_dir, tokenizer, cfg.training.seq_len))
     callbacks.extend(extra)
     faults = FaultInjection.from_env()
     if faults is not None:

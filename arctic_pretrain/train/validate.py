@@ -91,6 +91,10 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
              f"must be one of {WANDB_MODES}")
     require(not cfg.evaluation.enabled or cfg.checkpoint.export_phases, "evaluation.enabled", True,
              "phase evaluation scores the phase exports: needs checkpoint.export_phases=true")
+    ev = cfg.evaluation
+    require(ev.interval >= 0, "evaluation.interval", ev.interval, "must be 0 (off) or a number of steps")
+    require(ev.aligned_limit is None or ev.aligned_limit > 0, "evaluation.aligned_limit", ev.aligned_limit,
+            "must be positive (or null for every problem)")
     g = cfg.guards
     require(g.max_consecutive_bad > 0, "guards.max_consecutive_bad", g.max_consecutive_bad, "must be positive")
     require(g.spike_zscore is None or g.spike_zscore > 0, "guards.spike_zscore", g.spike_zscore, "must be positive")

@@ -55,8 +55,18 @@ def tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     for i, phase in enumerate(PHASES[:2]):  # two finished phases; written out of order on purpose
         folder = build_tiny_model(run / "export" / phase, seed=i)
-        meta = {"phase": phase, "phase_index": i, "step": 10 * (i + 1), "consumed_tokens": 81920 * (i + 1)}
+        meta = {"phase": phase, "phase_index": i, "step": 10 * (i + 1), "consumed_tokens": 81920 * (i + 1),
+                "seq_len": 256}
         (folder / "arctic_export.json").write_text(json.dumps(meta))
+    # the run's config names its token sources (made with the exports' tokenizer): evaluation scores their tails
+    import numpy as np
+
+    from tests.conftest import make_source
+
+    rng = np.random.default_rng(0)
+    source = make_source(run / "tokens" / "python", [rng.integers(1, 500, 100).tolist() for _ in range(40)], vocab=512)
+    (run / "config.yaml").write_text(json.dumps({"data": {"sources": {"python": {"path": str(source)}}},
+                                                 "evaluation": {"enabled": True}}))  # JSON is YAML
     return run
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from arctic_pretrain.evaluate.config import (
+    AlignedConfig,
     BenchmarkDataConfig,
     ConfigError,
     EvalConfig,
@@ -53,7 +54,7 @@ def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
     cfg = EvalConfig(model=str(tiny_run), tasks=["humaneval", "humaneval_plus", "bigcodebench", "mbpp_plus"],
                      limit=3, output_dir=str(tmp_path / "out"), progress=False, data=data,
                      generation=GenerationConfig(max_new_tokens=16, batch_size=4),
-                     sandbox=SandboxConfig(timeout_s=2.0))
+                     sandbox=SandboxConfig(timeout_s=2.0), aligned=AlignedConfig(limit=4))
     results = evaluate(cfg)
     assert [m["name"] for m in results["models"]] == ["general", "high_quality"]
     for row in results["models"]:
@@ -61,6 +62,22 @@ def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
         assert 0.0 <= row["tasks"]["humaneval"]["pass@1"] <= 1.0
         assert row["tasks"]["humaneval_plus"]["problems"] == 2
         assert "skipped" in row["tasks"]["mbpp_plus"]
+        # the benchmark-aligned loss: its own problem limit, every benchmark with local references
+        aligned = row["aligned"]
+        assert [aligned[t]["documents"] for t in ("humaneval", "humaneval_plus", "bigcodebench")] == [4, 2, 1]
+        assert all(0 < aligned[t]["loss"] < 20 for t in ("humaneval", "humaneval_plus", "bigcodebench"))
+        assert aligned["humaneval"]["max_tokens"] == 256 and "skipped" in aligned["mbpp_plus"]  # the trained length
+    # two differently initialised models: two different losses
+    losses = [m["aligned"]["humaneval"]["loss"] for m in results["models"]]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)
+    # beside it, the loss on the last windows of the run's token source, at the trained length
+    from arctic_pretrain.evaluate.light import heldout_loss
+
+    source = {"python": tiny_run / "tokens" / "python"}
+    for row in results["models"]:
+        assert row["heldout"]["python"] == pytest.approx(
+            heldout_loss(row["path"], source, windows=8, seq_len=256)["heldout_loss/python"], rel=1e-5)
+    assert results["aligned"]["heldout"]["held_out"] is True
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["models"][1]["consumed_tokens"] == 163840 and on_disk["reference"]
@@ -70,6 +87,12 @@ def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
         assert needle in md, needle
     assert (out / "pass_at_1.png").stat().st_size > 1000
     assert len((out / "samples" / "general-humaneval.jsonl").read_text().splitlines()) == 3
+    assert on_disk["models"][0]["aligned"]["humaneval"]["loss"] == losses[0]
+    assert "Benchmark-aligned loss" in md and f"{losses[1]:.3f}" in md and "held-out: python" in md
+    assert (out / "aligned_loss.png").stat().st_size > 1000
+    per_problem = [json.loads(x) for x in (out / "aligned" / "general-humaneval.jsonl").read_text().splitlines()]
+    assert [p["task_id"] for p in per_problem] == [f"HumanEval/{i}" for i in range(4)]
+    assert sum(p["loss_sum"] for p in per_problem) / sum(p["tokens"] for p in per_problem) == pytest.approx(losses[0])
 
     # Rerun with one more task: the finished (model, task) pairs come from the cache, untouched.
     cfg.tasks = ["humaneval", "bigcodebench", "evoeval"]
@@ -84,6 +107,7 @@ def test_tiny_model_full_table_and_cache(tmp_path, tiny_run, evalplus_files):
     again = evaluate(cfg, factory)
     assert calls == []
     assert all(m["tasks"]["humaneval"]["cached"] for m in again["models"])
+    assert all(m["aligned"]["humaneval"]["cached"] for m in again["models"])
     assert again["models"][0]["tasks"]["humaneval"]["pass@1"] == results["models"][0]["tasks"]["humaneval"]["pass@1"]
     cfg.generation.max_new_tokens = 17  # a new generation config is new work
     evaluate(cfg, factory)

@@ -16,18 +16,31 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, demo_cache):
     run_dir = tmp_path_factory.mktemp("report") / "run"
-    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}"])
+    proc = run_cli(["launch/train.py", "experiment=tiny", f"run_dir={run_dir}", f"data.demo_dir={demo_cache}",
+                    "evaluation.interval=10", "evaluation.aligned_limit=8"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
+
+
+def test_in_loop_aligned_loss_lines_at_the_interval_and_phase_ends(finished_run):
+    """launch/train.py attaches evaluate's callback: metrics.jsonl lines at steps 10, 20 and the phase ends."""
+    from arctic_pretrain.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(finished_run) if r.get("event") == "aligned_eval"]
+    assert [(r["step"], r["phase"]) for r in rows] == [(10, "general"), (16, "general"), (20, "high_quality"),
+                                                       (24, "high_quality"), (28, "synthetic")]
+    assert all(0 < r["aligned_loss/humaneval"] < 20 for r in rows)
 
 
 def test_report_has_every_section_and_embeds_its_figures(finished_run):
     proc = run_cli(["launch/report.py", f"run={finished_run}"])
     assert proc.returncode == 0, proc.stderr
     page = (finished_run / "report.html").read_text()
-    for title in ("Training", "Curation", "Annotator selection", "Synthesis", "Evaluation", "Provenance"):
+    for title in ("Training", "Curation", "Annotator selection", "Synthesis", "Evaluation", "Benchmark-aligned loss",
+                  "Provenance"):
         assert f"<h2>{title}" in page, title
-    assert page.count("data:image/png;base64,") >= 3  # loss, lr/throughput, curriculum: self-contained
+    assert page.count("data:image/png;base64,") >= 4  # loss, lr/throughput, curriculum, aligned loss: self-contained
+    assert 'alt="benchmark-aligned loss along training"' in page
     assert "src=\"http" not in page and "<script" not in page
     assert "Arctic-SnowCoder-1.3B" in page  # the paper's rows beside the run's
     assert "no curation report" in page  # the demo corpus has none: said, not hidden
@@ -36,13 +49,16 @@ def test_report_has_every_section_and_embeds_its_figures(finished_run):
 
 def test_report_shows_each_phase_export_evaluated(finished_run, tmp_path):
     results = {"models": [{"name": phase, "step": step, "consumed_tokens": step * 1024,
-                           "tasks": {"humaneval": {"pass@1": rate, "problems": 2}}}
-                          for phase, step, rate in (("general", 16, 0.0), ("synthetic", 28, 0.5))]}
+                           "tasks": {"humaneval": {"pass@1": rate, "problems": 2}},
+                           "aligned": {"humaneval": {"loss": loss, "documents": 2}}}
+                          for phase, step, rate, loss in (("general", 16, 0.0, 2.5), ("synthetic", 28, 0.5, 1.25))]}
     (tmp_path / "results.json").write_text(json.dumps(results))
     out = tmp_path / "report.html"
     assert run_cli(["launch/report.py", f"run={finished_run}", f"out={out}", f"eval={tmp_path}"]).returncode == 0
     page = out.read_text()
     assert "<td>synthetic</td><td>28</td>" in page and "<td>50</td>" in page  # pass@1 in percent
+    assert "<th>aligned loss: humaneval</th>" in page and "<td>1.25</td>" in page
+    assert 'alt="benchmark-aligned loss by phase"' in page
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):

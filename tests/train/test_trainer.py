@@ -167,12 +167,13 @@ def test_progress_bar_counts_steps(build):
 
 
 def test_phase_export_writes_and_recovers_exports(build):
-    trainer = build([PhaseExport(build.run_dir, tokenizer=None)])
+    trainer = build([PhaseExport(build.run_dir, tokenizer=None, seq_len=SEQ)])
     trainer.fit()
     for phase in ("general", "high_quality"):
         assert (build.run_dir / "export" / phase / EXPORT_META).is_file()
     meta = json.loads((build.run_dir / "export" / "general" / EXPORT_META).read_text())
     assert meta["phase"] == "general" and meta["step"] == 3
+    assert meta["seq_len"] == SEQ  # evaluation scores documents at the trained length
     (build.run_dir / "export" / "general" / EXPORT_META).unlink()  # as if killed before the export
     again = build([PhaseExport(build.run_dir, tokenizer=None)])
     again.callbacks[0].pre_train(again, resumed=True)

@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 class PhaseExport(Callback):
     name = "export"
 
-    def __init__(self, run_dir: Path, tokenizer: str | None) -> None:
+    def __init__(self, run_dir: Path, tokenizer: str | None, seq_len: int | None = None) -> None:
         self.root = Path(run_dir) / "export"
         self.tokenizer = tokenizer
+        self.seq_len = seq_len  # recorded in the export: evaluation scores documents at the trained length
 
     def pre_train(self, trainer, resumed: bool) -> None:
         if not resumed:
@@ -42,4 +43,4 @@ class PhaseExport(Callback):
 
     def _export(self, tag_dir: Path, phase: str, index: int) -> Path:
         return export_checkpoint(tag_dir, self.root / phase, tokenizer=self.tokenizer,
-                                 meta={"phase": phase, "phase_index": index})
+                                 meta={"phase": phase, "phase_index": index, "seq_len": self.seq_len})
