@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from arctic_pretrain.common.callbacks import Callback
 from arctic_pretrain.evaluate.config import BenchmarkDataConfig
 from arctic_pretrain.evaluate.tasks import TASKS, TaskUnavailable, build_task
 
@@ -218,13 +219,12 @@ def score_references(model, tokenizer, references: Mapping[str, Sequence[tuple[s
     return out
 
 
-class AlignedLossEvaluation:
+class AlignedLossEvaluation(Callback):
     """In-loop evaluation every ``interval`` steps (and at phase ends): the aligned loss of each local
     benchmark and, where the sampler holds windows out, the held-out loss per source, computed on the
     model in memory and logged as one metric line (metrics.jsonl, wandb).
 
-    It follows the step loop's callback protocol by shape (see arctic_pretrain/train/callbacks). Every
-    rank takes part: the batches are split between ranks and the sums all-reduced (ZeRO-3 included:
+    A step-loop callback (common/callbacks.py). Every rank takes part: the batches are split between ranks and the sums all-reduced (ZeRO-3 included:
     the engine's module gathers its partitioned parameters in each call); rank 0 logs.
     """
 
@@ -284,13 +284,3 @@ class AlignedLossEvaluation:
         if trainer.rank == 0:
             trainer.log(record)
         return record
-
-    # the rest of the callback protocol: nothing to do
-    def pre_step(self, trainer, phase) -> None: ...
-    def checkpoint_written(self, trainer, tag) -> None: ...
-    def post_checkpoint(self, trainer, tag, phase_end) -> None: ...
-    def log_metrics(self, trainer, record) -> None: ...
-    def post_train(self, trainer, result) -> None: ...
-    def state_dict(self) -> None:
-        return None
-    def load_state_dict(self, state) -> None: ...

@@ -215,7 +215,7 @@ def test_in_loop_lines_at_the_interval_from_the_model_in_memory(tmp_path, proces
     run_dir = tmp_path / "run"
     aligned = AlignedLossEvaluation(interval=2, limit=3, seq_len=seq, batch_tokens=4 * seq, sources=paths,
                                     heldout_windows=2)
-    trainer = Trainer(engine, optimizer, MixtureSampler(sources, seq, seed=1, holdout_windows=2), curriculum,
+    trainer = Trainer(engine, optimizer, MixtureSampler(sources, seq, seed=1, heldout_windows=2), curriculum,
                       CheckpointManager(run_dir / "checkpoints", keep_last=1, hf_config=model.config),
                       StepGuard(GuardsConfig()), LoopSettings(batch, batch, 100),
                       callbacks=[MetricsSink(run_dir, LoggingConfig(), {}, enabled=True), aligned],
