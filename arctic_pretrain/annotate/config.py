@@ -98,6 +98,9 @@ class SelectConfig:
     # language -> share of `tokens` (normalised); empty: phase 1's language ratios (tokens/<language>)
     shares: dict[str, float] = field(default_factory=dict)
     languages: list[str] | None = None  # restrict to these languages (None: every curated language)
+    # DuckDB's working memory for select and report over the score files; larger sorts spill to disk
+    # (a temporary folder in output_dir), so memory stays flat however many files were scored
+    memory_limit: str = "1GB"
 
 
 @dataclass
