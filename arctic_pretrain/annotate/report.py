@@ -19,7 +19,7 @@ import numpy as np
 
 from arctic_pretrain.annotate.config import AnnotateConfig
 from arctic_pretrain.annotate.scoring import open_scores
-from arctic_pretrain.annotate.selection import BINS, cut_bin, score_bin
+from arctic_pretrain.annotate.selection import BINS, cut_bin, language_bins, score_bin
 from arctic_pretrain.common.io import atomic_write
 
 
@@ -109,20 +109,20 @@ class WriteReport:
         folder = self.out / "report"
         folder.mkdir(parents=True, exist_ok=True)
         bins = self.cfg.report.bins
-        statuses: dict[str, int] = {}
-        fine: dict[str, np.ndarray] = {}  # language -> files per BINS bin (the selection's bins)
-        coarse: dict[str, np.ndarray] = {}  # language -> files per report.bins bin (the plot)
-        sums: dict[str, float] = {}  # language -> sum of scores
         with open_scores(self.out / "scores", self.cfg.select.memory_limit, self.out) as con:
-            for status, lang, b_fine, b_coarse, n, total in con.execute(
-                    f"SELECT status, language, {score_bin(BINS)}, {score_bin(bins)}, count(*), sum(score) "
-                    "FROM scores GROUP BY ALL ORDER BY ALL").fetchall():
-                statuses[status] = statuses.get(status, 0) + n
-                if b_fine is None:  # no score: empty or unreadable
-                    continue
-                fine.setdefault(lang, np.zeros(BINS, dtype=np.int64))[b_fine] += n
-                coarse.setdefault(lang, np.zeros(bins, dtype=np.int64))[b_coarse] += n
-                sums[lang] = sums.get(lang, 0.0) + total
+            # files and score sums per (language, status) in the selection's bins; files in report.bins bins
+            groups = language_bins(con, "true", ["count(*)", "sum(score)"], extra="status", dtype=np.float64)
+            coarse = {g[0]: h[:-1, 0].astype(np.int64)
+                      for g, h in language_bins(con, "score IS NOT NULL", ["count(*)"], bins=bins).items()}
+            fine: dict[str, np.ndarray] = {}  # language -> scored files per BINS bin
+            sums: dict[str, float] = {}
+            statuses: dict[str, int] = {}
+            for (lang, status), h in sorted(groups.items()):
+                statuses[status] = statuses.get(status, 0) + int(h[:, 0].sum())
+                if h[:-1, 0].any():
+                    fine[lang] = fine.get(lang, 0) + h[:-1, 0].astype(np.int64)
+                    sums[lang] = sums.get(lang, 0.0) + float(h[:-1, 1].sum())
+            statuses = dict(sorted(statuses.items()))
             examples = ends(con, fine, self.cfg.report.examples)
         thresholds = {lang: v["threshold"] for lang, v in selection["languages"].items()}
         plot_histograms(coarse, thresholds, folder / "scores.png")

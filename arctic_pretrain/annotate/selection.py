@@ -32,7 +32,7 @@ from arctic_pretrain.data.shards import Manifest
 
 SELECTED_FIELDS = ("key", "file", "offset", "language", "repo", "path", "score", "tokens")
 CANDIDATE = "status = 'ok' AND tokens > 0 AND score IS NOT NULL"  # a file the selection may take
-BINS = 1 << 16  # threshold-pass score bins: 1.5e-5 wide, ~15 distinct (6-decimal) scores each
+BINS = 1 << 14  # threshold-pass score bins: 6e-5 wide, ~60 distinct (6-decimal) scores each
 
 
 def score_bin(bins: int) -> str:
@@ -52,14 +52,21 @@ def cut_bin(weights: np.ndarray, budget: int) -> int:
     return max(len(weights) - 1 - int(np.searchsorted(reach, budget)), 0)
 
 
-def language_bins(con, where: str, bins: int, columns: list[str], dtype=np.int64) -> dict[str, np.ndarray]:
-    """language -> (bins, k) array of the k SQL aggregates ``columns`` per score bin, from one pass over
-    the scores matching ``where``."""
-    rows = con.execute(f"SELECT language, {score_bin(bins)} AS bin, {', '.join(columns)} FROM scores WHERE {where} "
-                       "GROUP BY ALL").fetchall()
-    out: dict[str, np.ndarray] = {}
-    for lang, b, *values in rows:
-        out.setdefault(lang, np.zeros((bins, len(columns)), dtype=dtype))[b] = values
+def language_bins(con, where: str, columns: list[str], bins: int = BINS, extra: str = "",
+                  dtype=np.int64) -> dict[tuple, np.ndarray]:
+    """(language, *extra) -> (bins + 1, k) array of the k SQL aggregates ``columns`` per score bin (row
+    ``bins``: the unscored files), from one pass over the scores matching ``where``, grouped also by the
+    ``extra`` columns. Fetched as numpy arrays: at most (groups x bins) rows, whatever the corpus."""
+    keys = ["language", *filter(None, extra.split(","))]
+    sql_type = "BIGINT" if np.issubdtype(dtype, np.integer) else "DOUBLE"
+    values = [f"({c})::{sql_type} AS v{i}" for i, c in enumerate(columns)]
+    res = con.execute(f"SELECT {', '.join(keys)}, coalesce({score_bin(bins)}, -1) AS bin, {', '.join(values)} "
+                      f"FROM scores WHERE {where} GROUP BY ALL").fetchnumpy()
+    groups = list(zip(*(res[k.strip()] for k in keys), strict=True))
+    out: dict[tuple, np.ndarray] = {}
+    for i, group in enumerate(groups):
+        arr = out.setdefault(group, np.zeros((bins + 1, len(columns)), dtype=dtype))
+        arr[res["bin"][i]] = [res[f"v{j}"][i] for j in range(len(columns))]
     return out
 
 
@@ -85,7 +92,7 @@ class SelectTop:
         sel = self.cfg.select
         with open_scores(self.out / "scores", sel.memory_limit, self.out) as con:
             logger.info("select: pass 1, tokens per score bin and language")
-            hist = language_bins(con, CANDIDATE, BINS, ["count(*)", "sum(tokens)"])  # [:, 0] files, [:, 1] tokens
+            hist = {g[0]: h[:BINS] for g, h in language_bins(con, CANDIDATE, ["count(*)", "sum(tokens)"]).items()}
             languages = sorted(sel.languages or (set(hist) | set(sel.shares)))
             if sel.shares:
                 raw = {lang: float(sel.shares.get(lang, 0.0)) for lang in languages}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from arctic_pretrain.annotate.config import ConfigError, validate
 from arctic_pretrain.annotate.report import WriteReport
 from arctic_pretrain.annotate.selection import BINS, SELECTED_FIELDS, SelectTop, cut_bin
 from tests.annotate.conftest import make_config
@@ -127,6 +128,8 @@ def test_bad_score_file_is_named(tmp_path) -> None:
     cfg = make_config(tmp_path / "curated", out, *(f"select.shares.{k}={v}" for k, v in SHARES.items()))
     with pytest.raises(ValueError, match="00001.jsonl"):
         SelectTop(cfg, tmp_path / "curated", out, {}).run()
-    with pytest.raises(ValueError, match="select.memory_limit|memory size"):
+    with pytest.raises(ConfigError, match="select.memory_limit"):
+        validate(make_config(tmp_path / "curated", out, "select.memory_limit=lots"))
+    with pytest.raises(ValueError, match="memory size"):  # past validate (a caller of SelectTop itself)
         SelectTop(make_config(tmp_path / "curated", out, "select.memory_limit=lots"), tmp_path / "curated", out,
                   {}).run()
