@@ -59,7 +59,7 @@ def language_bins(con, where: str, columns: list[str], bins: int = BINS, extra: 
     ``extra`` columns. Fetched as numpy arrays: at most (groups x bins) rows, whatever the corpus."""
     keys = ["language", *filter(None, extra.split(","))]
     sql_type = "BIGINT" if np.issubdtype(dtype, np.integer) else "DOUBLE"
-    values = [f"({c})::{sql_type} AS v{i}" for i, c in enumerate(columns)]
+    values = [f"coalesce(({c})::{sql_type}, 0) AS v{i}" for i, c in enumerate(columns)]
     res = con.execute(f"SELECT {', '.join(keys)}, coalesce({score_bin(bins)}, -1) AS bin, {', '.join(values)} "
                       f"FROM scores WHERE {where} GROUP BY ALL").fetchnumpy()
     groups = list(zip(*(res[k.strip()] for k in keys), strict=True))
