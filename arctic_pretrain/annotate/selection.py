@@ -147,7 +147,7 @@ class SelectTop:
         with ExitStack() as stack:
             out = {lang: stack.enter_context(atomic_writer(folder / f"{lang}.jsonl")) for lang in languages}
             progress = stack.enter_context(tqdm(total=rows, desc="select", unit="file", mininterval=5))
-            for batch in con.sql(query).to_arrow_reader(1 << 16):
+            for batch in con.sql(query).to_arrow_reader(8192):
                 progress.update(batch.num_rows)
                 for rec in batch.to_pylist():
                     state = taken[rec["language"]]
