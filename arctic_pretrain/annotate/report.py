@@ -7,6 +7,9 @@
                           phase-1 files (the paper's diagnostic; HumanEval is used for diagnosis only,
                           never for training: the positives are decontaminated against it)
     report/report.md      the same, as a page
+
+Out of core like select: the counts come from DuckDB aggregates per score bin, and the top and bottom
+files from sorting only the files in the end bins that hold them.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ class WriteReport:
         bins = self.cfg.report.bins
         with open_scores(self.out / "scores", self.cfg.select.memory_limit, self.out) as con:
             # files and score sums per (language, status) in the selection's bins; files in report.bins bins
-            groups = language_bins(con, "true", ["count(*)", "sum(score)"], extra="status", dtype=np.float64)
+            groups = language_bins(con, "true", ["count(*)", "sum(score)"], extra=("status",), dtype=np.float64)
             coarse = {g[0]: h[:-1, 0].astype(np.int64)
                       for g, h in language_bins(con, "score IS NOT NULL", ["count(*)"], bins=bins).items()}
             fine: dict[str, np.ndarray] = {}  # language -> scored files per BINS bin

@@ -52,17 +52,17 @@ def cut_bin(weights: np.ndarray, budget: int) -> int:
     return max(len(weights) - 1 - int(np.searchsorted(reach, budget)), 0)
 
 
-def language_bins(con, where: str, columns: list[str], bins: int = BINS, extra: str = "",
+def language_bins(con, where: str, columns: list[str], bins: int = BINS, extra: tuple[str, ...] = (),
                   dtype=np.int64) -> dict[tuple, np.ndarray]:
     """(language, *extra) -> (bins + 1, k) array of the k SQL aggregates ``columns`` per score bin (row
     ``bins``: the unscored files), from one pass over the scores matching ``where``, grouped also by the
     ``extra`` columns. Fetched as numpy arrays: at most (groups x bins) rows, whatever the corpus."""
-    keys = ["language", *filter(None, extra.split(","))]
+    keys = ["language", *extra]
     sql_type = "BIGINT" if np.issubdtype(dtype, np.integer) else "DOUBLE"
     values = [f"coalesce(({c})::{sql_type}, 0) AS v{i}" for i, c in enumerate(columns)]
     res = con.execute(f"SELECT {', '.join(keys)}, coalesce({score_bin(bins)}, -1) AS bin, {', '.join(values)} "
                       f"FROM scores WHERE {where} GROUP BY ALL").fetchnumpy()
-    groups = list(zip(*(res[k.strip()] for k in keys), strict=True))
+    groups = list(zip(*(res[k] for k in keys), strict=True))
     out: dict[tuple, np.ndarray] = {}
     for i, group in enumerate(groups):
         arr = out.setdefault(group, np.zeros((bins + 1, len(columns)), dtype=dtype))
