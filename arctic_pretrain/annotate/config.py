@@ -6,6 +6,7 @@ otherwise; where the paper is silent the default is ours and the comment says so
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,9 @@ class SelectConfig:
     # language -> share of `tokens` (normalised); empty: phase 1's language ratios (tokens/<language>)
     shares: dict[str, float] = field(default_factory=dict)
     languages: list[str] | None = None  # restrict to these languages (None: every curated language)
+    # DuckDB's working memory for select and report over the score files; larger sorts spill to disk
+    # (a temporary folder in output_dir), so memory stays flat however many files were scored
+    memory_limit: str = "1GB"
 
 
 @dataclass
@@ -174,6 +178,8 @@ def validate(cfg: AnnotateConfig) -> None:
     for lang, share in sel.shares.items():
         require(share >= 0, f"select.shares.{lang}", share, "must be >= 0")
     require(not sel.shares or sum(sel.shares.values()) > 0, "select.shares", dict(sel.shares), "all zero")
+    require(re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", sel.memory_limit or "") is not None, "select.memory_limit",
+            sel.memory_limit, "must be a memory size such as 1GB or 500MB")
     require(cfg.report.examples >= 0, "report.examples", cfg.report.examples, "must be >= 0")
     executor.check_executor(cfg.executor)
     require(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,
