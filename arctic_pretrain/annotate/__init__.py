@@ -12,8 +12,12 @@ from pathlib import Path
 
 def run(cfg) -> Path:
     """Run (or resume) an annotation described by an ``AnnotateConfig``; returns its output folder."""
-    from arctic_pretrain.annotate.pipeline import run as _run
+    import sys
 
+    from arctic_pretrain.annotate.pipeline import run as _run
+    from arctic_pretrain.common.logs import setup_logging
+
+    setup_logging(stream=sys.stderr)  # stderr, as datatrove's own messages; stdout carries the summary
     return _run(cfg)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,6 @@ import time
 from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
-from loguru import logger
 from omegaconf import OmegaConf
 
 from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
@@ -34,6 +34,7 @@ from arctic_pretrain.common.executor import datatrove_executor, local_executor, 
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import documents_files
 
+logger = logging.getLogger(__name__)
 ORDER = ("train", "score", "select", "report")  # the steps (step=all runs them in this order)
 
 
@@ -357,6 +358,9 @@ class FinishAfterScoring(PipelineStep):
         self.cfg = cfg
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from arctic_pretrain.common.logs import log_to_loguru
+
+        log_to_loguru()  # the Annotate steps' messages go to this task's log, beside datatrove's
         annotate = Annotate(self.cfg)
         annotate.write_scores_manifest()
         annotate.select()

@@ -77,3 +77,27 @@ def test_old_spellings_still_compose_through_the_launchers(tmp_path):
     assert "stage= is now step=" in annotate.stderr and "recipe= is now experiment=" in annotate.stderr
     pipeline = run_cli(["launch/pipeline.py", "experiment=tiny", "run_dir=/t", "--cfg", "job"])
     assert pipeline.returncode == 0 and yaml.safe_load(pipeline.stdout)["train_dir"] == "/t", pipeline.stderr
+
+
+def test_log_to_loguru_puts_stdlib_records_where_datatrove_logs():
+    """annotate's finish job (a datatrove step on SLURM) runs driver code that logs with stdlib logging;
+    inside the task those records must reach loguru, which datatrove points at the task's log file."""
+    import logging
+
+    from loguru import logger
+
+    from arctic_pretrain.common.logs import log_to_loguru
+
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="INFO", format="{level} {message}")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        log_to_loguru()
+        logging.getLogger("arctic_pretrain.annotate.pipeline").info("selected: {python: 3 files}")
+        logging.getLogger("x").debug("below the level")
+    finally:
+        logger.remove(sink)
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert seen == ["INFO arctic_pretrain.annotate.pipeline: selected: {python: 3 files}\n"]
