@@ -2,7 +2,7 @@
 #   docker build -t arctic-pretrain .                              GPU nodes (the default): CUDA PyTorch,
 #                                                                  DeepSpeed with its fused ops prebuilt, flash-attn
 #   docker run --gpus all --ipc=host -v /data:/data arctic-pretrain \
-#       deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 data.root=/data run_dir=/data/runs/snowcoder
+#       deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 data.root=/data output_dir=/data/runs/snowcoder
 #   docker build --build-arg VARIANT=cpu -t arctic-pretrain:cpu .  any machine: the quick start and the test suite,
 #                                                                  installed by .ci/install: the README's install lines
 #   docker run --rm arctic-pretrain:cpu python launch/pipeline.py experiment=demo

@@ -20,7 +20,9 @@ from arctic_pretrain.text.decontamination import BenchmarkConfig, DecontamConfig
 
 __all__ = ["AnnotateConfig", "BenchmarkConfig", "ConfigError", "DecontamConfig"]
 
-STAGES = ("all", "train", "score", "select", "report")
+STEPS = ("all", "train", "score", "select", "report")  # the annotate stage's steps, in order after "all"
+# deprecated spellings on the command line (launch/annotate.py), read as the new ones until the next release
+RENAMED = {"stage": "step", "recipe": "experiment"}
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -127,7 +129,7 @@ class ExecutorConfig(executor.ExecutorConfig):
 class AnnotateConfig:
     curated: str = MISSING  # a curation output_dir (documents/, tokens/, tokenizer/)
     output_dir: str | None = None  # None: <curated>/high_quality (where conf/train/data/snowcoder.yaml looks)
-    stage: str = "all"  # all | train | score | select | report; a stage whose output is complete is skipped
+    step: str = "all"  # all | train | score | select | report; a step whose output is complete is skipped
     positives: list[PositiveSource] = field(default_factory=_paper_positives)
     data: TrainingDataConfig = field(default_factory=TrainingDataConfig)
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -144,7 +146,7 @@ class AnnotateConfig:
 def validate(cfg: AnnotateConfig) -> None:
     """Cross-field checks before any work starts; errors name the key and the value."""
     require(bool(cfg.curated), "curated", cfg.curated, "must be a curation output folder")
-    require(cfg.stage in STAGES, "stage", cfg.stage, f"must be one of {STAGES}")
+    require(cfg.step in STEPS, "step", cfg.step, f"must be one of {STEPS}")
     require(len(cfg.positives) > 0, "positives", list(cfg.positives), "needs at least one source")
     names = [p.name for p in cfg.positives]
     require(len(names) == len(set(names)), "positives", names, "names must be unique")

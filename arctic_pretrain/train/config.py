@@ -166,10 +166,11 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
-    init_from: str | None = None  # start from another run's checkpoint (<run_dir> or <run_dir>/checkpoints/<tag>)
+    init_from: str | None = None  # start from another run's checkpoint (<output_dir> or <output_dir>/checkpoints/<tag>)
     init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
     init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point
-    run_dir: str = "runs/default"  # metrics.jsonl, checkpoints/, export/; rerun with the same run_dir to resume
+    # the run dir: metrics.jsonl, checkpoints/, export/; rerun with the same output_dir to resume
+    output_dir: str = "runs/default"
     seed: int = 1234
     tokenizer: str | None = None  # HF tokenizer folder or hub name for exports; None: the sources' manifest
     peak_tflops: float | None = None  # per-device peak for MFU; None: known GPUs (H100/H200 989, A100 312)
@@ -185,6 +186,10 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     from arctic_pretrain.train.validate import validate_config
 
     validate_config(cfg, world_size=world_size)
+
+
+# deprecated spellings on the command line (launch/train.py), read as the new key until the next release
+RENAMED = {"run_dir": "output_dir"}
 
 
 def register() -> None:

@@ -223,7 +223,7 @@ def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     whose checks fail leaves the run dir as it found it (a new run dir is removed again)."""
     world = dist.env_world_size()
     validate_config(cfg, world_size=world)
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.output_dir)
     setup_logging(run_dir, dist.env_rank(), to_file=False)
     dist.init_distributed()
     lock = acquire_for_job(run_dir, dist.rank(), dist.broadcast_object)

@@ -159,7 +159,7 @@ def test_rerun_skips_and_reselect_keeps_classifier_and_scores(annotated, tmp_pat
     run(cfg)  # everything complete: nothing rewritten
     assert (out / "selection.json").read_bytes() == selection
     smaller = make_config(Path(cfg.curated), out, "select.tokens=10K", "report.humaneval=false",
-                          "stage=select")
+                          "step=select")
     try:
         run(smaller)
         again = json.loads((out / "selection.json").read_text())

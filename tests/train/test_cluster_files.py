@@ -54,7 +54,7 @@ def test_submitit_slurm_preset_takes_the_cluster_shape():
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name="train", overrides=["hydra/launcher=submitit_slurm", "nodes=2", "gpus_per_node=8",
-                                                      "run_dir=/sweeps/hq"], return_hydra_config=True)
+                                                      "output_dir=/sweeps/hq"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)  # one task per GPU

@@ -1,4 +1,4 @@
-"""Budget sweeps: the shared curriculum prefix trains once, each variant branches from it into its own run_dir."""
+"""Budget sweeps: the shared curriculum prefix trains once, each variant branches from it into its own output_dir."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SWEEP = ["curriculum.phases.general.tokens=4K", "curriculum.phases.high_quality.
 
 
 def test_swept_keys_decide_the_shared_prefix():
-    assert swept_keys(["experiment=tiny", "curriculum.phases.high_quality.tokens=25B,50B", "run_dir=R"]) == [
+    assert swept_keys(["experiment=tiny", "curriculum.phases.high_quality.tokens=25B,50B", "output_dir=R"]) == [
         "curriculum.phases.high_quality.tokens"]
     phases = ["general", "high_quality", "synthetic"]
     assert shared_prefix(phases, ["curriculum.phases.high_quality.tokens"]) == ["general"]
@@ -73,7 +73,7 @@ def _variant_job(prefix_dir: str, calls: str) -> None:
         time.sleep(3)
         return {"status": "done", "step": 4, "consumed_tokens": 4096}
 
-    cfg = SimpleNamespace(run_dir=prefix_dir, curriculum=SimpleNamespace(phases={"general": None}))
+    cfg = SimpleNamespace(output_dir=prefix_dir, curriculum=SimpleNamespace(phases={"general": None}))
     done = ensure_prefix(cfg, train, poll_s=0.2)
     with open(calls, "a") as fh:
         fh.write(json.dumps({"done": done["checkpoint"]}) + "\n")
