@@ -14,7 +14,9 @@ register()
 @entry_point("synthesize", "synthesize", SynthesizeConfig, __doc__, version_base=None,
              missing_hint="usage: python launch/synthesize.py seeds=<annotate output_dir> backend=openai|vllm|transformers ...")
 def main(config: SynthesizeConfig) -> None:
+    from arctic_pretrain.generation.openai import ServerUnavailable
     from arctic_pretrain.synthesize import run
+    from arctic_pretrain.synthesize.generations import GenerationFileError
 
     try:
         validate(config)
@@ -22,6 +24,9 @@ def main(config: SynthesizeConfig) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (ServerUnavailable, GenerationFileError) as err:  # no server, a wrong model, the server went away
+        print(f"synthesis stopped: {err}", file=sys.stderr)
+        sys.exit(1)
     except RuntimeError as err:  # requests that gave up: finished seeds are kept, a rerun retries the rest
         print(f"synthesis incomplete: {err}", file=sys.stderr)
         sys.exit(1)
