@@ -104,6 +104,9 @@ class OpenAIServer:
                 body_raw = await reader.readexactly(int(headers.get("content-length", 0)))
                 if not await self._respond(method, path, body_raw, writer, headers):
                     return
+                if headers.get("connection", "").lower() == "close":  # HTTP/1.1: the client asked to close
+                    await writer.drain()
+                    return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
