@@ -37,10 +37,9 @@ def test_unreachable_server_exits_nonzero_naming_the_url(seeds, tmp_path):
 
 
 def test_a_model_the_server_does_not_serve_is_refused_before_any_request(seeds, tmp_path):
-    with OpenAIServer(models=("Qwen/Qwen2.5-Coder-7B-Instruct",)) as srv:
-        with pytest.raises(ServerUnavailable, match=r"backend.model='meta-llama/Llama-3.1-70B-Instruct' is not served "
-                                                    r"at http://127.0.0.1:\d+/v1 \(it serves \['Qwen/"):
-            run(make_config(f"seeds={seeds}", f"output_dir={tmp_path / 'out'}", f"backend.base_url={srv.url}", *PY))
+    expected = r"backend.model='meta-llama/Llama-3.1-70B-Instruct' is not served at http://127.0.0.1:\d+/v1 \(it serves \['Qwen/"
+    with OpenAIServer(models=("Qwen/Qwen2.5-Coder-7B-Instruct",)) as srv, pytest.raises(ServerUnavailable, match=expected):
+        run(make_config(f"seeds={seeds}", f"output_dir={tmp_path / 'out'}", f"backend.base_url={srv.url}", *PY))
     assert srv.requests == 0
 
 
