@@ -207,7 +207,7 @@ class OpenAIClient:
                                                                                sock_connect=self.connect_timeout_s)) as resp:
                     raw, status = await resp.read(), resp.status
                 break
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+            except (TimeoutError, aiohttp.ClientConnectionError) as err:
                 if time.monotonic() >= deadline:
                     waited = f" (waited {wait_s:g} s)" if wait_s else ""
                     raise ServerUnavailable(

@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 
 from arctic_pretrain.common.config import ConfigError, StageIncomplete
-from arctic_pretrain.common.io import atomic_write, read_jsonl
+from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.shards import MANIFEST, finalize_source
 from arctic_pretrain.synthesize.config import SynthesizeConfig, validate
 from arctic_pretrain.synthesize.engines import Reply, build_engine
@@ -225,7 +225,8 @@ def finalize(cfg: SynthesizeConfig, out: Path, selection: Selection, runs: list[
     }
     atomic_write(out / "synthesis.json", json.dumps(summary, indent=2))
     finalize_source(out, metadata={"stage": "synthesize", "model": cfg.backend.model,
-                                   "template": cfg.prompt.template, "kept": kept})
+                                   "template": cfg.prompt.template, "kept": kept,
+                                   "language_tokens": dict(sorted(language_tokens.items()))})
     return out
 
 

@@ -1,4 +1,4 @@
-"""Several synthesis workers at once (a SLURM array under tests/curate/fake_slurm), some SIGKILLed and
+"""Several synthesis workers at once (a SLURM array under tests/support/fake_slurm), some SIGKILLed and
 restarted: every seed written exactly once, every line parses; a worker never touches another's file."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.synthesize.conftest import ROOT
 from tests.synthesize.helpers import make_config
 from tests.synthesize.openai_server import OpenAIServer
 
-FAKE_SLURM = ROOT / "tests" / "curate" / "fake_slurm"
+FAKE_SLURM = ROOT / "tests" / "support" / "fake_slurm"
 PY = ["seeding.languages=[python]", "seeding.num_seeds=100", "progress=false", "backend.concurrency=1"]
 TORN = b'{"id": "0123456789abcdef", "seed": {"te'  # what a kill in the middle of a write leaves
 
