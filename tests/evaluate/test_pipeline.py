@@ -12,6 +12,8 @@ from arctic_pretrain.evaluate.runner import evaluate
 from arctic_pretrain.evaluate.tasks import HumanEval
 from tests.evaluate.conftest import ScriptedBackend, canonical_answer
 
+pytestmark = pytest.mark.usefixtures("kernel_sandbox")  # skip where the kernel cannot confine model code
+
 
 def _cfg(tmp_path: Path, model: str, tasks: list[str], limit: int | None, **kw) -> EvalConfig:
     return EvalConfig(model=model, tasks=tasks, limit=limit, output_dir=str(tmp_path / "out"), progress=False,

@@ -47,6 +47,13 @@ def test_metrics_walk_the_three_phases_in_order(two_rank_run):
     assert last < first - 0.5, (first, last)
 
 
+def safetensors_dtypes(folder) -> set[str]:
+    """The dtypes written in a safetensors file's header (what a reader of the export gets)."""
+    raw = (folder / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
 def test_phase_end_checkpoints_and_exports(two_rank_run):
     ckpts = two_rank_run / "checkpoints"
     states = {p.parent.name: json.loads(p.read_text()) for p in ckpts.glob("*/trainer_state.json")}
@@ -56,16 +63,22 @@ def test_phase_end_checkpoints_and_exports(two_rank_run):
     for phase in PHASES:
         meta = json.loads((two_rank_run / "export" / phase / "arctic_export.json").read_text())
         assert meta["phase"] == phase and meta["step"] == ends[phase]
+        assert safetensors_dtypes(two_rank_run / "export" / phase) == {"BF16"}  # trained in fp32, saved as bf16
 
 
 def test_export_loads_and_generates(two_rank_run):
     path = two_rank_run / "export" / "synthetic"
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    inputs = tokenizer("def fibonacci(n):", return_tensors="pt")
+    prompt = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1)"
+    inputs = tokenizer(prompt, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
-    assert isinstance(tokenizer.decode(out[0]), str)
+    # the export carries the tokenizer the run trained with: the same ids, and they decode back to the prompt
+    state = json.loads((two_rank_run / "checkpoints" / "step_00000028" / "trainer_state.json").read_text())
+    trained = AutoTokenizer.from_pretrained(state["tokenizer"])
+    assert inputs["input_ids"][0].tolist() == trained(prompt)["input_ids"]
+    assert tokenizer.decode(out[0][:inputs["input_ids"].shape[1]]) == prompt
 
 
 def test_rerun_resumes_from_latest(tmp_path, demo_cache, two_rank_run):
@@ -99,13 +112,14 @@ def test_torchrun_launch(tmp_path, demo_cache):
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
 
 
-def test_phase_end_light_evaluation(tmp_path, demo_cache):
+def test_phase_end_light_evaluation(tmp_path, demo_cache, kernel_sandbox):
     run_dir = tmp_path / "run"
     deepspeed_train(run_dir, demo_cache, "evaluation.enabled=true", "evaluation.humaneval_limit=2",
                     "evaluation.max_new_tokens=16", "evaluation.heldout_windows=2", ranks=1)
     evals = [r for r in read_metrics(run_dir) if r.get("event") == "phase_eval"]
     assert [r["phase"] for r in evals] == PHASES
     for r in evals:
-        assert r["eval/humaneval_problems"] == 2 and 0.0 <= r["eval/humaneval_pass@1"] <= 1.0
+        # a 0.36M model after 28 steps solves nothing (tests/evaluate/test_tiny_model.py: canonical answers score 1)
+        assert r["eval/humaneval_problems"] == 2 and r["eval/humaneval_pass@1"] == 0.0
         assert {"heldout_loss/python", "heldout_loss/c", "heldout_loss/high_quality"} <= set(r)
-    assert evals[-1]["heldout_loss/synthetic"] < evals[0]["heldout_loss/synthetic"] + 0.5
+    assert evals[-1]["heldout_loss/synthetic"] < evals[0]["heldout_loss/synthetic"], evals  # phase 3 trained on it
