@@ -9,10 +9,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
-import pytest
+import tomllib
 from packaging.requirements import Requirement
-
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[2]
 # imported name -> distribution, for imports whose distribution may not be installed here
