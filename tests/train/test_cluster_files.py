@@ -35,6 +35,8 @@ def test_cpu_image_installs_with_the_ci_script():
     docker = (ROOT / "Dockerfile").read_text()
     cpu_stage = docker.split("AS cpu", 1)[1].split("\nFROM ", 1)[0]
     assert re.search(r"^RUN \.ci/install$", cpu_stage, re.M)
+    apt = re.search(r"apt-get install -y --no-install-recommends ([^\\\n]+)", cpu_stage)
+    assert apt and {"build-essential", "chromium", "git"} <= set(apt.group(1).split())  # C headers, report test
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu_stage
     assert re.search(r"^\.ci/install\b", (ROOT / ".ci" / "run").read_text(), re.M)
     assert 'pip install -q -e ".[data,eval,annotate,synth,dev,ray,slurm]"' in (ROOT / ".ci" / "install").read_text()
