@@ -3,6 +3,7 @@ several modules read is made once per session."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -33,6 +34,13 @@ def keep_output(run_dir, proc) -> None:
     n = len(list(run_dir.parent.glob(f"{run_dir.name}.launch*.log")))
     (run_dir.parent / f"{run_dir.name}.launch{n}.log").write_text(
         f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+
+
+def safetensors_dtypes(folder) -> set[str]:
+    """The dtypes written in an export's safetensors header (what a reader of the export gets)."""
+    raw = (folder / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
 def leftover_shm(run_dir) -> list[str]:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from arctic_pretrain.train.metrics import read_metrics
 from tests.conftest import free_port, run_cli
-from tests.train.conftest import leftover_shm
+from tests.train.conftest import leftover_shm, safetensors_dtypes
 
 pytestmark = pytest.mark.slow
 PHASES = ["general", "high_quality", "synthetic"]
@@ -45,13 +45,6 @@ def test_metrics_walk_the_three_phases_in_order(two_rank_run):
     assert "loss/synthetic" in rows[-1]
     first, last = sum(r["loss"] for r in rows[:3]) / 3, sum(r["loss"] for r in rows[-3:]) / 3
     assert last < first - 0.5, (first, last)
-
-
-def safetensors_dtypes(folder) -> set[str]:
-    """The dtypes written in a safetensors file's header (what a reader of the export gets)."""
-    raw = (folder / "model.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
-    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
 def test_phase_end_checkpoints_and_exports(two_rank_run):

@@ -13,6 +13,7 @@ from arctic_pretrain.train.checkpoint import COMPLETE, CheckpointManager
 from arctic_pretrain.train.config import ModelConfig
 from arctic_pretrain.train.export import EXPORT_META, export_checkpoint
 from tests.conftest import run_cli
+from tests.train.conftest import safetensors_dtypes
 
 TINY = ModelConfig(name="tiny-export", hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4,
                    num_kv_heads=4, max_seq_len=64, vocab_size=96, attention="sdpa")
@@ -62,6 +63,12 @@ def test_export_matches_engine_logits(tmp_path, process_group, stage):
         expected = engine(input_ids=probe, use_cache=False).logits.float()
         got = exported(input_ids=probe, use_cache=False).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # the default, what phase exports write: bf16 on disk, the fp32 master weights rounded
+    bf16 = export_checkpoint(manager.root / tag, tmp_path / "export-bf16")
+    assert safetensors_dtypes(bf16) == {"BF16"}
+    rounded = AutoModelForCausalLM.from_pretrained(bf16, dtype=torch.bfloat16).state_dict()
+    for name, value in exported.state_dict().items():
+        assert torch.equal(rounded[name], value.to(torch.bfloat16)), name
     engine.destroy()
 
 
