@@ -144,11 +144,11 @@ def test_cli_contract(tmp_path: Path) -> None:
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "group.buckets=0" in bad.stderr
     source = tmp_path / "out" / "tokens" / "python"
-    starts = np.load(next(source.glob("*.idx.npy")))  # document start offsets into the shard's tokens
+    bounds = np.load(next(source.glob("*.idx.npy")))  # document boundaries in the shard's tokens, end included
     tokens = np.fromfile(next(source.glob("*.bin")), dtype=TokenSource(source).manifest.dtype)
     eos = TokenSource(source).manifest.tokenizer.eos_id
-    assert starts[0] == 0 and np.all(np.diff(starts) > 0) and starts[-1] < len(tokens)
-    assert tokens[-1] == eos and np.all(tokens[starts[1:] - 1] == eos)  # every document ends in EOS
+    assert bounds[0] == 0 and np.all(np.diff(bounds) > 0) and bounds[-1] == len(tokens)
+    assert np.all(tokens[bounds[1:] - 1] == eos)  # every document ends in EOS
 
 
 def test_executor_groups_build(tmp_path: Path) -> None:
