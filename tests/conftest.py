@@ -62,10 +62,21 @@ def random_docs() -> list[list[int]]:
 
 def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launcher: list[str] | None = None
             ) -> subprocess.CompletedProcess:
-    """Run a launch/ script the way a user does, from the project root."""
+    """Run a launch/ script the way a user does, from the project root. On a timeout the whole process group
+    goes (a hung launcher's ranks too), then the timeout is raised."""
+    import signal
+
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = (launcher or [sys.executable]) + args
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def free_port() -> int:
