@@ -43,6 +43,21 @@ def safetensors_dtypes(folder) -> set[str]:
     return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
+def assert_generates_with_the_runs_tokenizer(export_dir, model, tag_dir) -> None:
+    """The export generates, and carries the tokenizer the run trained with (``tag_dir``'s trainer state names
+    it): the same ids for a prompt, and they decode back to it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    prompt = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1)"
+    inputs = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    trained = AutoTokenizer.from_pretrained(json.loads((tag_dir / "trainer_state.json").read_text())["tokenizer"])
+    assert inputs["input_ids"][0].tolist() == trained(prompt)["input_ids"]
+    assert tokenizer.decode(out[0][:inputs["input_ids"].shape[1]]) == prompt
+
+
 def leftover_shm(run_dir) -> list[str]:
     """/dev/shm entries named after the rendezvous port of any launch of ``run_dir`` (DeepSpeed's CPU all-reduce
     workspace is named by it; train/distributed.py::release_shm_workspace unlinks it)."""

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from arctic_pretrain.train.metrics import read_metrics
 from tests.conftest import free_port, run_cli
-from tests.train.conftest import leftover_shm, safetensors_dtypes
+from tests.train.conftest import assert_generates_with_the_runs_tokenizer, leftover_shm, safetensors_dtypes
 
 pytestmark = pytest.mark.slow
 PHASES = ["general", "high_quality", "synthetic"]
@@ -60,18 +60,9 @@ def test_phase_end_checkpoints_and_exports(two_rank_run):
 
 
 def test_export_loads_and_generates(two_rank_run):
-    path = two_rank_run / "export" / "synthetic"
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    prompt = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1)"
-    inputs = tokenizer(prompt, return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] > inputs["input_ids"].shape[1]
-    # the export carries the tokenizer the run trained with: the same ids, and they decode back to the prompt
-    state = json.loads((two_rank_run / "checkpoints" / "step_00000028" / "trainer_state.json").read_text())
-    trained = AutoTokenizer.from_pretrained(state["tokenizer"])
-    assert inputs["input_ids"][0].tolist() == trained(prompt)["input_ids"]
-    assert tokenizer.decode(out[0][:inputs["input_ids"].shape[1]]) == prompt
+    model = AutoModelForCausalLM.from_pretrained(two_rank_run / "export" / "synthetic", dtype=torch.float32)
+    assert_generates_with_the_runs_tokenizer(two_rank_run / "export" / "synthetic", model,
+                                             two_rank_run / "checkpoints" / "step_00000028")
 
 
 def test_rerun_resumes_from_latest(tmp_path, demo_cache, two_rank_run):
