@@ -55,11 +55,10 @@ class DryRunPlan:
 
 def _source_paths(cfg: TrainConfig) -> dict[str, Path]:
     """Where each source lives; the demo's relative paths resolve inside its cached corpus folder."""
-    import sys
+    from arctic_pretrain.data.demo import demo_key
 
     # the folder data.demo.build_demo names (the dry run reads it when built, never builds it)
-    demo = Path(cfg.data.demo_dir) / (f"py{sys.version_info.major}{sys.version_info.minor}-"
-                                      f"{cfg.data.demo_megabytes:g}MB-v{cfg.data.demo_vocab_size}")
+    demo = Path(cfg.data.demo_dir) / demo_key(cfg.data.demo_megabytes, cfg.data.demo_vocab_size)
     paths = {}
     for name, src in cfg.data.sources.items():
         path = Path(src.path)

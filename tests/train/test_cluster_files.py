@@ -37,6 +37,8 @@ def test_cpu_image_installs_as_ci_and_the_readme_do():
     docker = (ROOT / "Dockerfile").read_text()
     cpu_stage = docker.split("AS cpu", 1)[1].split("\nFROM ", 1)[0]
     assert re.search(r"^RUN \.ci/install$", cpu_stage, re.M)
+    apt = re.search(r"apt-get install -y --no-install-recommends ([^\\\n]+)", cpu_stage)
+    assert apt and {"build-essential", "chromium", "git"} <= set(apt.group(1).split())  # C headers, report test
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu_stage
     ci_run = (ROOT / ".ci" / "run").read_text()
     assert 'Tests.*$", text, re.M)' in ci_run and 'bash -c "${block[-1]}"' in ci_run
