@@ -101,6 +101,12 @@ def build(tmp_path, process_group):
     return trainer_factory(tmp_path)
 
 
+@pytest.fixture
+def light_build(tmp_path, process_group):
+    """``build`` with a gradient bucket the model's size, not DeepSpeed's 500M elements (2 GB a step on CPU)."""
+    return trainer_factory(tmp_path, zero={"stage": 1, "reduce_bucket_size": 50_000})
+
+
 def test_fit_walks_the_curriculum_and_fires_events_in_order(build):
     rec = Recorder()
     trainer = build([rec])
@@ -213,7 +219,8 @@ def test_a_launch_with_the_old_faults_key_names_the_new_spelling():
     assert "ARCTIC_PRETRAIN_FAULTS" in proc.stderr
 
 
-def test_profiler_writes_a_chrome_trace_of_its_steps_and_logs_the_top_op(build, caplog):
+def test_profiler_writes_a_chrome_trace_of_its_steps_and_logs_the_top_op(light_build, caplog):
+    build = light_build
     caplog.set_level(logging.INFO, logger="arctic_pretrain.train.callbacks.profile")
     root = build.run_dir / "profile"
     build([StepProfiler(root, [2, 3])], max_steps=4).fit()
@@ -233,7 +240,8 @@ def test_profiler_writes_a_chrome_trace_of_its_steps_and_logs_the_top_op(build, 
     assert f"top op by self cpu time total: {first};" in message and "\n".join(table[:4]) in message
 
 
-def test_profiling_is_off_unless_configured_and_writes_under_the_run_dir(build):
+def test_profiling_is_off_unless_configured_and_writes_under_the_run_dir(light_build):
+    build = light_build
     from arctic_pretrain.train.runner import build_callbacks
     from tests.train.test_configs import load
 
