@@ -153,6 +153,18 @@ class PhaseEvalConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """A torch.profiler window over training steps (README "Profiling"); off unless ``steps`` is set."""
+
+    # [from, to]: profile steps from..to (1-based, inclusive: metrics.jsonl's step numbers), writing
+    # run_dir/profile/steps_<from>-<to>/rank<r>.trace.json (+ a CUDA memory snapshot); []: off
+    steps: list[int] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=lambda: [0])  # ranks that profile, each writing its own files
+    memory_snapshot: bool = True  # on CUDA: torch.cuda.memory's allocation history (pytorch.org/memory_viz)
+    top: int = 15  # ops in the logged summary (key_averages by self time)
+
+
+@dataclass
 class TrainConfig:
     """A whole run: `python launch/train.py --cfg job` prints the composed instance."""
 
@@ -166,6 +178,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     init_from: str | None = None  # start from another run's checkpoint (<output_dir> or <output_dir>/checkpoints/<tag>)
     init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
     init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point
