@@ -2,7 +2,7 @@
 #   docker build -t arctic-pretrain .                              GPU nodes (the default): CUDA PyTorch,
 #                                                                  DeepSpeed with its fused ops prebuilt, flash-attn
 #   docker run --gpus all --ipc=host -v /data:/data arctic-pretrain \
-#       deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 data.root=/data run_dir=/data/runs/snowcoder
+#       deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 data.root=/data output_dir=/data/runs/snowcoder
 #   docker build --build-arg VARIANT=cpu -t arctic-pretrain:cpu .  any machine: the quick start and the test suite,
 #                                                                  installed by .ci/install: the README's install lines
 #   docker run --rm arctic-pretrain:cpu python launch/pipeline.py experiment=demo
@@ -28,10 +28,11 @@ RUN pip install --no-build-isolation -c constraints.txt deepspeed \
  && python -c "import deepspeed, flash_attn, transformers; print(deepspeed.__version__, flash_attn.__version__)"
 
 FROM python:3.11-slim-bookworm AS cpu
-# build-essential: the C headers the demo corpus is cut from, and a compiler for DeepSpeed's JIT ops; git: provenance
+# build-essential: the C headers the demo corpus is cut from, and a compiler for DeepSpeed's JIT ops; git: provenance;
+# chromium: the headless browser tests/report screenshots the run report with
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential git \
+ && apt-get install -y --no-install-recommends build-essential chromium git \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \

@@ -37,7 +37,7 @@ def train(args: argparse.Namespace, run_dir: Path) -> float:
                str(free_port())]
     else:
         cmd = [sys.executable]
-    cmd += ["launch/train.py", f"experiment={args.experiment}", "data=standin", f"run_dir={run_dir}", f"deepspeed={args.zero}",
+    cmd += ["launch/train.py", f"experiment={args.experiment}", "data=standin", f"output_dir={run_dir}", f"deepspeed={args.zero}",
             "logging.interval=1", f"checkpoint.interval={args.interval}", "checkpoint.keep_last=2",
             "checkpoint.export_phases=false", "logging.wandb_mode=disabled", f"max_steps={args.steps}",
             *args.override]

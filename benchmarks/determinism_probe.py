@@ -128,7 +128,7 @@ def main() -> None:
         for i in range(args.runs):
             run = out / f"run{i:03d}"
             cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-                   __file__, "--child", "experiment=tiny", f"run_dir={run / 'run'}", f"data.demo_dir={demo}",
+                   __file__, "--child", "experiment=tiny", f"output_dir={run / 'run'}", f"data.demo_dir={demo}",
                    "checkpoint.interval=4", "training.deterministic=true", f"max_steps={args.steps}"]
             start = time.time()
             env = {**os.environ, "PROBE_DIR": str(run / "probe"), "WANDB_MODE": "disabled"}

@@ -44,7 +44,7 @@ BASE = ["experiment=snowcoder_1b3", "data=standin", "curriculum=demo", "data.dem
 def run(attention: str, steps: int, warmup: int, out: Path, overrides: list[str], timeout: float) -> dict:
     run_dir = out / f"run-{attention}"
     cmd = [sys.executable, "launch/train.py", *BASE, f"model.attention={attention}", f"max_steps={steps}",
-           f"run_dir={run_dir}", *overrides]
+           f"output_dir={run_dir}", *overrides]
     note = None
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -37,7 +37,7 @@ def launch(args: argparse.Namespace, run_dir: Path, *overrides: str) -> tuple[fl
                str(free_port())]
     else:
         cmd = [sys.executable]
-    cmd += ["launch/train.py", f"experiment={args.experiment}", "data=standin", f"run_dir={run_dir}", "logging.interval=1",
+    cmd += ["launch/train.py", f"experiment={args.experiment}", "data=standin", f"output_dir={run_dir}", "logging.interval=1",
             "checkpoint.interval=1000000", "checkpoint.keep_last=10", "checkpoint.export_phases=false",
             f"curriculum.phases.general.tokens={args.general_tokens}", "logging.wandb_mode=disabled", *overrides]
     if args.demo_dir:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def framework_run(run_dir: Path, steps: int, overrides: list[str]) -> list[float]:
-    cmd = [sys.executable, "launch/train.py", "experiment=demo", "data=standin", f"run_dir={run_dir}", f"max_steps={steps}",
+    cmd = [sys.executable, "launch/train.py", "experiment=demo", "data=standin", f"output_dir={run_dir}", f"max_steps={steps}",
            "logging.interval=1", "logging.wandb_mode=disabled", "checkpoint.interval=1000000",
            "checkpoint.export_phases=false", *overrides]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)

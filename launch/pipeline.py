@@ -13,12 +13,12 @@ skipped when the file it writes last exists; a failing stage stops the pipeline 
 from __future__ import annotations
 
 from arctic_pretrain.common.config import entry_point, register
-from arctic_pretrain.pipeline.runner import PipelineConfig, run_pipeline
+from arctic_pretrain.pipeline.runner import RENAMED, PipelineConfig, run_pipeline
 
 register("pipeline", PipelineConfig)
 
 
-@entry_point("pipeline", "pipeline", PipelineConfig, __doc__)
+@entry_point("pipeline", "pipeline", PipelineConfig, __doc__, renamed=RENAMED)
 def main(cfg: PipelineConfig) -> None:
     summary = run_pipeline(cfg)  # a failing stage: StageFailed, exit 1 naming the stage and its log
     print(f"\nrecipe {cfg.name}: everything is under {cfg.workdir}/")

@@ -5,10 +5,11 @@ Usage: [deepspeed --num_gpus N | torchrun --nproc_per_node N | python] launch/tr
 Examples:
     python launch/train.py experiment=tiny                  # the tiny model on stand-in data (built on first use)
     python launch/train.py experiment=demo                  # after launch/pipeline.py experiment=demo (its data)
-    deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 run_dir=/ckpt/snowcoder
+    deepspeed --num_gpus 8 launch/train.py experiment=snowcoder_1b3 output_dir=/ckpt/snowcoder
     python launch/train.py experiment=demo --cfg job        # print the composed config
-    python launch/train.py experiment=tiny run_dir=runs/t checkpoint.fallback_on_corrupt=true
-Rerun the same command (same run_dir) to resume; one job at a time holds run_dir (run_dir/run.lock).
+    python launch/train.py experiment=tiny output_dir=runs/t checkpoint.fallback_on_corrupt=true
+Rerun the same command (same output_dir) to resume; one job at a time holds output_dir (output_dir/run.lock).
+``run_dir=`` is the deprecated spelling of ``output_dir=`` (until the next release).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.argv = strip_launcher_args(sys.argv)
 
 from arctic_pretrain.common.config import config_groups, entry_point  # noqa: E402
 from arctic_pretrain.train import run  # noqa: E402
-from arctic_pretrain.train.config import TrainConfig, register  # noqa: E402
+from arctic_pretrain.train.config import RENAMED, TrainConfig, register  # noqa: E402
 
 register()
 EXPERIMENT_HINT = (f"pick an experiment (experiment={'|'.join(config_groups('train')['experiment'])}) or set it; "
@@ -52,7 +53,7 @@ def stage_callbacks(cfg: TrainConfig) -> list:
     if ev.enabled:
         from arctic_pretrain.evaluate.phase_end import PhaseEndEvaluation
 
-        callbacks.append(PhaseEndEvaluation(os.path.join(cfg.run_dir, "export"), cfg.data.sources,
+        callbacks.append(PhaseEndEvaluation(os.path.join(cfg.output_dir, "export"), cfg.data.sources,
                                             cfg.training.seq_len, ev.heldout_windows, ev.humaneval_limit,
                                             ev.max_new_tokens))
     if ev.interval > 0:
@@ -66,7 +67,8 @@ def stage_callbacks(cfg: TrainConfig) -> list:
 
 
 # a missing data source or init_from checkpoint is named by its key: a config error (train/runner.py, checkpoint.py)
-@entry_point("train", "train", TrainConfig, __doc__, missing_hint=EXPERIMENT_HINT, exit_codes={FileNotFoundError: 2})
+@entry_point("train", "train", TrainConfig, __doc__, missing_hint=EXPERIMENT_HINT, exit_codes={FileNotFoundError: 2},
+             renamed=RENAMED)
 def main(cfg: TrainConfig) -> None:
     run(cfg, callbacks_for=stage_callbacks)
 

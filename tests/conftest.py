@@ -17,22 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+_LAUNCH_PORTS: set[int] = set()  # every rendezvous port this session handed out (free_port below)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def release_deepspeed_shared_memory():
-    """DeepSpeed's CPU accelerator creates two shared-memory all-reduce buffers per multi-rank launch
-    (/dev/shm/deepspeed_allreduce_buffer_*, 66 MB each) and never removes them; a killed launch certainly
-    does not. Remove the ones this session's launches created, so a long suite cannot fill /dev/shm."""
-    import glob
-    import time
-
-    start = time.time()
+    """DeepSpeed's CPU accelerator creates a shared-memory all-reduce buffer per rank of a multi-rank launch
+    (/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, 66 MB each); the trainer unlinks its own,
+    a killed launch may not. Remove the ones named by this session's rendezvous ports only: another test run
+    on the same machine keeps its buffers."""
     yield
-    for path in glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"):
-        try:
-            if os.stat(path).st_mtime >= start:
-                os.unlink(path)
-        except OSError:
-            pass
+    shm = Path("/dev/shm")
+    for port in _LAUNCH_PORTS:
+        for path in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +63,47 @@ def random_docs() -> list[list[int]]:
 
 def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, launcher: list[str] | None = None
             ) -> subprocess.CompletedProcess:
-    """Run a launch/ script the way a user does, from the project root."""
+    """Run a launch/ script the way a user does, from the project root. On a timeout the whole process group
+    goes (a hung launcher's ranks too), then the timeout is raised."""
+    import signal
+
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = (launcher or [sys.executable]) + args
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-from arctic_pretrain.common.net import free_port  # noqa: E402  (one helper, shared with train and benchmarks)
+def free_port() -> int:
+    """A free TCP port for a rendezvous (train/distributed.py's helper), remembered so that this session's
+    shared-memory buffers, named by it, can be removed at the end."""
+    from arctic_pretrain.common.net import free_port as pick
+
+    port = pick()
+    _LAUNCH_PORTS.add(port)
+    return port
+
+
+def require_kernel_sandbox() -> None:
+    """Skip, with the kernel's reason, where the sandbox cannot confine model code (a container without user
+    namespaces or Landlock): there the evaluation refuses to run it, by design."""
+    from arctic_pretrain.evaluate.sandbox import kernel_isolation, kernel_refusal
+
+    kernel = kernel_isolation()
+    if not kernel["confined"]:
+        pytest.skip(kernel_refusal(kernel))
+
+
+@pytest.fixture
+def kernel_sandbox() -> None:
+    require_kernel_sandbox()
+
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -106,5 +138,14 @@ def process_group(monkeypatch):
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)  # DeepSpeed's engine reads them; later subprocesses must not
-    if not tdist.is_initialized():
+    created = not tdist.is_initialized()
+    if created:
         deepspeed.init_distributed(dist_backend=None, verbose=False)
+    yield
+    if created:  # no gloo group (and its threads and port) left up for the rest of the run
+        import importlib
+
+        import deepspeed.utils.groups
+
+        tdist.destroy_process_group()
+        importlib.reload(deepspeed.utils.groups)  # DeepSpeed caches the world's groups in module globals

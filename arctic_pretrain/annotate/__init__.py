@@ -12,18 +12,22 @@ from pathlib import Path
 
 def run(cfg) -> Path:
     """Run (or resume) an annotation described by an ``AnnotateConfig``; returns its output folder."""
-    from arctic_pretrain.annotate.pipeline import run as _run
+    import sys
 
+    from arctic_pretrain.annotate.pipeline import run as _run
+    from arctic_pretrain.common.logs import setup_logging
+
+    setup_logging(stream=sys.stderr)  # stderr, as datatrove's own messages; stdout carries the summary
     return _run(cfg)
 
 
 def summary(cfg, out: Path) -> str:
-    """What a finished, partial (``stage=``) or submitted (SLURM) annotation tells its user."""
+    """What a finished, partial (``step=``) or submitted (SLURM) annotation tells its user."""
     if cfg.executor.kind == "slurm" and not cfg.executor.wait:
         return (f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
                 f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
-    if not (out / "manifest.json").is_file():  # a stage= run: the other stages are still to run
-        return f"stage={cfg.stage} complete in {out}; stage=all runs the rest (train, score, select, report)"
+    if not (out / "manifest.json").is_file():  # a step= run: the other steps are still to run
+        return f"step={cfg.step} complete in {out}; step=all runs the rest (train, score, select, report)"
     return f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md"
 
 

@@ -9,6 +9,7 @@ The model folder is published by rename once complete: ``AutoModelForSequenceCla
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -16,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from loguru import logger
 from tqdm import tqdm
 
 from arctic_pretrain.annotate.config import AnnotateConfig
@@ -24,6 +24,7 @@ from arctic_pretrain.annotate.encoder import Chunker, Scorer, autocast_dtype, re
 from arctic_pretrain.annotate.training_data import read_split
 from arctic_pretrain.common.io import atomic_write
 
+logger = logging.getLogger(__name__)
 META = "annotator.json"
 METRICS = "metrics.json"
 

@@ -6,6 +6,7 @@ otherwise; where the paper is silent the default is ours and the comment says so
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,9 @@ from arctic_pretrain.text.decontamination import BenchmarkConfig, DecontamConfig
 
 __all__ = ["AnnotateConfig", "BenchmarkConfig", "ConfigError", "DecontamConfig"]
 
-STAGES = ("all", "train", "score", "select", "report")
+STEPS = ("all", "train", "score", "select", "report")  # the annotate stage's steps, in order after "all"
+# deprecated spellings on the command line (launch/annotate.py), read as the new ones until the next release
+RENAMED = {"stage": "step", "recipe": "experiment"}
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -98,6 +101,9 @@ class SelectConfig:
     # language -> share of `tokens` (normalised); empty: phase 1's language ratios (tokens/<language>)
     shares: dict[str, float] = field(default_factory=dict)
     languages: list[str] | None = None  # restrict to these languages (None: every curated language)
+    # DuckDB's working memory for select and report over the score files; larger sorts spill to disk
+    # (a temporary folder in output_dir), so memory stays flat however many files were scored
+    memory_limit: str = "1GB"
 
 
 @dataclass
@@ -123,7 +129,7 @@ class ExecutorConfig(executor.ExecutorConfig):
 class AnnotateConfig:
     curated: str = MISSING  # a curation output_dir (documents/, tokens/, tokenizer/)
     output_dir: str | None = None  # None: <curated>/high_quality (where conf/train/data/snowcoder.yaml looks)
-    stage: str = "all"  # all | train | score | select | report; a stage whose output is complete is skipped
+    step: str = "all"  # all | train | score | select | report; a step whose output is complete is skipped
     positives: list[PositiveSource] = field(default_factory=_paper_positives)
     data: TrainingDataConfig = field(default_factory=TrainingDataConfig)
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -140,7 +146,7 @@ class AnnotateConfig:
 def validate(cfg: AnnotateConfig) -> None:
     """Cross-field checks before any work starts; errors name the key and the value."""
     require(bool(cfg.curated), "curated", cfg.curated, "must be a curation output folder")
-    require(cfg.stage in STAGES, "stage", cfg.stage, f"must be one of {STAGES}")
+    require(cfg.step in STEPS, "step", cfg.step, f"must be one of {STEPS}")
     require(len(cfg.positives) > 0, "positives", list(cfg.positives), "needs at least one source")
     names = [p.name for p in cfg.positives]
     require(len(names) == len(set(names)), "positives", names, "names must be unique")
@@ -174,6 +180,8 @@ def validate(cfg: AnnotateConfig) -> None:
     for lang, share in sel.shares.items():
         require(share >= 0, f"select.shares.{lang}", share, "must be >= 0")
     require(not sel.shares or sum(sel.shares.values()) > 0, "select.shares", dict(sel.shares), "all zero")
+    require(re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", sel.memory_limit or "") is not None, "select.memory_limit",
+            sel.memory_limit, "must be a memory size such as 1GB or 500MB")
     require(cfg.report.examples >= 0, "report.examples", cfg.report.examples, "must be >= 0")
     executor.check_executor(cfg.executor)
     require(cfg.wandb_mode in ("online", "offline", "disabled"), "wandb_mode", cfg.wandb_mode,

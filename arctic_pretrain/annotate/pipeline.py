@@ -9,14 +9,16 @@
     <output_dir>/report/          scores.png, report.json, report.md
     <output_dir>/manifest.json    what went in, what came out, config hashes (written last)
 
-Each stage records the hash of the config it depends on. A complete stage with the same hash is
+Each step records the hash of the config it depends on. A complete step with the same hash is
 skipped; ``select`` and ``report`` are redone when their config changes (they are cheap); a trained
 classifier or finished scores made with another config are never overwritten (ConfigError).
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,7 +26,6 @@ import time
 from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
-from loguru import logger
 from omegaconf import OmegaConf
 
 from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validate
@@ -33,7 +34,16 @@ from arctic_pretrain.common.executor import datatrove_executor, local_executor, 
 from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import documents_files
 
-ORDER = ("train", "score", "select", "report")
+logger = logging.getLogger(__name__)
+ORDER = ("train", "score", "select", "report")  # the steps (step=all runs them in this order)
+
+
+class Outcome(enum.Enum):
+    """What ``score`` did: finished here, or handed to SLURM (the finish job selects, reports and writes the
+    manifest, so ``run`` stops after it)."""
+
+    DONE = "done"
+    SUBMITTED = "submitted to SLURM"
 
 
 def _hash(*parts) -> str:
@@ -82,7 +92,7 @@ def curated_settings(curated: Path) -> tuple[dict, dict, int]:
 
 
 class Annotate:
-    """Runs (or resumes) the stages named by ``cfg.stage``; every stage writes its own completion record."""
+    """Runs (or resumes) the steps named by ``cfg.step``; every step writes its own completion record."""
 
     def __init__(self, cfg: AnnotateConfig) -> None:
         validate(cfg)
@@ -95,23 +105,22 @@ class Annotate:
 
     def run(self) -> Path:
         """``manifest.json`` is the whole stage's completion record (the pipeline's ``done:`` file): removed
-        first, written last and only once every stage is complete for this config, so neither an earlier
-        run's manifest nor a partial ``stage=`` run passes for a finished annotation."""
+        first, written last and only once every step is complete for this config, so neither an earlier
+        run's manifest nor a partial ``step=`` run passes for a finished annotation."""
         p = self.paths
         p.out.mkdir(parents=True, exist_ok=True)
         (p.out / "manifest.json").unlink(missing_ok=True)
-        stages = ORDER if self.cfg.stage == "all" else (self.cfg.stage,)
-        for name in stages:
+        steps = ORDER if self.cfg.step == "all" else (self.cfg.step,)
+        for name in steps:
             start = time.perf_counter()
-            done = getattr(self, name)()
-            if done is False:  # submitted to SLURM: the finish job selects, reports and writes the manifest
+            if getattr(self, name)() is Outcome.SUBMITTED:  # the finish job selects, reports, writes the manifest
                 return p.out
             self.wall[name] = round(time.perf_counter() - start, 2)
         if _recorded(p.out / "report" / "report.json") == self.hashes["report"]:
             self.write_manifest()
         else:
-            logger.info(f"stage={self.cfg.stage} done; {p.out / 'manifest.json'} is written once every stage is "
-                        "complete (stage=all)")
+            logger.info(f"step={self.cfg.step} done; {p.out / 'manifest.json'} is written once every step is "
+                        "complete (step=all)")
         return p.out
 
     # -- train ---------------------------------------------------------------------------------------
@@ -135,16 +144,16 @@ class Annotate:
         atomic_write(p.model / META, json.dumps({**meta, "config_hash": h}, indent=2))
 
     # -- score ---------------------------------------------------------------------------------------
-    def score(self) -> bool | None:
+    def score(self) -> Outcome:
         from arctic_pretrain.annotate.classifier import META
 
         p, h = self.paths, self.hashes["score"]
         if _recorded(p.model / META) != self.hashes["train"]:
-            raise ConfigError(f"stage=score: {p.model} holds no classifier of this config; run stage=train first")
+            raise ConfigError(f"step=score: {p.model} holds no classifier of this config; run step=train first")
         recorded = _recorded(p.scores / "manifest.json")
         if recorded == h:
             logger.info(f"score: {p.scores} is complete (same config), skipped")
-            return None
+            return Outcome.DONE
         plan = p.scores / "plan.json"
         if recorded is not None or (_recorded(plan) not in (None, h)):
             raise ConfigError(f"output_dir={str(p.out)!r}: scores/ was made with another classifier or "
@@ -168,13 +177,13 @@ class Annotate:
             jobs = submit_once(p.logs, f"output_dir={str(p.out)!r}", self.cfg.executor.wait, submit)
             if self.cfg.executor.wait:
                 self.wait_for_slurm(executor, finish, jobs)
-            return False
+            return Outcome.SUBMITTED
         executor.run()
         missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
         if missing:
-            raise StageIncomplete(f"stage score: tasks {missing} did not complete; see {p.logs / 'score'}")
+            raise StageIncomplete(f"step score: tasks {missing} did not complete; see {p.logs / 'score'}")
         self.write_scores_manifest()
-        return None
+        return Outcome.DONE
 
     def wait_for_slurm(self, score, finish, jobs: dict[str, str]) -> None:
         """executor.wait=true: block until the scoring and finish jobs leave the queue, then require what the
@@ -190,7 +199,7 @@ class Annotate:
         missing = [str(path) for path, h in expected.items()
                    if not path.is_file() or (h is not None and _recorded(path) != h)]
         if missing:
-            raise StageIncomplete(f"stage finish (select + report): its SLURM job ended without writing {missing}; "
+            raise StageIncomplete(f"step finish (select + report): its SLURM job ended without writing {missing}; "
                                f"see {p.logs / 'finish' / 'slurm_logs'}")
         logger.info(f"SLURM jobs done: {p.out / 'selection.json'}, {p.out / 'manifest.json'}")
 
@@ -244,7 +253,7 @@ class Annotate:
 
         p, h = self.paths, self.hashes["select"]
         if _recorded(p.scores / "manifest.json") != self.hashes["score"]:
-            raise ConfigError(f"stage=select: {p.scores} is not complete for this config; run stage=score first")
+            raise ConfigError(f"step=select: {p.scores} is not complete for this config; run step=score first")
         done = json.loads((p.out / "selection.json").read_text()) if _recorded(p.out / "selection.json") == h else {}
         if done and all((p.out / source / "manifest.json").is_file() for source in done["sources"]):
             logger.info(f"select: selection.json and its sources {sorted(done['sources'])} are complete "
@@ -301,8 +310,8 @@ class Annotate:
 
         p, h = self.paths, self.hashes["report"]
         if _recorded(p.out / "selection.json") != self.hashes["select"]:
-            raise ConfigError(f"stage=report: {p.out / 'selection.json'} is not complete for this config; "
-                              "run stage=select first")
+            raise ConfigError(f"step=report: {p.out / 'selection.json'} is not complete for this config; "
+                              "run step=select first")
         if _recorded(p.out / "report" / "report.json") == h:
             logger.info("report: complete (same config), skipped")
             return
@@ -349,6 +358,9 @@ class FinishAfterScoring(PipelineStep):
         self.cfg = cfg
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from arctic_pretrain.common.logs import log_to_loguru
+
+        log_to_loguru()  # the Annotate steps' messages go to this task's log, beside datatrove's
         annotate = Annotate(self.cfg)
         annotate.write_scores_manifest()
         annotate.select()
@@ -358,5 +370,5 @@ class FinishAfterScoring(PipelineStep):
 
 
 def run(cfg: AnnotateConfig) -> Path:
-    """Validate, then run (or resume) the configured stages; returns the output folder."""
+    """Validate, then run (or resume) the configured steps; returns the output folder."""
     return Annotate(cfg).run()

@@ -1,24 +1,28 @@
 """Step 5: the report a person reads before training on the selection.
 
     report/scores.png     score histograms per language, the selection threshold marked
-    report/report.json    per language: files, threshold, top and bottom files by path; the HumanEval
+    report/report.json    per language: files, threshold, files per score bin (report.bins equal bins of
+                          [0, 1]), top and bottom files by path; the HumanEval
                           diagnostic: ROC-AUC of ranking HumanEval canonical solutions above random
                           phase-1 files (the paper's diagnostic; HumanEval is used for diagnosis only,
                           never for training: the positives are decontaminated against it)
     report/report.md      the same, as a page
+
+Out of core like select: the counts come from DuckDB aggregates per score bin, and the top and bottom
+files from sorting only the files in the end bins that hold them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from arctic_pretrain.annotate.config import AnnotateConfig
-from arctic_pretrain.annotate.scoring import iter_scores
+from arctic_pretrain.annotate.scoring import open_scores
+from arctic_pretrain.annotate.selection import BINS, cut_bin, language_bins, score_bin
 from arctic_pretrain.common.io import atomic_write
 
 
@@ -47,29 +51,56 @@ def humaneval_diagnostic(model_dir: Path, documents_dir: Path, negatives: int, s
             "note": "HumanEval is used for diagnosis only, never for training"}
 
 
-def plot_histograms(scores: dict[str, list[float]], thresholds: dict[str, float | None], path: Path,
-                    bins: int) -> None:
+def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float | None], path: Path) -> None:
+    """One panel per language: files per score bin (``counts``: equal bins of [0, 1]), the threshold marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    langs = sorted(scores)
+    langs = sorted(counts)
     cols = min(3, max(1, len(langs)))
     rows = math.ceil(len(langs) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, lang in zip(axes.flat, langs, strict=False):
-        ax.hist(scores[lang], bins=bins, range=(0, 1), color="#4c72b0")
+        edges = np.linspace(0, 1, len(counts[lang]) + 1)
+        ax.hist(edges[:-1], bins=edges, weights=counts[lang], color="#4c72b0")
         if thresholds.get(lang) is not None:
             ax.axvline(thresholds[lang], color="#c44e52", linestyle="--", label=f"threshold {thresholds[lang]:.3f}")
             ax.legend(fontsize=8)
-        ax.set_title(f"{lang} ({len(scores[lang])} files)")
+        ax.set_title(f"{lang} ({int(counts[lang].sum())} files)")
         ax.set_xlabel("annotator score")
     for ax in list(axes.flat)[len(langs):]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def ends(con, counts: dict[str, np.ndarray], k: int) -> dict[str, tuple[list[dict], list[dict]]]:
+    """language -> (top k, bottom k) scored files (ranked by score, ties by key, as the selection), from one
+    pass that sorts only the files in the fine bins (``counts``) holding a language's k best or worst."""
+    bounds = [[lang, cut_bin(c, k), len(c) - 1 - cut_bin(c[::-1], k)] for lang, c in counts.items()]
+    out: dict[str, tuple[list[dict], list[dict]]] = {lang: ([], []) for lang in counts}
+    if not bounds or k <= 0:
+        return out
+    con.execute("CREATE TEMP TABLE ends (language VARCHAR, top_bin INTEGER, bottom_bin INTEGER)")
+    con.executemany("INSERT INTO ends VALUES (?, ?, ?)", bounds)
+    rows = con.execute(
+        f'SELECT language, repo, path, score, "key", rank_top, rank_bottom FROM ('
+        f'  SELECT scores.*, row_number() OVER (PARTITION BY language ORDER BY score DESC, "key") AS rank_top,'
+        f'  row_number() OVER (PARTITION BY language ORDER BY score ASC, "key" DESC) AS rank_bottom'
+        f"  FROM scores JOIN ends USING (language) WHERE score IS NOT NULL"
+        f"  AND ({score_bin(BINS)} >= ends.top_bin OR {score_bin(BINS)} <= ends.bottom_bin))"
+        f" WHERE rank_top <= {k} OR rank_bottom <= {k}").fetchall()
+    for lang, repo, path, score, key, top, bottom in rows:
+        row = {"repo": repo, "path": path, "score": score, "key": key}
+        if top <= k:
+            out[lang][0].append((top, row))
+        if bottom <= k:
+            out[lang][1].append((bottom, row))
+    return {lang: tuple([r for _, r in sorted(side, key=lambda x: x[0])] for side in pair)
+            for lang, pair in out.items()}
 
 
 class WriteReport:
@@ -80,24 +111,33 @@ class WriteReport:
         selection = json.loads((self.out / "selection.json").read_text())
         folder = self.out / "report"
         folder.mkdir(parents=True, exist_ok=True)
-        by_lang: dict[str, list[dict]] = defaultdict(list)
-        statuses: dict[str, int] = defaultdict(int)
-        for rec in iter_scores(self.out / "scores"):
-            statuses[rec["status"]] += 1
-            if rec["score"] is not None:
-                by_lang[rec["language"]].append(rec)
+        bins = self.cfg.report.bins
+        with open_scores(self.out / "scores", self.cfg.select.memory_limit, self.out) as con:
+            # files and score sums per (language, status) in the selection's bins; files in report.bins bins
+            groups = language_bins(con, "true", ["count(*)", "sum(score)"], extra=("status",), dtype=np.float64)
+            coarse = {g[0]: h[:-1, 0].astype(np.int64)
+                      for g, h in language_bins(con, "score IS NOT NULL", ["count(*)"], bins=bins).items()}
+            fine: dict[str, np.ndarray] = {}  # language -> scored files per BINS bin
+            sums: dict[str, float] = {}
+            statuses: dict[str, int] = {}
+            for (lang, status), h in sorted(groups.items()):
+                statuses[status] = statuses.get(status, 0) + int(h[:, 0].sum())
+                if h[:-1, 0].any():
+                    fine[lang] = fine.get(lang, 0) + h[:-1, 0].astype(np.int64)
+                    sums[lang] = sums.get(lang, 0.0) + float(h[:-1, 1].sum())
+            statuses = dict(sorted(statuses.items()))
+            examples = ends(con, fine, self.cfg.report.examples)
         thresholds = {lang: v["threshold"] for lang, v in selection["languages"].items()}
-        plot_histograms({k: [r["score"] for r in v] for k, v in by_lang.items()}, thresholds,
-                        folder / "scores.png", self.cfg.report.bins)
-        k = self.cfg.report.examples
+        plot_histograms(coarse, thresholds, folder / "scores.png")
         languages = {}
-        for lang, recs in sorted(by_lang.items()):
-            ranked = sorted(recs, key=lambda r: (-r["score"], r["key"]))
-            languages[lang] = {"files": len(recs), "mean_score": float(np.mean([r["score"] for r in recs])),
+        for lang in sorted(fine):
+            top, bottom = examples[lang]
+            files = int(fine[lang].sum())
+            languages[lang] = {"files": files, "mean_score": float(sums[lang] / files),
                                **{key: selection["languages"].get(lang, {}).get(key)
                                   for key in ("threshold", "tokens", "share", "repeats")},
-                               "top": [_row(r) for r in ranked[:k]], "bottom": [_row(r) for r in ranked[::-1][:k]]}
-        report = {"scored": dict(statuses), "languages": languages, "validation": selection["metrics"],
+                               "histogram": coarse[lang].tolist(), "top": top, "bottom": bottom}
+        report = {"scored": statuses, "languages": languages, "validation": selection["metrics"],
                   "positives": selection["positives"], "encoder": selection["encoder"]}
         if self.cfg.report.humaneval:
             report["humaneval"] = humaneval_diagnostic(self.out / "model", self.curated / "documents",
@@ -106,10 +146,6 @@ class WriteReport:
         atomic_write(folder / "report.md", _markdown(report))
         atomic_write(folder / "report.json", json.dumps(report, indent=2))
         return report
-
-
-def _row(rec: dict) -> dict:
-    return {"repo": rec["repo"], "path": rec["path"], "score": rec["score"], "key": rec["key"]}
 
 
 def _markdown(report: dict) -> str:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -165,10 +168,52 @@ class ScoreFiles(PipelineStep):
                 "status": status}
 
 
+# a score record's fields and their SQL types (ScoreFiles._record); the order is the records' own
+SCORE_COLUMNS = {"key": "VARCHAR", "file": "VARCHAR", "offset": "BIGINT", "language": "VARCHAR", "repo": "VARCHAR",
+                 "path": "VARCHAR", "score": "DOUBLE", "tokens": "BIGINT", "status": "VARCHAR"}
+
+
+def score_shards(scores_dir: Path) -> list[Path]:
+    """The finished score files (``<rank>.jsonl``), in rank order; partial files are not scores yet."""
+    return [p for p in sorted(Path(scores_dir).glob("[0-9]*.jsonl")) if not p.name.endswith(".partial.jsonl")]
+
+
 def iter_scores(scores_dir: Path) -> Iterator[dict]:
-    for path in sorted(scores_dir.glob("[0-9]*.jsonl")):
-        if path.name.endswith(".partial.jsonl"):
-            continue
+    for path in score_shards(scores_dir):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 yield json.loads(line)
+
+
+@contextmanager
+def open_scores(scores_dir: Path, memory_limit: str, spill_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection with the view ``scores`` over the finished score files, read where they lie:
+    select and report query the scores out of core (at the paper's 10^8-10^9 files, Python records would
+    not fit in memory). DuckDB works within ``memory_limit`` and spills larger sorts to a temporary
+    folder under ``spill_dir``, removed on exit."""
+    shards = [str(p) for p in score_shards(scores_dir)]
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".duckdb-", dir=spill_dir) as tmp, duckdb.connect() as con:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        try:
+            con.execute(f"SET memory_limit = {_sql(memory_limit)}")
+        except duckdb.Error as err:
+            raise ValueError(f"memory limit {memory_limit!r} is not a memory size such as 1GB or 500MB: {err}") from err
+        con.execute(f"SET temp_directory = {_sql(tmp)}; SET threads = {threads}; "
+                    "SET preserve_insertion_order = false; SET enable_progress_bar = false")
+        columns = ", ".join(f'"{k}" {v}' for k, v in SCORE_COLUMNS.items())
+        if shards:
+            types = ", ".join(f"{_sql(k)}: {_sql(v)}" for k, v in SCORE_COLUMNS.items())
+            con.execute(f"CREATE VIEW scores AS SELECT * FROM read_json([{', '.join(map(_sql, shards))}], "
+                        f"format = 'newline_delimited', columns = {{{types}}})")
+        else:
+            con.execute(f"CREATE TABLE scores ({columns})")
+        try:
+            yield con
+        except duckdb.Error as err:
+            raise ValueError(f"{scores_dir}: reading the score files failed: {err}") from err
+
+
+def _sql(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"

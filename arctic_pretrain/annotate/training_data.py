@@ -11,11 +11,10 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-
-from loguru import logger
 
 from arctic_pretrain.annotate.config import AnnotateConfig, PositiveSource
 from arctic_pretrain.common.config import DataError
@@ -23,6 +22,7 @@ from arctic_pretrain.common.io import atomic_write, read_jsonl
 from arctic_pretrain.data.documents import DocumentRef, documents_files, read_document
 from arctic_pretrain.text.decontamination import Decontaminate, normalize
 
+logger = logging.getLogger(__name__)
 EXACT_SAMPLE_BYTES = 1 << 30  # ours: below 1 GB of documents negatives are drawn exactly; above, by random seeks
 
 

@@ -10,6 +10,7 @@ and ``register``; ``launch/<stage>.py`` is ``entry_point`` around one call, with
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,6 @@ def help_text(stage: str, doc: str, schema: type) -> str:
 
 
 def missing_message(err: Exception, hint: str = "") -> str:
-    import re
-
     key = getattr(err, "full_key", None) or ""
     named = re.search(r"Missing mandatory value: ?([\w.\[\]]+)", str(err))
     if (not key or key.startswith("hydra.")) and named:  # a missing value behind an interpolation
@@ -161,13 +160,34 @@ def missing_message(err: Exception, hint: str = "") -> str:
     return f"{key or '?'}: has no value (mandatory){'; ' + hint if hint else ''}"
 
 
+def renamed_overrides(args: list[str], renamed: dict[str, str]) -> list[str]:
+    """Command-line overrides with each deprecated key (or group) of ``renamed`` ({old: new}) spelled new,
+    ``+``/``~`` prefixes and the rest kept; a deprecation message names each one on stderr (rank 0 only).
+    The old spellings keep working for one release (README: Deprecated spellings)."""
+    import os
+    import sys
+
+    out = []
+    for arg in args:
+        match = re.match(r"([+~]*)([\w.]+)(?=[=@]|$)", arg)
+        old = match.group(2) if match else None
+        if old in renamed:
+            arg = match.group(1) + renamed[old] + arg[match.end():]
+            if os.environ.get("RANK", "0") == "0":
+                print(f"deprecated: {old}= is now {renamed[old]}= (read as {arg}); {old}= stops working in the "
+                      "next release", file=sys.stderr)
+        out.append(arg)
+    return out
+
+
 def entry_point(stage: str, config_name: str, schema: type, doc: str, missing_hint: str = "",
-                exit_codes: dict[type, int] | None = None):
+                exit_codes: dict[type, int] | None = None, renamed: dict[str, str] | None = None):
     """Decorator for a stage's ``main(cfg: Schema)``, in place of ``hydra.main``: ``-h/--help`` prints
     ``help_text``; the composed config is checked with ``to_object``; every config error (Hydra's own
     composition errors included: unknown key, bad type, unknown group option) exits 2 naming it; an error
     with an exit code (``exit_code``; ``exit_codes`` adds a stage's own, e.g. train's FileNotFoundError: 2)
-    prints ``error: <message>`` and exits with it. A string ``main`` returns is printed (its summary)."""
+    prints ``error: <message>`` and exits with it. A string ``main`` returns is printed (its summary).
+    ``renamed`` ({old: new}) keeps deprecated override keys and group names working (``renamed_overrides``)."""
     import functools
 
     def wrap(task):
@@ -178,6 +198,8 @@ def entry_point(stage: str, config_name: str, schema: type, doc: str, missing_hi
             import hydra
             from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+            if renamed:
+                sys.argv[1:] = renamed_overrides(sys.argv[1:], renamed)
             if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
                 print(help_text(stage, doc, schema))
                 sys.exit(0)

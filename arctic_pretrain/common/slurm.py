@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from loguru import logger
-
 from arctic_pretrain.common.config import ConfigError, StageIncomplete
 from arctic_pretrain.common.io import atomic_write
 
 SLURM_RECORD = "slurm_jobs.json"
+logger = logging.getLogger(__name__)
 
 
 class SlurmStep(NamedTuple):

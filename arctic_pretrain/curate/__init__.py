@@ -12,8 +12,12 @@ from pathlib import Path
 
 def run(cfg) -> Path:
     """Run (or resume) a curation described by a ``CurateConfig``; returns its output folder."""
+    import sys
+
+    from arctic_pretrain.common.logs import setup_logging
     from arctic_pretrain.curate.pipeline import run as _run
 
+    setup_logging(stream=sys.stderr)  # stderr, as datatrove's own messages; stdout carries the summary
     return _run(cfg)
 
 

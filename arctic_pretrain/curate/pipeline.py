@@ -12,6 +12,7 @@ intermediate files and datatrove's logs, stats and completion markers (a re-run 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 from datatrove.pipeline.writers.jsonl import JsonlWriter
-from loguru import logger
+from loguru import logger  # inside datatrove steps only (Finalize): datatrove routes it to the task log
 from omegaconf import OmegaConf
 
 from arctic_pretrain.common import config as common_config
@@ -52,6 +53,8 @@ CONFIG_RECORD = "curate_config.json"
 # may not: it decides which input goes to which task, and completion markers are per task)
 _RUNTIME_KEYS = ("progress",)
 _RUNTIME_EXECUTOR_KEYS = ("kind", "workers", "start_method", "slurm", "ray", "wait")
+
+log = logging.getLogger(__name__)  # the driver (run); datatrove steps use loguru
 
 
 @dataclass
@@ -215,7 +218,7 @@ def run(cfg: CurateConfig, stage_wall_s: dict[str, float] | None = None) -> Path
         executors.append(executor)
         if cfg.executor.kind in ("local", "ray"):
             if cfg.progress:
-                logger.info(f"[{i}/{len(stages)}] stage {stage.name}: {stage.tasks} task(s)")
+                log.info(f"[{i}/{len(stages)}] stage {stage.name}: {stage.tasks} task(s)")
             start = time.perf_counter()
             executor.run()
             if stage_wall_s is not None:

@@ -6,12 +6,11 @@ Verified against tests/support/fake_slurm, a one-node scheduler speaking the sba
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from loguru import logger
 
 from arctic_pretrain.common.slurm import (
     SlurmStep,
@@ -23,6 +22,8 @@ from arctic_pretrain.curate.config import ConfigError, CurateConfig
 
 if TYPE_CHECKING:
     from arctic_pretrain.curate.pipeline import Job
+
+logger = logging.getLogger(__name__)
 
 
 def submit(cfg: CurateConfig, stages: list[Job], executors: list, out: Path) -> dict[str, str]:

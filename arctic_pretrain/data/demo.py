@@ -5,9 +5,11 @@ to learn from. A byte-level BPE tokenizer is trained on it and four token source
 
     python, c      phase-1 ("general") sources, one per language
     high_quality   STAND-IN until the annotator stage exists: documented stdlib modules
-    synthetic      STAND-IN until the synthesis stage exists: stdlib test files
+    synthetic      STAND-IN until the synthesis stage exists: test files (the stdlib's test/ package, then
+                   site-packages' tests: official python Docker images delete the stdlib's test/ folders)
 
-The result is cached (keyed by its settings) and built under a lock, so concurrent ranks build it once.
+The result is cached, keyed by its settings and by what its content comes from (the Python build and the
+installed distributions' versions), and built under a lock, so concurrent ranks build it once.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def demo_texts(megabytes: float) -> dict[str, list[str]]:
         "python": python_files,
         "c": c_files,
         "high_quality": _read(_files(stdlib, (".py",), documented), budget // 3),
-        "synthetic": _read(_files(stdlib / "test", (".py",)), budget // 6),
+        "synthetic": _read(_chain(_files(stdlib / "test", (".py",)), _files(site, (".py",), is_test)), budget // 6),
     }
     empty = [name for name, texts in sources.items() if not texts]
     if empty:
@@ -97,11 +99,28 @@ def _chain(*iterators: Iterator[Path]) -> Iterator[Path]:
         yield from it
 
 
+def content_fingerprint() -> str:
+    """What the corpus is read from: this Python build, its stdlib path, and every installed distribution's
+    name and version (site-packages is most of the python source). A pip install changes the corpus, so the key."""
+    import hashlib
+    from importlib.metadata import distributions
+
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions())
+    parts = [sys.version, sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], *dists]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def demo_key(megabytes: float, vocab_size: int) -> str:
+    """The cache folder's name: the settings plus the content fingerprint."""
+    return (f"py{sys.version_info.major}{sys.version_info.minor}-{megabytes:g}MB-v{vocab_size}-"
+            f"{content_fingerprint()}")
+
+
 def build_demo(root: Path, megabytes: float, vocab_size: int) -> Path:
     """Build (or reuse) the demo corpus under ``root``; returns the folder holding the sources."""
     from tokenizers import Tokenizer
 
-    version = f"py{sys.version_info.major}{sys.version_info.minor}-{megabytes:g}MB-v{vocab_size}"
+    version = demo_key(megabytes, vocab_size)
     folder = root / version
     if (folder / READY).is_file():
         return folder

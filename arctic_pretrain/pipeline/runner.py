@@ -45,9 +45,12 @@ class PipelineConfig:
     demo_inputs_mb: float | None = None  # demo: first copy this much of this machine's Python and C code to workdir/inputs
     stages: dict[str, StageConfig] = field(default_factory=dict)  # step name -> step, run in this order
     report: bool = True  # launch/report.py on the training run at the end
-    run_dir: str = "${workdir}/train"  # the training run (for the report)
+    train_dir: str = "${workdir}/train"  # the training run's output_dir (for the report)
     eval_dir: str = "${workdir}/eval"
     only: list[str] | None = None  # run just these steps (e.g. [train,evaluate]); the others are not checked
+
+
+RENAMED = {"run_dir": "train_dir"}  # deprecated spellings on the command line, until the next release
 
 
 def validate(cfg: PipelineConfig) -> None:
@@ -124,8 +127,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         record["status"] = "done"
         console.print(f"[green]✓[/green] {name}: done in {record['seconds']:.0f} s")
         _write(work, summary)
-    if cfg.report and (Path(cfg.run_dir) / "config.yaml").is_file():
-        out = subprocess.run([sys.executable, str(PROJECT / "launch/report.py"), f"run={cfg.run_dir}",
+    if cfg.report and (Path(cfg.train_dir) / "config.yaml").is_file():
+        out = subprocess.run([sys.executable, str(PROJECT / "launch/report.py"), f"run={cfg.train_dir}",
                               f"out={work / 'report.html'}", f"eval={cfg.eval_dir}"], capture_output=True, text=True)
         summary["report"] = str(work / "report.html") if out.returncode == 0 else f"failed: {out.stderr[-500:]}"
     _write(work, summary)

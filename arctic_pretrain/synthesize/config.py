@@ -80,6 +80,14 @@ class BackendConfig:
     max_retries: int = 8
     backoff_s: float = 1.0  # first retry waits up to this (full jitter), doubling per attempt
     backoff_max_s: float = 60.0
+    # fail fast: GET <base_url>/models before the first seed (the URL answers, backend.model is served);
+    # wait up to wait_for_server_s for a server that is still starting (0: fail at once)
+    check_server: bool = True
+    wait_for_server_s: float = 0.0
+    # circuit breaker: stop the run (finished seeds kept) once this many attempts in a row, over at least
+    # breaker_window_s seconds, could not reach the server (refused, reset, connect timeout)
+    breaker_failures: int = 32
+    breaker_window_s: float = 60.0
     extra_body: dict[str, Any] = field(default_factory=dict)  # passed through to the server
     # vllm / transformers: in-process generation
     batch_size: int = 8  # transformers: prompts per generate() call; vllm takes every pending prompt
@@ -163,6 +171,9 @@ def validate(cfg: SynthesizeConfig) -> None:
     require(b.timeout_s > 0, "backend.timeout_s", b.timeout_s, "must be positive")
     require(b.max_retries >= 0, "backend.max_retries", b.max_retries, "must be >= 0")
     require(b.backoff_s >= 0 and b.backoff_max_s >= 0, "backend.backoff_s", b.backoff_s, "must be >= 0")
+    require(b.wait_for_server_s >= 0, "backend.wait_for_server_s", b.wait_for_server_s, "must be >= 0")
+    require(b.breaker_failures >= 1, "backend.breaker_failures", b.breaker_failures, "must be >= 1")
+    require(b.breaker_window_s >= 0, "backend.breaker_window_s", b.breaker_window_s, "must be >= 0")
     require(b.batch_size >= 1, "backend.batch_size", b.batch_size, "must be >= 1")
     f = cfg.filter
     require(f.truncated in ("reject", "keep"), "filter.truncated", f.truncated, "must be reject or keep")

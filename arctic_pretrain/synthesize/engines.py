@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 
 from arctic_pretrain.synthesize.config import SynthesizeConfig
 from arctic_pretrain.synthesize.prompts import PromptTemplate, chat_prompt, plain_prompt
 from arctic_pretrain.synthesize.seeds import Seed
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Reply:
@@ -51,6 +53,7 @@ class OpenAIEngine:
         self.client = OpenAIClient(b.base_url, b.model, endpoint=b.endpoint, api_key_env=b.api_key_env,
                                    concurrency=b.concurrency, timeout_s=b.timeout_s, max_retries=b.max_retries,
                                    backoff_s=b.backoff_s, backoff_max_s=b.backoff_max_s,
+                                   breaker_failures=b.breaker_failures, breaker_window_s=b.breaker_window_s,
                                    extra_body=dict(b.extra_body))
         self.name = f"openai:{b.model}@{b.base_url}"
 
@@ -78,9 +81,18 @@ class OpenAIEngine:
             done(seed, Reply(out.text, out.finish_reason, out.completion_tokens, out.attempts,
                              self.template.prefill(seed.language) if prefill_used else ""))
 
+        it = iter(seeds)
+        first = next(it, None)
+        if first is None:  # nothing left to send: the server is not needed (a finish-only rerun)
+            return
+        b = self.cfg.backend
+
         async def main() -> None:
             async with self.client:
-                await self.client.map(seeds, self.body, finished)
+                if b.check_server:  # before the first seed: a wrong URL or model fails here, naming both
+                    await self.client.check_model(b.wait_for_server_s)
+                    log.info("synthesize: %s serves %s", b.base_url, b.model)
+                await self.client.map(chain([first], it), self.body, finished)
 
         asyncio.run(main())
 

@@ -47,36 +47,55 @@ class NearDuplicates:
         return dup
 
 
+class CorpusChecks:
+    """Decontamination, then exact and near dedup, one reply at a time in seed order; contamination
+    matches go to ``matches_path`` (one JSON line per benchmark task found). Use as a context manager."""
+
+    def __init__(self, cfg: OutputFilterConfig, matches_path: Path) -> None:
+        self.cfg = cfg
+        self.exact: set[int] = set()
+        self.near = NearDuplicates(cfg.dedup) if cfg.dedup.near else None
+        d = cfg.decontamination
+        self.decontam = Decontaminate(d, str(matches_path.parent)) if d.enabled else None
+        self.matches_path = matches_path
+
+    def __enter__(self) -> CorpusChecks:
+        self._matches = open(self.matches_path, "w")  # noqa: SIM115 - closed in __exit__
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._matches.close()
+
+    def verdict(self, sid: str, doc: str) -> str:
+        """``kept``, ``contaminated``, ``exact_duplicate`` or ``near_duplicate``."""
+        if self.decontam is not None:
+            hits = self.decontam.matches(doc)
+            if hits:
+                for s, kind in hits:
+                    self._matches.write(json.dumps({"id": sid, "benchmark": s.benchmark, "task_id": s.task_id,
+                                                    "kind": kind}) + "\n")
+                return "contaminated"
+        if self.cfg.dedup.exact:
+            h = content_hash(doc)
+            if h in self.exact:
+                return "exact_duplicate"
+            self.exact.add(h)
+        if self.near is not None and self.near.is_duplicate(doc):
+            return "near_duplicate"
+        return "kept"
+
+    def benchmarks(self) -> dict:
+        """The benchmarks matched against (tasks each) and the optional ones that were not available."""
+        if self.decontam is None:
+            return {}
+        return self.decontam.loaded()
+
+
 def corpus_verdicts(records: Iterable[dict], cfg: OutputFilterConfig, matches_path: Path) -> dict[str, str]:
-    """Seed id -> final verdict for every record whose reply passed the per-reply checks: ``kept``,
-    ``exact_duplicate``, ``near_duplicate`` or ``contaminated``. Contamination matches go to
-    ``matches_path`` (one JSON line per benchmark task found)."""
-    out: dict[str, str] = {}
-    exact: set[int] = set()
-    near = NearDuplicates(cfg.dedup) if cfg.dedup.near else None
-    decontam = Decontaminate(cfg.decontamination, str(matches_path.parent)) if cfg.decontamination.enabled else None
-    with open(matches_path, "w") as matches:
-        for rec in records:
-            doc = rec["document"]
-            if decontam is not None:
-                hits = decontam.matches(doc)
-                if hits:
-                    for s, kind in hits:
-                        matches.write(json.dumps({"id": rec["id"], "benchmark": s.benchmark, "task_id": s.task_id,
-                                                  "kind": kind}) + "\n")
-                    out[rec["id"]] = "contaminated"
-                    continue
-            if cfg.dedup.exact:
-                h = content_hash(doc)
-                if h in exact:
-                    out[rec["id"]] = "exact_duplicate"
-                    continue
-                exact.add(h)
-            if near is not None and near.is_duplicate(doc):
-                out[rec["id"]] = "near_duplicate"
-                continue
-            out[rec["id"]] = "kept"
-    return out
+    """Seed id -> final verdict for every record whose reply passed the per-reply checks (in the given
+    order): ``kept``, ``exact_duplicate``, ``near_duplicate`` or ``contaminated``."""
+    with CorpusChecks(cfg, matches_path) as checks:
+        return {rec["id"]: checks.verdict(rec["id"], rec["document"]) for rec in records}
 
 
 def load_tokenizer(name: str):

@@ -9,8 +9,9 @@
       synthesis.json           counts requested / generated / kept, rejected by reason, tokens, rates
       synthetic-*.bin/.idx.npy, manifest.json    the token source training reads (manifest written last)
 
-Resume: finished seed ids are read back from generations/ and skipped, so a kill loses at most the
-requests in flight and never writes a seed twice (a line torn by the kill is cut off first).
+Resume: each worker reads back the finished seed ids of its own file(s) only (generations.py: locked,
+a line torn by a kill cut off first) and skips them, so a kill loses at most the requests in flight and
+never writes a seed twice. Start and finish stream the records: memory does not grow with them.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
 
 from arctic_pretrain.common.config import ConfigError, StageIncomplete
-from arctic_pretrain.common.io import atomic_write, read_jsonl
+from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.shards import MANIFEST, finalize_source
 from arctic_pretrain.synthesize.config import SynthesizeConfig, validate
 from arctic_pretrain.synthesize.engines import Reply, build_engine
-from arctic_pretrain.synthesize.filters import corpus_verdicts, tokenize
+from arctic_pretrain.synthesize.filters import CorpusChecks, tokenize
+from arctic_pretrain.synthesize.generations import DoneIds, Index, open_own
 from arctic_pretrain.synthesize.parse import judge
 from arctic_pretrain.synthesize.prompts import PromptTemplate
 from arctic_pretrain.synthesize.seeds import Seed, Selection, worker_of
@@ -62,35 +69,26 @@ def check_identity(out: Path, cfg: SynthesizeConfig) -> None:
         atomic_write(path, json.dumps(ident, indent=2))
 
 
-def read_records(gens: Path, repair: bool = False) -> list[dict]:
-    """Every complete record in generations/ (file order); with ``repair``, a torn last line (a kill
-    mid-write) is cut off so that appending continues on a line boundary."""
-    records = []
-    for path in sorted(gens.glob("*.jsonl")):
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data) and repair:
-            log.warning("%s: cutting a torn last line (%d bytes) left by a kill", path, len(data) - end)
-            with open(path, "r+b") as fh:
-                fh.truncate(end)
-        records += [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-    return records
+def read_runs(out: Path) -> list[dict]:
+    """The lines of runs.jsonl (one per invocation); a line torn by a kill is skipped."""
+    runs = []
+    for line in (out / "runs.jsonl").read_text().splitlines() if (out / "runs.jsonl").is_file() else []:
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            log.warning("%s: skipping a torn line", out / "runs.jsonl")
+    return runs
 
 
 class Recorder:
     """Appends one JSON line per finished seed to its worker's file (flushed at once)."""
 
-    def __init__(self, cfg: SynthesizeConfig, template: PromptTemplate, gens: Path, model: str) -> None:
-        self.cfg, self.template, self.gens, self.model = cfg, template, gens, model
-        self.files: dict[int, object] = {}
+    def __init__(self, cfg: SynthesizeConfig, template: PromptTemplate, files: dict[int, BinaryIO],
+                 model: str) -> None:
+        self.cfg, self.template, self.files, self.model = cfg, template, files, model
         self.counts: Counter = Counter()
         self.tokens = 0
         self.bar = None
-
-    def _file(self, worker: int):
-        if worker not in self.files:
-            self.files[worker] = open(self.gens / f"{worker:05d}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        return self.files[worker]
 
     def __call__(self, seed: Seed, reply: Reply) -> None:
         if self.bar is not None:
@@ -117,8 +115,8 @@ class Recorder:
                "output": reply.text, "prefill": reply.prefill, "finish_reason": reply.finish_reason,
                "completion_tokens": reply.completion_tokens, "attempts": reply.attempts, "error": reply.error,
                "document": document, "syntax_ok": syntax, "verdict": verdict}
-        fh = self._file(worker_of(seed.id, self.cfg.workers.num_workers))
-        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh = self.files[worker_of(seed.id, self.cfg.workers.num_workers)]
+        fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
         fh.flush()
 
     def close(self) -> None:
@@ -130,9 +128,19 @@ def generate(cfg: SynthesizeConfig, out: Path, selection: Selection, template: P
     """Send every unfinished seed of this worker (or all workers) and record the replies."""
     gens = out / "generations"
     gens.mkdir(parents=True, exist_ok=True)
-    done_ids = {r["id"] for r in read_records(gens, repair=True)}
     w = cfg.workers
     workers = [w.worker] if w.worker is not None else list(range(w.num_workers))
+    files: dict[int, BinaryIO] = {}
+    ids = []
+    try:
+        for worker in workers:  # this process's own files only: other workers may be appending to theirs
+            files[worker], done = open_own(gens, worker)
+            ids.append(np.frombuffer(done, dtype=np.uint64))
+    except BaseException:
+        for fh in files.values():
+            fh.close()
+        raise
+    done_ids = DoneIds(np.concatenate(ids) if ids else np.empty(0, np.uint64))
     quotas = selection.quotas(cfg.seeding)
     seed_counts: dict = {}
 
@@ -140,10 +148,10 @@ def generate(cfg: SynthesizeConfig, out: Path, selection: Selection, template: P
         for worker in workers:
             yield from selection.seeds(cfg.seeding, done_ids, worker, w.num_workers, counts=seed_counts)
 
-    engine = build_engine(cfg, template)
-    rec = Recorder(cfg, template, gens, cfg.backend.model)
+    rec = Recorder(cfg, template, files, cfg.backend.model)
     t0 = time.perf_counter()
     try:
+        engine = build_engine(cfg, template)
         if cfg.progress:
             from tqdm import tqdm
 
@@ -168,48 +176,56 @@ def generate(cfg: SynthesizeConfig, out: Path, selection: Selection, template: P
 
 
 def finalize(cfg: SynthesizeConfig, out: Path, selection: Selection, runs: list[dict]) -> Path:
-    """Corpus checks on every reply, tokenize the kept ones, write synthesis.json, manifest last."""
-    records, seen, duplicates = [], set(), 0
-    for r in read_records(out / "generations"):
-        if r["id"] in seen:
-            duplicates += 1  # never expected; counted so that a test can assert it
-            continue
-        seen.add(r["id"])
-        records.append(r)
-    records.sort(key=lambda r: (-(r["seed"].get("score") or 0.0), r["id"]))
-    candidates = [r for r in records if r["verdict"] == "kept"]
-    final = corpus_verdicts(candidates, cfg.filter, out / "decontamination.jsonl")
-    verdicts = {r["id"]: final.get(r["id"], r["verdict"]) for r in records}
-    atomic_write(out / "verdicts.jsonl", "".join(json.dumps({"id": k, "verdict": v}) + "\n"
-                                                 for k, v in verdicts.items()))
+    """Corpus checks on every reply in seed order, tokenize the kept ones, write synthesis.json, manifest
+    last. One streaming pass over an on-disk index of generations/: memory does not grow with the records."""
     (out / MANIFEST).unlink(missing_ok=True)  # the source is incomplete until the new manifest is written
     for old in [*out.glob("synthetic-*"), *out.glob("*.part.json")]:
         old.unlink()
-    kept = [r for r in records if verdicts[r["id"]] == "kept"]
+    index = Index(out / "generations", out / ".finish-index.sqlite")
+    verdicts_tmp = out / f".verdicts.jsonl.tmp{os.getpid()}"
+    rejected, by_lang, kept, generated_tokens = Counter(), {}, 0, 0
+
+    def documents(checks: CorpusChecks, vout) -> Iterator[tuple[str, str]]:
+        nonlocal kept, generated_tokens
+        for sid, file, offset, verdict, language, tokens in index:
+            document = None
+            if verdict == "kept":
+                document = index.record(file, offset)["document"]
+                verdict = checks.verdict(sid, document)
+            vout.write(json.dumps({"id": sid, "verdict": verdict}) + "\n")
+            by_lang.setdefault(language, Counter())[verdict] += 1
+            generated_tokens += tokens
+            if verdict != "kept":
+                rejected[verdict] += 1
+                continue
+            kept += 1
+            yield language, document
+
     tokenizer = cfg.tokenizer or str(selection.curated / "tokenizer")
-    info, counts, language_tokens = tokenize(((r["language"], r["document"]) for r in kept), tokenizer, out,
-                                             cfg.shard_tokens)
-    rejected = Counter(v for v in verdicts.values() if v != "kept")
-    by_lang: dict[str, Counter] = {}
-    for r in records:
-        by_lang.setdefault(r["language"], Counter())[verdicts[r["id"]]] += 1
+    try:
+        with CorpusChecks(cfg.filter, out / "decontamination.jsonl") as checks, open(verdicts_tmp, "w") as vout:
+            info, counts, language_tokens = tokenize(documents(checks, vout), tokenizer, out, cfg.shard_tokens)
+        os.replace(verdicts_tmp, out / "verdicts.jsonl")
+    finally:
+        verdicts_tmp.unlink(missing_ok=True)
+        index.close()
     wall = sum(r["wall_s"] for r in runs)
     requests = sum(sum(r["verdicts"].values()) for r in runs)
     summary = {
         "seeds": str(Path(cfg.seeds).resolve()), "model": cfg.backend.model, "template": cfg.prompt.template,
-        "requested": sum(selection.available(cfg.seeding).values()), "generated": len(records),
-        "kept": len(kept), "rejected": dict(sorted(rejected.items())), "duplicate_records": duplicates,
+        "requested": sum(selection.available(cfg.seeding).values()), "generated": index.records,
+        "kept": kept, "rejected": dict(sorted(rejected.items())), "duplicate_records": index.duplicates,
         "tokens_kept": counts["tokens"], "documents_kept": counts["documents"],
         "tokens_by_language": dict(sorted(language_tokens.items())),
         "by_language": {k: dict(v) for k, v in sorted(by_lang.items())},
-        "generated_tokens": sum(r.get("completion_tokens") or 0 for r in records),
+        "generated_tokens": generated_tokens, "decontamination": checks.benchmarks(),
         "wall_s": round(wall, 2), "requests": requests,
         "requests_per_s": round(requests / wall, 2) if wall else None,
         "runs": len(runs), "tokenizer": dataclasses.asdict(info),
     }
     atomic_write(out / "synthesis.json", json.dumps(summary, indent=2))
     finalize_source(out, metadata={"stage": "synthesize", "model": cfg.backend.model,
-                                   "template": cfg.prompt.template, "kept": len(kept),
+                                   "template": cfg.prompt.template, "kept": kept,
                                    "language_tokens": dict(sorted(language_tokens.items()))})
     return out
 
@@ -230,8 +246,7 @@ def run(cfg: SynthesizeConfig) -> Path:
                               "rerun the same command to retry the rest")
     if cfg.workers.worker is not None or not cfg.workers.finalize:
         return out
-    runs = read_jsonl(out / "runs.jsonl")
-    return finalize(cfg, out, selection, runs)
+    return finalize(cfg, out, selection, read_runs(out))
 
 
 __all__ = ["output_dir", "run"]

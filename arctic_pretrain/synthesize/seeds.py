@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +113,10 @@ class Selection:
                 out[lang] = min(quota, sum(1 for line in fh if line.strip()))
         return out
 
-    def seeds(self, cfg: SeedingConfig, skip: set[str] | None = None, worker: int = 0, num_workers: int = 1,
+    def seeds(self, cfg: SeedingConfig, skip: Container[str] = (), worker: int = 0, num_workers: int = 1,
               counts: dict | None = None) -> Iterator[Seed]:
         """Seeds of ``worker`` in selection order (language by language, best first), without those in
         ``skip``; a file's text is read only when its seed is yielded (lazy: millions never sit in memory)."""
-        skip = skip or set()
         documents = self.curated / "documents"
         for lang, quota in self.quotas(cfg).items():
             path = self.folder / "selected" / f"{lang}.jsonl"

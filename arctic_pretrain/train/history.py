@@ -86,14 +86,15 @@ def check_resume(run_dir: Path, new: dict[str, Any], hashes: dict[str, str], res
     if old is None:
         return {}
     diff = config_diff({**old, "source_tokenizers": old_hashes or hashes}, {**new, "source_tokenizers": hashes})
-    diff.pop("run_dir", None)
+    diff.pop("output_dir", None)
+    diff.pop("run_dir", None)  # its name in a run started before output_dir
     run_tokenizers = set((old_hashes or hashes).values())
     refused = {k: v for k, v in diff.items() if is_fixed(k) and not source_added_or_dropped(k, v, run_tokenizers)}
     if refused and resuming:
         listed = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in refused.items())
-        raise ConfigError(f"run_dir={str(run_dir)!r}: cannot resume with a different {', '.join(refused)} "
-                          f"({listed}); these fix the weights' shape or the token ids. Use a new run_dir, or "
-                          f"branch from this run with run_dir=<new> init_from={run_dir}")
+        raise ConfigError(f"output_dir={str(run_dir)!r}: cannot resume with a different {', '.join(refused)} "
+                          f"({listed}); these fix the weights' shape or the token ids. Use a new output_dir, or "
+                          f"branch from this run with output_dir=<new> init_from={run_dir}")
     if diff:
         verb = "resuming with" if resuming else "no checkpoint to resume; starting over with"
         log.info("%s changed settings: %s", verb, "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in diff.items()))

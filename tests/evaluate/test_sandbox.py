@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
-from arctic_pretrain.evaluate.sandbox import _CHILD, Job, execute, execute_many
+from arctic_pretrain.evaluate.sandbox import (
+    _CHILD,
+    Job,
+    execute,
+    execute_many,
+    kernel_isolation,
+    kernel_refusal,
+)
 
 _CHILD_DIR = _CHILD.parent
+_KERNEL = kernel_isolation()
+# Without Landlock and user namespaces the sandbox refuses model code (SandboxUnavailable): say why, do not error.
+pytestmark = pytest.mark.skipif(not _KERNEL["confined"], reason=kernel_refusal(_KERNEL))
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on loopback that accepts every connection: 'refused' then means the sandbox refused it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                server.accept()[0].close()
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    server.close()
+
+
+def unsandboxed(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
 
 
 def test_passing_and_failing_programs():
@@ -20,19 +55,15 @@ def test_passing_and_failing_programs():
     assert not bad.passed and bad.status.startswith("failed: AssertionError")
 
 
-def test_hang_is_a_timeout_within_the_limit():
-    t0 = time.perf_counter()
+def test_hang_is_a_timeout():
     out = execute(Job("program", "while True:\n    pass", 1.0))
     assert not out.passed and out.status == "timed out"
-    assert time.perf_counter() - t0 < 6
 
 
 def test_hang_that_ignores_signals_is_killed():
     program = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"
-    t0 = time.perf_counter()
-    out = execute(Job("program", program, 1.0))
-    assert not out.passed
-    assert time.perf_counter() - t0 < 8
+    out = execute(Job("program", program, 3.0))
+    assert not out.passed and out.status == "timed out"
 
 
 def test_writes_outside_the_sandbox_are_refused(tmp_path: Path):
@@ -44,18 +75,23 @@ def test_writes_outside_the_sandbox_are_refused(tmp_path: Path):
         f"import os\nfd = os.open({str(target)!r}, os.O_CREAT | os.O_WRONLY)\nos.write(fd, b'x')",
         f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
     ]
-    for program in programs:
-        out = execute(Job("program", program + "\nassert False", 5))
+    for program in programs:  # each runs to its end (a pass) unless the write is refused
+        out = execute(Job("program", program, 5))
         assert not out.passed, program
     assert not target.exists()
+    for program in programs:  # the same programs do write when run outside the sandbox
+        unsandboxed(program)
+        assert target.exists(), program
+        target.unlink()
     assert execute(Job("program", "open('inside.txt', 'w').write('ok')\nassert open('inside.txt').read() == 'ok'",
                        5)).passed
 
 
-def test_network_is_refused():
-    program = ("import socket\ns = socket.create_connection(('127.0.0.1', 22), timeout=1)\n")
+def test_network_is_refused(listener):
+    program = f"import socket\ns = socket.create_connection(('127.0.0.1', {listener}), timeout=5)\nprint('connected')"
+    assert unsandboxed(program) == "connected"  # a server is there, reachable from outside the sandbox
     out = execute(Job("program", program, 5))
-    assert not out.passed and "failed" in out.status
+    assert not out.passed and out.status.startswith("failed:"), out.status
 
 
 def test_memory_limit():
@@ -89,24 +125,30 @@ def test_bigcodebench_jobs_may_spawn_processes_but_stay_confined(tmp_path: Path)
                "    def test_outside(self):\n"
                f"        subprocess.run(['sh', '-c', 'echo x > {target}'])\n")
     out = execute(Job("unittest", program, 10))
-    if not (out.isolation and out.isolation.get("mode") == "kernel"):
-        pytest.skip("kernel without Landlock or user namespaces: subprocesses stay blocked there")
+    assert out.isolation and out.isolation["mode"] == "kernel", out.isolation
     assert out.passed, out.status
     assert not target.exists()
 
 
-def test_kernel_layers_hold_without_python_hooks(tmp_path: Path):
-    """Landlock and the network namespace alone (no audit hook, no guard) stop a shell's writes and connects."""
-    sandbox, target = tmp_path / "box", tmp_path / "escaped.txt"
-    sandbox.mkdir()
-    code = (f"import os, socket, sys\nsys.path.insert(0, {str(Path(_CHILD_DIR))!r})\nimport _sandbox_child as c\n"
-            f"libc = c._Libc()\nnet, abi = c._unshare(libc), c._landlock(libc, {str(sandbox)!r})\n"
-            f"os.system('echo x > {target}; echo y > {sandbox}/inside.txt')\n"
-            "try:\n    socket.create_connection(('127.0.0.1', 22), timeout=1)\n    conn = 'connected'\n"
-            "except OSError:\n    conn = 'refused'\nprint(net, abi, conn)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
-    if len(out) < 3 or out[0] != "True" or out[1] == "0":
-        pytest.skip(f"kernel without Landlock or user namespaces: {out}")
-    assert not target.exists()
-    assert (sandbox / "inside.txt").read_text() == "y\n"
-    assert out[2] == "refused"
+def test_kernel_layers_hold_without_python_hooks(tmp_path: Path, listener):
+    """Each kernel layer alone (no audit hook, no guard) stops a shell's writes or a connect: the network
+    namespace stops the connect, Landlock stops the write and (ABI >= 4) the connect; with neither, both happen."""
+    def attempt(layers: str) -> list[str]:
+        sandbox, target = tmp_path / layers / "box", tmp_path / layers / "escaped.txt"
+        sandbox.mkdir(parents=True)
+        code = (f"import os, socket, sys\nsys.path.insert(0, {str(_CHILD_DIR)!r})\nimport _sandbox_child as c\n"
+                f"libc = c._Libc()\nnet = c._unshare(libc) if 'net' in {layers!r} else None\n"
+                f"abi = c._landlock(libc, {str(sandbox)!r}) if 'landlock' in {layers!r} else None\n"
+                f"os.system('echo x > {target}; echo y > {sandbox}/inside.txt')\n"
+                f"try:\n    socket.create_connection(('127.0.0.1', {listener}), timeout=5)\n    conn = 'connected'\n"
+                "except OSError:\n    conn = 'refused'\nprint(net, abi, conn)\n")
+        out = unsandboxed(code).split()
+        assert len(out) == 3 and (sandbox / "inside.txt").read_text() == "y\n", out
+        return [*out, "written" if target.exists() else "kept out"]
+
+    assert attempt("none") == ["None", "None", "connected", "written"]
+    assert attempt("net") == ["True", "None", "refused", "written"]
+    landlock_only = attempt("landlock")
+    abi = int(landlock_only[1])
+    assert abi > 0 and landlock_only[3] == "kept out"
+    assert landlock_only[2] == ("refused" if abi >= 4 else "connected")  # TCP rules came with ABI 4

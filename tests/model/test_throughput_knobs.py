@@ -133,6 +133,30 @@ def test_activation_checkpointing_modes_and_the_old_bool_refused():
         tiny(activation_checkpointing_every=0)
 
 
+def saved_activation_elements(model, ids, pos) -> int:
+    """Elements autograd keeps for backward in one forward (a checkpointed layer keeps only its inputs)."""
+    count = [0]
+
+    def pack(t):
+        count[0] += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        build_loss(tiny())(model, ids, pos)
+    return count[0]
+
+
+def test_activation_checkpointing_keeps_fewer_activations():
+    """Recomputation happens: full keeps less than selective (every 2nd layer), which keeps less than none."""
+    ids, pos = packed_batch()
+    saved = {}
+    for mode in ("none", "selective", "full"):
+        model = build_model(tiny(), VOCAB)
+        apply_activation_checkpointing(model, mode, 2)
+        saved[mode] = saved_activation_elements(model, ids, pos)
+    assert saved["full"] < saved["selective"] < saved["none"], saved
+
+
 @pytest.mark.parametrize("mode", ["full", "selective"])
 def test_activation_checkpointing_keeps_losses_and_grads(mode):
     torch.manual_seed(0)
@@ -158,8 +182,19 @@ def test_compiled_layers_keep_losses_and_grads():
     model = build_model(tiny(activation_checkpointing="selective"), VOCAB)
     ids, pos = packed_batch()
     plain = loss_and_grads(model, build_loss(tiny()), ids, pos)
-    compile_layers(model, backend="aot_eager")
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def recording(gm, example_inputs):  # aot_eager, noting each graph dynamo hands it
+        graphs.append(gm)
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compile_layers(model, backend=recording)
     assert_same(plain, loss_and_grads(model, build_loss(tiny(loss="chunked")), ids, pos), rtol=1e-5)
+    # compilation happened: dynamo traced the decoder layers into graphs holding their projections
+    assert graphs and all(any(n.target is torch._C._nn.linear for n in g.graph.nodes) for g in graphs), graphs
 
 
 def test_liger_kernels_need_a_gpu_and_the_package():

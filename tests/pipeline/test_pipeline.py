@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import require_kernel_sandbox, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
+    require_kernel_sandbox()  # its evaluate step runs model code, which needs the kernel's confinement
     work = tmp_path_factory.mktemp("recipe") / "tiny"
     proc = run_cli(["launch/pipeline.py", "experiment=tiny", f"workdir={work}"], timeout=1800,
                    env={"HF_HUB_OFFLINE": "1"})

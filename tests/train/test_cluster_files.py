@@ -37,6 +37,8 @@ def test_cpu_image_installs_as_ci_and_the_readme_do():
     docker = (ROOT / "Dockerfile").read_text()
     cpu_stage = docker.split("AS cpu", 1)[1].split("\nFROM ", 1)[0]
     assert re.search(r"^RUN \.ci/install$", cpu_stage, re.M)
+    apt = re.search(r"apt-get install -y --no-install-recommends ([^\\\n]+)", cpu_stage)
+    assert apt and {"build-essential", "chromium", "git"} <= set(apt.group(1).split())  # C headers, report test
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu_stage
     ci_run = (ROOT / ".ci" / "run").read_text()
     assert 'Tests.*$", text, re.M)' in ci_run and 'bash -c "${block[-1]}"' in ci_run
@@ -54,7 +56,7 @@ def test_submitit_slurm_preset_takes_the_cluster_shape():
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name="train", overrides=["hydra/launcher=submitit_slurm", "nodes=2", "gpus_per_node=8",
-                                                      "run_dir=/sweeps/hq"], return_hydra_config=True)
+                                                      "output_dir=/sweeps/hq"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)  # one task per GPU

@@ -68,12 +68,29 @@ def test_budget_is_one_override_away():
     ("training.global_batch_size=12", "training.global_batch_size=12: must be a multiple of micro_batch_size"),
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4"),
     ("model.attention=flash", "model.attention='flash'"),
+    ("profile.steps=[5,2]", "profile.steps=[5, 2]: needs 1 <= from <= to"),
+    ("profile.steps=[3]", "profile.steps=[3]: must be [from, to]"),
+    ("profile.steps=[300,400]", "profile.steps=[300, 400]: ends after the curriculum's last step (323)"),
+    ("profile.ranks=[1]", "profile.ranks=[1]: rank 1 is not in 0..0"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     cfg = load("experiment=demo", override)
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, world_size=1)
     assert message in str(err.value)
+
+
+def test_a_profile_window_must_end_within_max_steps_and_the_curriculum():
+    from arctic_pretrain.train.curriculum import Curriculum
+    from arctic_pretrain.train.dry_run import without_language_shares
+
+    cfg = load("experiment=demo", "profile.steps=[1,323]")
+    validate_config(cfg, world_size=1)  # the curriculum's last step: the one Curriculum computes
+    assert Curriculum(without_language_shares(cfg.curriculum), 16 * 256, dict.fromkeys(cfg.data.sources, 1)
+                      ).total_steps == 323
+    with pytest.raises(ConfigError, match=r"profile.steps=\[5, 20\]: ends after max_steps \(10\)"):
+        validate_config(load("experiment=demo", "max_steps=10", "profile.steps=[5,20]"), world_size=1)
+    validate_config(load("experiment=demo", "profile.ranks=[0,1]", "profile.steps=[2,3]"), world_size=2)
 
 
 def test_unknown_key_is_rejected():

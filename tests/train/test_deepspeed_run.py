@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from arctic_pretrain.train.metrics import read_metrics
 from tests.conftest import free_port, run_cli
-from tests.train.conftest import leftover_shm
+from tests.train.conftest import assert_generates_with_the_runs_tokenizer, leftover_shm, safetensors_dtypes
 
 pytestmark = pytest.mark.slow
 PHASES = ["general", "high_quality", "synthetic"]
@@ -56,16 +56,13 @@ def test_phase_end_checkpoints_and_exports(two_rank_run):
     for phase in PHASES:
         meta = json.loads((two_rank_run / "export" / phase / "arctic_export.json").read_text())
         assert meta["phase"] == phase and meta["step"] == ends[phase]
+        assert safetensors_dtypes(two_rank_run / "export" / phase) == {"BF16"}  # trained in fp32, saved as bf16
 
 
 def test_export_loads_and_generates(two_rank_run):
-    path = two_rank_run / "export" / "synthetic"
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    inputs = tokenizer("def fibonacci(n):", return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] > inputs["input_ids"].shape[1]
-    assert isinstance(tokenizer.decode(out[0]), str)
+    model = AutoModelForCausalLM.from_pretrained(two_rank_run / "export" / "synthetic", dtype=torch.float32)
+    assert_generates_with_the_runs_tokenizer(two_rank_run / "export" / "synthetic", model,
+                                             two_rank_run / "checkpoints" / "step_00000028")
 
 
 def test_rerun_resumes_from_latest(tmp_path, demo_cache, two_rank_run):
@@ -99,13 +96,14 @@ def test_torchrun_launch(tmp_path, demo_cache):
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
 
 
-def test_phase_end_light_evaluation(tmp_path, demo_cache):
+def test_phase_end_light_evaluation(tmp_path, demo_cache, kernel_sandbox):
     run_dir = tmp_path / "run"
     deepspeed_train(run_dir, demo_cache, "evaluation.enabled=true", "evaluation.humaneval_limit=2",
                     "evaluation.max_new_tokens=16", "evaluation.heldout_windows=2", ranks=1)
     evals = [r for r in read_metrics(run_dir) if r.get("event") == "phase_eval"]
     assert [r["phase"] for r in evals] == PHASES
     for r in evals:
-        assert r["eval/humaneval_problems"] == 2 and 0.0 <= r["eval/humaneval_pass@1"] <= 1.0
+        # a 0.36M model after 28 steps solves nothing (tests/evaluate/test_tiny_model.py: canonical answers score 1)
+        assert r["eval/humaneval_problems"] == 2 and r["eval/humaneval_pass@1"] == 0.0
         assert {"heldout_loss/python", "heldout_loss/c", "heldout_loss/high_quality"} <= set(r)
-    assert evals[-1]["heldout_loss/synthetic"] < evals[0]["heldout_loss/synthetic"] + 0.5
+    assert evals[-1]["heldout_loss/synthetic"] < evals[0]["heldout_loss/synthetic"], evals  # phase 3 trained on it

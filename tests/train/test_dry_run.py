@@ -21,6 +21,10 @@ def test_paper_config_on_8x8_gpus():
     assert general == 119_210  # 500B / 4.19M, rounded up to a whole step
     assert "data epochs         not checked: no token source at python (/nonexistent/tokens/python)" in out
     assert not list((__import__("pathlib").Path("/nonexistent")).glob("*"))  # nothing was created
+    # ZeRO-2 over 64 ranks: optimizer states 12 B x 1,364M / 64, gradients (2 + 4) B x params / 64
+    assert "peak memory per GPU ~" in out and "bf16, ZeRO-2, 64 ranks" in out
+    assert re.search(r"optimizer states\s+0\.2 GiB", out) and re.search(r"activations\s+36\.0 GiB", out)
+    assert "formula           states + bucket + activations + max(loss head, recompute)" in out
 
 
 def test_arithmetic_and_epochs_with_sources(demo_cache):

@@ -1,4 +1,4 @@
-"""Budget sweeps: the shared curriculum prefix trains once, each variant branches from it into its own run_dir."""
+"""Budget sweeps: the shared curriculum prefix trains once, each variant branches from it into its own output_dir."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SWEEP = ["curriculum.phases.general.tokens=4K", "curriculum.phases.high_quality.
 
 
 def test_swept_keys_decide_the_shared_prefix():
-    assert swept_keys(["experiment=tiny", "curriculum.phases.high_quality.tokens=25B,50B", "run_dir=R"]) == [
+    assert swept_keys(["experiment=tiny", "curriculum.phases.high_quality.tokens=25B,50B", "output_dir=R"]) == [
         "curriculum.phases.high_quality.tokens"]
     phases = ["general", "high_quality", "synthetic"]
     assert shared_prefix(phases, ["curriculum.phases.high_quality.tokens"]) == ["general"]
@@ -32,25 +32,31 @@ def test_swept_keys_decide_the_shared_prefix():
         "high_quality.tokens=25B,seed=7"
 
 
-def _hold_prefix(path: str, events: str, start: float) -> None:
-    """A concurrent job: take the prefix lock if free, record what happened."""
+def _hold_prefix(path: str, events: str, release: str) -> None:
+    """A concurrent job: take the prefix lock if free, record what happened; a holder keeps the lock until the
+    test has seen both attempts (the ``release`` file), however slowly the other process started."""
     lock = PrefixLock(Path(path))
     got = lock.acquire()
     with open(events, "a") as fh:
-        fh.write(json.dumps({"got": got, "t": time.time() - start}) + "\n")
+        fh.write(json.dumps({"got": got}) + "\n")
     if got:
-        time.sleep(1.5)
+        while not Path(release).exists():
+            time.sleep(0.05)
         lock.release()
 
 
 def test_prefix_lock_admits_one_job_and_frees_on_exit(tmp_path):
     """Two processes race for the lock: one holds it, the other is refused; once the holder is gone it is free."""
     ctx = mp.get_context("spawn")
-    events = tmp_path / "events.jsonl"
-    procs = [ctx.Process(target=_hold_prefix, args=(str(tmp_path / "p.lock"), str(events), time.time()))
+    events, release = tmp_path / "events.jsonl", tmp_path / "release"
+    procs = [ctx.Process(target=_hold_prefix, args=(str(tmp_path / "p.lock"), str(events), str(release)))
              for _ in range(2)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + 300  # a generous bound on two process starts, not a timing under test
+    while time.monotonic() < deadline and len(events.read_text().splitlines() if events.exists() else []) < 2:
+        time.sleep(0.05)
+    release.touch()
     for p in procs:
         p.join(60)
     got = [json.loads(line)["got"] for line in events.read_text().splitlines()]
@@ -73,7 +79,7 @@ def _variant_job(prefix_dir: str, calls: str) -> None:
         time.sleep(3)
         return {"status": "done", "step": 4, "consumed_tokens": 4096}
 
-    cfg = SimpleNamespace(run_dir=prefix_dir, curriculum=SimpleNamespace(phases={"general": None}))
+    cfg = SimpleNamespace(output_dir=prefix_dir, curriculum=SimpleNamespace(phases={"general": None}))
     done = ensure_prefix(cfg, train, poll_s=0.2)
     with open(calls, "a") as fh:
         fh.write(json.dumps({"done": done["checkpoint"]}) + "\n")

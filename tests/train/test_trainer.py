@@ -4,6 +4,7 @@ token sources, the real curriculum; no launcher. The multi-rank behaviour is in 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -12,10 +13,11 @@ from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import EXPORT_META, build_model
 from arctic_pretrain.model.config import ModelConfig
-from arctic_pretrain.model.loss import logits_loss
+from arctic_pretrain.model.loss import build_loss
 from arctic_pretrain.train.callbacks import EVENTS, Callback
 from arctic_pretrain.train.callbacks.export import PhaseExport
 from arctic_pretrain.train.callbacks.faults import ENV, FaultInjection, Faults
+from arctic_pretrain.train.callbacks.profile import StepProfiler
 from arctic_pretrain.train.callbacks.progress import ProgressBar
 from arctic_pretrain.train.callbacks.speed import MetricsRecorder
 from arctic_pretrain.train.checkpoint import CheckpointManager
@@ -53,41 +55,56 @@ class Recorder(Callback):
         return record
 
 
-def curriculum_cfg() -> CurriculumConfig:
+def curriculum_cfg(seq: int = SEQ) -> CurriculumConfig:
     lr = LRScheduleConfig(peak_lr=1e-2, end_lr=0.0, warmup_steps=1, decay="linear")
     return CurriculumConfig(name="unit", phases={
-        "general": PhaseConfig(tokens=str(3 * SEQ * BATCH), mixture={"a": 1.0}, lr=lr),
-        "high_quality": PhaseConfig(tokens=str(2 * SEQ * BATCH), mixture={"b": 1.0}, lr=lr)})
+        "general": PhaseConfig(tokens=str(3 * seq * BATCH), mixture={"a": 1.0}, lr=lr),
+        "high_quality": PhaseConfig(tokens=str(2 * seq * BATCH), mixture={"b": 1.0}, lr=lr)})
 
 
-@pytest.fixture
-def build(tmp_path, process_group):
-    """A factory for a fresh Trainer over the same sources and run dir (a second call = a restart)."""
+def trainer_factory(tmp_path, model_cfg: ModelConfig = TINY, seq: int = SEQ, zero: dict | None = None,
+                    max_doc: int = 40):
+    """A factory for a fresh Trainer over the same sources and run dir (a second call = a restart):
+    ``model_cfg`` at ``seq`` tokens, micro batch 2, gradient accumulation 2, ZeRO ``zero`` (default stage 1)."""
     import deepspeed
 
+    vocab = model_cfg.vocab_size
     rng = torch.Generator().manual_seed(0)
-    docs = [torch.randint(1, 120, (int(n),), generator=rng).tolist() for n in torch.randint(5, 40, (60,), generator=rng)]
-    sources = {"a": TokenSource(make_source(tmp_path / "a", docs[:30], vocab=128)),
-               "b": TokenSource(make_source(tmp_path / "b", docs[30:], vocab=128))}
+    docs = [torch.randint(1, vocab - 8, (int(n),), generator=rng).tolist()
+            for n in torch.randint(5, max_doc, (60,), generator=rng)]
+    sources = {"a": TokenSource(make_source(tmp_path / "a", docs[:30], vocab=vocab)),
+               "b": TokenSource(make_source(tmp_path / "b", docs[30:], vocab=vocab))}
     run_dir = tmp_path / "run"
 
     def make(callbacks=(), max_steps=None, interval=2):
         torch.manual_seed(0)
-        model = build_model(TINY, TINY.vocab_size, eos_id=0)
+        model = build_model(model_cfg, vocab, eos_id=0)
         optimizer = make_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], (0.9, 0.95),
                                    1e-8, 0.0, False)
         ds = {"train_batch_size": BATCH, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
-              "steps_per_print": 10**9, "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True}
+              "steps_per_print": 10**9, "zero_optimization": zero or {"stage": 1},
+              "zero_allow_untested_optimizer": True}
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
-        curriculum = Curriculum(curriculum_cfg(), SEQ * BATCH, {n: s.num_tokens for n, s in sources.items()})
-        trainer = Trainer(engine, optimizer, MixtureSampler(sources, SEQ, seed=1), curriculum,
+        curriculum = Curriculum(curriculum_cfg(seq), seq * BATCH, {n: s.num_tokens for n, s in sources.items()})
+        trainer = Trainer(engine, optimizer, MixtureSampler(sources, seq, seed=1), curriculum,
                           CheckpointManager(run_dir / "checkpoints", keep_last=2, hf_config=model.config),
                           StepGuard(GuardsConfig()), LoopSettings(BATCH, 2, interval, max_steps),
-                          callbacks=list(callbacks), loss_fn=logits_loss)
+                          callbacks=list(callbacks), loss_fn=build_loss(model_cfg))
         return trainer
 
     make.run_dir = run_dir
     return make
+
+
+@pytest.fixture
+def build(tmp_path, process_group):
+    return trainer_factory(tmp_path)
+
+
+@pytest.fixture
+def light_build(tmp_path, process_group):
+    """``build`` with a gradient bucket the model's size, not DeepSpeed's 500M elements (2 GB a step on CPU)."""
+    return trainer_factory(tmp_path, zero={"stage": 1, "reduce_bucket_size": 50_000})
 
 
 def test_fit_walks_the_curriculum_and_fires_events_in_order(build):
@@ -194,9 +211,49 @@ def test_fault_injection_poisons_the_loss_and_parses_its_spec(build, monkeypatch
     assert trainer.guard.counts["nonfinite"] == 1  # step 2 was poisoned and skipped, the others trained
 
 
-def test_a_launch_with_the_old_faults_key_names_the_new_spelling():
+def test_faults_are_not_a_config_key():
+    """Fault injection is test-only (ARCTIC_PRETRAIN_FAULTS); a `faults.*` key is an unknown key, exit 2."""
     from tests.conftest import run_cli
 
     proc = run_cli(["launch/train.py", "experiment=tiny", "faults.kill_at_step=3"], timeout=120)
     assert proc.returncode == 2
-    assert "ARCTIC_PRETRAIN_FAULTS" in proc.stderr
+    assert "faults" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_profiler_writes_a_chrome_trace_of_its_steps_and_logs_the_top_op(light_build, caplog):
+    build = light_build
+    caplog.set_level(logging.INFO, logger="arctic_pretrain.train.callbacks.profile")
+    root = build.run_dir / "profile"
+    build([StepProfiler(root, [2, 3])], max_steps=4).fit()
+    out = root / "steps_2-3"
+    assert sorted(p.name for p in out.iterdir()) == ["rank0.top_ops.txt", "rank0.trace.json"]  # no CUDA here
+    events = json.loads((out / "rank0.trace.json").read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {n for n in names if str(n).startswith("ProfilerStep#")} == {"ProfilerStep#2", "ProfilerStep#3"}
+    assert {"aten::mm", "aten::scaled_dot_product_attention", "autograd::engine::evaluate_function: MmBackward0",
+            "Optimizer.step#SkippableAdamW.step"} & names >= {"aten::mm", "aten::scaled_dot_product_attention"}
+    assert any(str(n).startswith("autograd::engine::evaluate_function") for n in names)  # backward is in it
+    assert any(e.get("name") == "[memory]" for e in events)  # allocations recorded
+    table = (out / "rank0.top_ops.txt").read_text().splitlines()
+    first = table[3].split()[0]  # the table's first row: the op with the most self CPU time
+    assert first in names
+    [message] = [r.getMessage() for r in caplog.records if "profile of steps 2-3" in r.getMessage()]
+    assert f"top op by self cpu time total: {first};" in message and "\n".join(table[:4]) in message
+
+
+def test_profiling_is_off_unless_configured_and_writes_under_the_run_dir(light_build):
+    build = light_build
+    from arctic_pretrain.train.runner import build_callbacks
+    from tests.train.test_configs import load
+
+    def callbacks(*overrides):
+        return build_callbacks(load("experiment=tiny", "logging.wandb_mode=disabled", "checkpoint.export_phases=false",
+                                    *overrides), build.run_dir, None, 1.0, {}, ())
+
+    assert not any(isinstance(cb, StepProfiler) for cb in callbacks())
+    build(callbacks(), max_steps=2).fit()
+    assert (build.run_dir / "metrics.jsonl").is_file() and not (build.run_dir / "profile").exists()
+    on = callbacks("profile.steps=[3,3]")
+    assert isinstance(on[0], StepProfiler) and on[0].root == build.run_dir / "profile"
+    build(on, max_steps=3).fit()  # a fresh trainer in the same run dir: profiles step 3
+    assert (build.run_dir / "profile" / "steps_3-3" / "rank0.trace.json").is_file()

@@ -3,10 +3,13 @@ never part of a run's config.
 
     ARCTIC_PRETRAIN_FAULTS="kill_at_step=12,kill_point=during_save"
     ARCTIC_PRETRAIN_FAULTS="nan_loss_at_step=3,nan_loss_count=50"      ARCTIC_PRETRAIN_FAULTS="spike_at_step=10"
+    ARCTIC_PRETRAIN_FAULTS="signal_at_step=6,signal_rank=1"
 
 Rank 0 SIGKILLs itself at ``kill_point`` of ``kill_at_step`` (after_step | during_save: files written,
 not published | phase_transition: phase-end checkpoint published, export not written); its loss is
 made NaN (or 100x, a finite spike) at the given 1-based steps. The launcher takes the other ranks down.
+Rank ``signal_rank`` alone sends itself SIGUSR1 as step ``signal_at_step`` begins (a pre-emption notice that
+reached one process only): every rank must still stop after that step.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Faults:
     spike_at_step: int | None = None
     kill_at_step: int | None = None
     kill_point: str = "after_step"
+    signal_at_step: int | None = None
+    signal_rank: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
@@ -73,6 +78,11 @@ class FaultInjection(Callback):
             return loss_sum, count
 
         trainer.loss_fn = poisoned
+
+    def pre_step(self, trainer, phase) -> None:
+        if self.faults.signal_at_step == trainer.step + 1 and dist.rank() == self.faults.signal_rank:
+            log.warning("fault injection: SIGUSR1 to rank %d at step %d", dist.rank(), trainer.step + 1)
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def post_step(self, trainer, phase, lr, result) -> None:
         self._maybe_die(trainer, "after_step")
