@@ -59,7 +59,7 @@ def rehearsal(tmp_path_factory):
         models[body.get("model")] += 1
         return echo_responder(body)
 
-    with s3_server() as endpoint, OpenAIServer(responder) as llm:
+    with s3_server() as endpoint, OpenAIServer(responder, models=(PAPER_MODEL,)) as llm:
         planted = write_stack_v2(client(endpoint), work / "raw")
         positives = write_positives(work)
         path = os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]])
