@@ -15,6 +15,8 @@ from arctic_pretrain.data.shards import ShardWriter, TokenizerInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
+# no test reaches the hub: an optional hub dataset (MBPP among DEFAULT_BENCHMARKS) fails at once, not after retries
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 _LAUNCH_PORTS: set[int] = set()  # every rendezvous port this session handed out (free_port below)

@@ -24,8 +24,9 @@ def run(cfg) -> Path:
 def summary(cfg, out: Path) -> str:
     """What a finished, partial (``step=``) or submitted (SLURM) annotation tells its user."""
     if cfg.executor.kind == "slurm" and not cfg.executor.wait:
-        return (f"submitted scoring and select+report as SLURM jobs: {out}/manifest.json is written last, by the "
-                f"finish job; logs: {out}/logs/<score|finish>/slurm_logs (executor.wait=true blocks until it exists)")
+        return (f"submitted the classifier's training, scoring and select+report as SLURM jobs (those still to do): "
+                f"{out}/manifest.json is written last, by the finish job; logs: {out}/logs/<train|score|finish>/"
+                "slurm_logs (executor.wait=true blocks until it exists)")
     if not (out / "manifest.json").is_file():  # a step= run: the other steps are still to run
         return f"step={cfg.step} complete in {out}; step=all runs the rest (train, score, select, report)"
     return f"annotated: {out}/selection.json; phase-2 sources {out}/all and {out}/python; report {out}/report/report.md"

@@ -16,7 +16,7 @@ from arctic_pretrain.common import executor
 from arctic_pretrain.common.config import ConfigError, require, to_object
 from arctic_pretrain.common.config import register as register_schema
 from arctic_pretrain.common.units import parse_token_count
-from arctic_pretrain.text.decontamination import BenchmarkConfig, DecontamConfig
+from arctic_pretrain.text.decontamination import BenchmarkConfig, DecontamConfig, default_benchmarks
 
 __all__ = ["AnnotateConfig", "BenchmarkConfig", "ConfigError", "DecontamConfig"]
 
@@ -24,6 +24,7 @@ STEPS = ("all", "train", "score", "select", "report")  # the annotate stage's st
 # deprecated spellings on the command line (launch/annotate.py), read as the new ones until the next release
 RENAMED = {"stage": "step", "recipe": "experiment"}
 PRECISIONS = ("auto", "bf16", "fp32")
+FINETUNE = ("full", "head")
 
 
 @dataclass
@@ -31,10 +32,13 @@ class PositiveSource:
     """One set of positive (high-quality) examples."""
 
     name: str = MISSING
-    # hf:<dataset name> | a local .jsonl/.jsonl.gz/.parquet file | a folder of code files |
-    # pkg:<module> (an installed package's source folder, offline)
+    # hf:<dataset name> | a local .jsonl/.jsonl.gz/.json/.parquet file | a folder (its .jsonl/.parquet/...
+    # files, e.g. a hub dataset's snapshot, are read as records; any other file matching `suffixes` as one
+    # code file) | pkg:<module> (an installed package's source folder, offline)
     source: str = MISSING
-    fields: list[str] = field(default_factory=lambda: ["content"])  # record fields joined with a blank line
+    # record fields joined with a blank line, by name: e.g. Magicoder-OSS-Instruct [problem, solution],
+    # self-oss-instruct-sc2 [instruction, response]; code files have `content`
+    fields: list[str] = field(default_factory=lambda: ["content"])
     split: str = "train"  # hf: sources
     hf_config: str | None = None  # hf: sources
     limit: int | None = None  # at most this many examples from this source (a seeded sample); None: all
@@ -43,8 +47,9 @@ class PositiveSource:
 
 def _paper_positives() -> list[PositiveSource]:
     # The paper's positives: high-quality code files (its "hqcode" set of 220k files, not published on the
-    # hub: add it as a local folder or JSONL) plus instruction data, 80k examples of:
+    # hub: `positives.0.source=<your folder or JSONL>` is required) plus instruction data, 80k examples of:
     return [
+        PositiveSource(name="hqcode", source=MISSING, fields=["content"]),
         PositiveSource(name="magicoder_oss_instruct", source="hf:ise-uiuc/Magicoder-OSS-Instruct-75K",
                        fields=["problem", "solution"]),
         PositiveSource(name="starcoder2_instruct", source="hf:bigcode/self-oss-instruct-sc2-exec-filter-50k",
@@ -79,6 +84,11 @@ class ClassifierConfig:
     chunks_per_file: int = 3  # train on the same top/middle/bottom chunks scoring reads (1: the top chunk only)
     precision: str = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere
     seed: int = 1234
+    # full: fine-tune the encoder and the head | head: the encoder frozen, only the linear head trains (the
+    # paper's "linear head on snowflake-arctic-embed-m"; raise learning_rate, e.g. 1e-3)
+    finetune: str = "full"
+    save_steps: int = 500  # ours: a checkpoint (model, optimizer, scheduler, RNG) every this many steps
+    save_total_limit: int = 2  # ours: checkpoints kept; a killed training resumes from the newest complete one
 
 
 @dataclass
@@ -136,8 +146,9 @@ class AnnotateConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    # the curation pipeline's decontamination, run on the positives: a match fails the run
-    decontamination: DecontamConfig = field(default_factory=DecontamConfig)
+    # the curation pipeline's decontamination, run on the positives against DEFAULT_BENCHMARKS (HumanEval,
+    # MBPP where loadable): a contaminated positive is dropped and counted in training_data/manifest.json
+    decontamination: DecontamConfig = field(default_factory=lambda: DecontamConfig(benchmarks=default_benchmarks()))
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     wandb_mode: str = "disabled"  # online | offline | disabled (WANDB_MODE in the environment wins)
     wandb_project: str = "arctic-pretrain-annotate"
@@ -165,6 +176,9 @@ def validate(cfg: AnnotateConfig) -> None:
     require(m.batch_size >= 1, "model.batch_size", m.batch_size, "must be >= 1")
     require(m.chunks_per_file in (1, 3), "model.chunks_per_file", m.chunks_per_file, "must be 1 or 3")
     require(m.precision in PRECISIONS, "model.precision", m.precision, f"must be one of {PRECISIONS}")
+    require(m.finetune in FINETUNE, "model.finetune", m.finetune, f"must be one of {FINETUNE}")
+    require(m.save_steps >= 1, "model.save_steps", m.save_steps, "must be >= 1")
+    require(m.save_total_limit >= 1, "model.save_total_limit", m.save_total_limit, "must be >= 1")
     s = cfg.score
     require(s.batch_size >= 1, "score.batch_size", s.batch_size, "must be >= 1")
     require(s.buffer_chunks >= s.batch_size, "score.buffer_chunks", s.buffer_chunks, "must be >= score.batch_size")

@@ -1,6 +1,7 @@
 """The annotation run: train -> score -> select (+ group and tokenize the selection) -> report.
 
-    <output_dir>/training_data/   train.jsonl, validation.jsonl, manifest.json
+    <output_dir>/training_data/   train/, validation/ (Arrow, datasets.load_from_disk), manifest.json
+    <output_dir>/model_checkpoints/  Trainer checkpoints while the classifier trains (a killed job resumes)
     <output_dir>/model/           the classifier (AutoModelForSequenceClassification), metrics.json
     <output_dir>/scores/          one record per curated file, keyed by DocumentRef; manifest.json
     <output_dir>/selected/        <language>.jsonl: the selected files, highest score first
@@ -32,6 +33,7 @@ from arctic_pretrain.annotate.config import AnnotateConfig, ConfigError, validat
 from arctic_pretrain.common.config import StageIncomplete, config_hash
 from arctic_pretrain.common.executor import datatrove_executor, local_executor, local_workers
 from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.common.slurm import SlurmStep
 from arctic_pretrain.data.documents import documents_files
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,8 @@ ORDER = ("train", "score", "select", "report")  # the steps (step=all runs them 
 
 
 class Outcome(enum.Enum):
-    """What ``score`` did: finished here, or handed to SLURM (the finish job selects, reports and writes the
-    manifest, so ``run`` stops after it)."""
+    """What ``train`` or ``score`` did: finished here, or handed to SLURM (the jobs after it select, report
+    and write the manifest, so ``run`` stops there)."""
 
     DONE = "done"
     SUBMITTED = "submitted to SLURM"
@@ -60,6 +62,7 @@ class Paths:
         self.out = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else self.curated / "high_quality"
         self.documents = self.curated / "documents"
         self.data, self.model, self.scores = self.out / "training_data", self.out / "model", self.out / "scores"
+        self.checkpoints = self.out / "model_checkpoints"  # the training job's; removed once model/ is published
         self.logs = self.out / "logs"
 
 
@@ -124,59 +127,79 @@ class Annotate:
         return p.out
 
     # -- train ---------------------------------------------------------------------------------------
-    def train(self) -> None:
-        from arctic_pretrain.annotate.classifier import META, TrainClassifier
+    def model_complete(self) -> bool:
+        from arctic_pretrain.annotate.classifier import META
+
+        p = self.paths
+        recorded = _recorded(p.model / META)
+        if recorded is not None and recorded != self.hashes["train"]:
+            raise ConfigError(f"output_dir={str(p.out)!r}: model/ was trained with another config (positives, data, "
+                              "model or decontamination changed); use a new output_dir or delete model/ and scores/")
+        return recorded is not None
+
+    def train(self) -> Outcome:
+        """The classifier trains as its own datatrove job (TrainClassifierJob): in this process under
+        executor=local, a SLURM job under executor=slurm (with step=all, scoring and select + report are
+        submitted after it in one chain). Names it will load are checked here first."""
+        from arctic_pretrain.annotate.preflight import preflight
+
+        p = self.paths
+        if self.model_complete():
+            logger.info(f"train: {p.model} is complete (same config), skipped")
+            return Outcome.DONE
+        preflight(self.cfg)
+        train = self._executor([TrainClassifierJob(self.cfg)], 1, "train")
+        if self.cfg.executor.kind == "slurm":
+            chain = [SlurmStep("train", train, 1, None)]
+            if self.cfg.step == "all":
+                self.prepare_scores()
+                score = self.score_executor(depends=train)
+                chain += [SlurmStep("score", score, self.cfg.executor.tasks, None),
+                          SlurmStep("finish", self.finish_executor(score), 1, None)]
+            self.submit_slurm(chain)
+            return Outcome.SUBMITTED
+        shutil.rmtree(p.logs / "train", ignore_errors=True)  # datatrove's completion marker of an older run
+        logger.info(f"[train] training data, then fine-tuning {self.cfg.model.encoder} ({self.cfg.model.finetune})")
+        train.run()
+        if not self.model_complete():
+            raise StageIncomplete(f"step train: no classifier was published in {p.model}; see {p.logs / 'train'}")
+        return Outcome.DONE
+
+    def fit(self) -> dict:
+        """The training job's work: the training data (kept when complete), then the classifier (resumed from
+        its newest checkpoint)."""
+        from arctic_pretrain.annotate.classifier import TrainClassifier
         from arctic_pretrain.annotate.training_data import BuildTrainingData
 
         p, h = self.paths, self.hashes["train"]
-        recorded = _recorded(p.model / META)
-        if recorded == h:
-            logger.info(f"train: {p.model} is complete (same config), skipped")
-            return
-        if recorded is not None:
-            raise ConfigError(f"output_dir={str(p.out)!r}: model/ was trained with another config (positives, data, "
-                              "model or decontamination changed); use a new output_dir or delete model/ and scores/")
-        logger.info("[train] building training data")
-        BuildTrainingData(self.cfg, p.curated, p.out).run()
-        logger.info(f"[train] fine-tuning {self.cfg.model.encoder}")
-        TrainClassifier(self.cfg, p.data, p.model).run()
-        meta = json.loads((p.model / META).read_text())
-        atomic_write(p.model / META, json.dumps({**meta, "config_hash": h}, indent=2))
+        BuildTrainingData(self.cfg, p.curated, p.out, config_hash=h).run()
+        return TrainClassifier(self.cfg, p.data, p.model, p.checkpoints, config_hash=h).run()
 
     # -- score ---------------------------------------------------------------------------------------
-    def score(self) -> Outcome:
-        from arctic_pretrain.annotate.classifier import META
-
+    def prepare_scores(self) -> None:
+        """Refuse scores of another classifier or task count; a fresh start clears old completion markers."""
         p, h = self.paths, self.hashes["score"]
-        if _recorded(p.model / META) != self.hashes["train"]:
-            raise ConfigError(f"step=score: {p.model} holds no classifier of this config; run step=train first")
-        recorded = _recorded(p.scores / "manifest.json")
-        if recorded == h:
-            logger.info(f"score: {p.scores} is complete (same config), skipped")
-            return Outcome.DONE
         plan = p.scores / "plan.json"
-        if recorded is not None or (_recorded(plan) not in (None, h)):
+        if _recorded(p.scores / "manifest.json") not in (None, h) or (_recorded(plan) not in (None, h)):
             raise ConfigError(f"output_dir={str(p.out)!r}: scores/ was made with another classifier or "
                               f"executor.tasks; delete {p.scores} (and {p.logs / 'score'}) to score again")
         if not plan.is_file():  # a fresh start: no completion markers from an earlier, deleted run
             shutil.rmtree(p.logs / "score", ignore_errors=True)
             p.scores.mkdir(parents=True, exist_ok=True)
             atomic_write(plan, json.dumps({"config_hash": h, "tasks": self.cfg.executor.tasks}))
+
+    def score(self) -> Outcome:
+        p, h = self.paths, self.hashes["score"]
+        if not self.model_complete():
+            raise ConfigError(f"step=score: {p.model} holds no classifier of this config; run step=train first")
+        if _recorded(p.scores / "manifest.json") == h:
+            logger.info(f"score: {p.scores} is complete (same config), skipped")
+            return Outcome.DONE
+        self.prepare_scores()
         executor = self.score_executor()
         if self.cfg.executor.kind == "slurm":
-            from arctic_pretrain.common.slurm import job_id, submit_once
-
-            finish = self.finish_executor(executor)
-
-            def submit() -> dict[str, str]:
-                finish.run()  # submits scoring first (finish depends on it)
-                logger.info(f"submitted scoring ({self.cfg.executor.tasks} tasks) and select+report as SLURM "
-                            f"jobs; outputs appear in {p.out}; logs in {p.logs}")
-                return {name: job for name, ex in (("score", executor), ("finish", finish)) if (job := job_id(ex))}
-
-            jobs = submit_once(p.logs, f"output_dir={str(p.out)!r}", self.cfg.executor.wait, submit)
-            if self.cfg.executor.wait:
-                self.wait_for_slurm(executor, finish, jobs)
+            self.submit_slurm([SlurmStep("score", executor, self.cfg.executor.tasks, None),
+                               SlurmStep("finish", self.finish_executor(executor), 1, None)])
             return Outcome.SUBMITTED
         executor.run()
         missing = executor.get_incomplete_ranks(range(self.cfg.executor.tasks))
@@ -185,32 +208,54 @@ class Annotate:
         self.write_scores_manifest()
         return Outcome.DONE
 
-    def wait_for_slurm(self, score, finish, jobs: dict[str, str]) -> None:
-        """executor.wait=true: block until the scoring and finish jobs leave the queue, then require what the
-        finish job writes (FinishAfterScoring), so ``manifest.json`` exists when this returns."""
-        from arctic_pretrain.common.slurm import SlurmStep, wait_for_jobs
+    def submit_slurm(self, chain: list[SlurmStep]) -> None:
+        """Submit a chain of datatrove SLURM jobs (each after the one before it) once; with executor.wait,
+        wait for them and require what the last one writes."""
+        from arctic_pretrain.common.slurm import job_id, submit_once
 
         p = self.paths
-        wait_for_jobs([SlurmStep("score", score, self.cfg.executor.tasks, jobs.get("score")),
-                       SlurmStep("finish", finish, 1, jobs.get("finish"))], p.logs)
-        expected = {p.scores / "manifest.json": self.hashes["score"], p.out / "selection.json": self.hashes["select"],
-                    p.out / "all" / "manifest.json": None, p.out / "report" / "report.json": self.hashes["report"],
-                    p.out / "manifest.json": None}
+
+        def submit() -> dict[str, str]:
+            if chain[0].name == "train":
+                shutil.rmtree(p.logs / "train", ignore_errors=True)  # an older run's completion marker
+            chain[-1].executor.run()  # submits the jobs it depends on first
+            logger.info(f"submitted {' -> '.join(s.name for s in chain)} as SLURM jobs; outputs appear in "
+                        f"{p.out}; logs in {p.logs}")
+            return {s.name: job for s in chain if (job := job_id(s.executor))}
+
+        jobs = submit_once(p.logs, f"output_dir={str(p.out)!r}", self.cfg.executor.wait, submit)
+        if self.cfg.executor.wait:
+            self.wait_for_slurm([s._replace(job_id=jobs.get(s.name)) for s in chain])
+
+    def wait_for_slurm(self, chain: list[SlurmStep]) -> None:
+        """executor.wait=true: block until the chain's jobs leave the queue, then require what its last job
+        writes (the classifier, or FinishAfterScoring's outputs), so they exist when this returns."""
+        from arctic_pretrain.annotate.classifier import META
+        from arctic_pretrain.common.slurm import wait_for_jobs
+
+        p = self.paths
+        wait_for_jobs(chain, p.logs)
+        if chain[-1].name == "train":
+            expected = {p.model / META: self.hashes["train"]}
+        else:
+            expected = {p.scores / "manifest.json": self.hashes["score"],
+                        p.out / "selection.json": self.hashes["select"], p.out / "all" / "manifest.json": None,
+                        p.out / "report" / "report.json": self.hashes["report"], p.out / "manifest.json": None}
         missing = [str(path) for path, h in expected.items()
                    if not path.is_file() or (h is not None and _recorded(path) != h)]
         if missing:
-            raise StageIncomplete(f"step finish (select + report): its SLURM job ended without writing {missing}; "
-                               f"see {p.logs / 'finish' / 'slurm_logs'}")
-        logger.info(f"SLURM jobs done: {p.out / 'selection.json'}, {p.out / 'manifest.json'}")
+            raise StageIncomplete(f"step {chain[-1].name}: its SLURM job ended without writing {missing}; "
+                               f"see {p.logs / chain[-1].name / 'slurm_logs'}")
+        logger.info(f"SLURM jobs done: {', '.join(s.name for s in chain)}")
 
-    def score_executor(self):
+    def score_executor(self, depends=None):
         from arctic_pretrain.annotate.scoring import ScoreFiles
 
         e, p = self.cfg.executor, self.paths
         threads = max(1, (os.cpu_count() or 1) // local_workers(e, e.tasks)) if e.kind == "local" else 0
         step = ScoreFiles(str(p.documents), str(p.scores), str(p.model), str(p.curated / "tokenizer"), self.cfg.score,
                           threads=threads)
-        return self._executor([step], e.tasks, "score")
+        return self._executor([step], e.tasks, "score", depends=depends)
 
     def finish_executor(self, depends):
         """SLURM: one job after scoring that writes the scores manifest, selects and reports."""
@@ -345,6 +390,22 @@ class Annotate:
             "config_hash": _hash(self.hashes), "stage_hashes": self.hashes, "wall_s": self.wall,
             "config": _plain(self.cfg)}
         atomic_write(p.out / "manifest.json", json.dumps(manifest, indent=2))
+
+
+class TrainClassifierJob(PipelineStep):
+    """The classifier's job (one task; a SLURM GPU job under executor=slurm): training data, then training,
+    resumed from its newest checkpoint when an earlier job was killed."""
+
+    type = "🏅 - ANNOTATE"
+    name = "train classifier"
+
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        Annotate(self.cfg).fit()
+        yield from ()
 
 
 class FinishAfterScoring(PipelineStep):

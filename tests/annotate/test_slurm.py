@@ -1,4 +1,5 @@
-"""Annotate on SLURM (tests/support/fake_slurm stands in for the scheduler): a rerun while the jobs are queued
+"""Annotate on SLURM (tests/support/fake_slurm stands in for the scheduler): the classifier trains as a job, then
+scoring and select + report run after it in one chain; a rerun while the jobs are queued
 submits nothing (refused, or with executor.wait=true it waits for them); a waiting run returns only once the
 scoring array and the finish job (select + report) have written the selection and the manifest, the
 pipeline's `done:` file; no --qos is passed when executor.slurm.qos is None."""
@@ -30,8 +31,8 @@ def test_slurm_submits_once_and_wait_returns_once_the_selection_is_written(annot
 
     local_out, _ = annotated
     out, state = tmp_path / "hq", tmp_path / "slurm-state"
-    for folder in ("model", "training_data"):  # same train config: the trained classifier is reused, not retrained
-        shutil.copytree(local_out / folder, out / folder)
+    # same train config: the training data is reused; the classifier trains as a SLURM job of its own
+    shutil.copytree(local_out / "training_data", out / "training_data")
     # the venv's bin folder on PATH, as an activated environment has it (slurm_arguments also finds
     # launch_pickled_pipeline next to sys.executable when it is not)
     path = os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]])
@@ -66,9 +67,12 @@ def test_slurm_submits_once_and_wait_returns_once_the_selection_is_written(annot
     subs = [json.loads(line) for line in (state / "submissions.jsonl").read_text().splitlines()]
     main = [s for s in subs if "launch_pickled_pipeline" in Path(s["script"]).read_text()]  # not merge_stats
     by_name = {s["name"]: s for s in main}
-    assert [s["name"] for s in main] == ["annotate-score", "annotate-finish"]  # no retraining job, one chain
+    assert [s["name"] for s in main] == ["annotate-train", "annotate-score", "annotate-finish"]  # one chain
+    assert len(by_name["annotate-train"]["array"]) == 1 and not by_name["annotate-train"]["dependency"]
     assert len(by_name["annotate-score"]["array"]) == 2 and len(by_name["annotate-finish"]["array"]) == 1
+    assert by_name["annotate-score"]["dependency"] == f"afterok:{by_name['annotate-train']['job_id']}"
     assert by_name["annotate-finish"]["dependency"] == f"afterok:{by_name['annotate-score']['job_id']}"
+    assert json.loads((out / "model" / "metrics.json").read_text())["validation"]["roc_auc"] > 0.9
     # executor.slurm.qos is None: the cluster's default QOS, no --qos (datatrove's own default is "normal")
     assert all(not any(d.startswith(("--qos", "-q")) for d in s["directives"]) for s in subs), subs[0]["directives"]
     assert all(s["partition"] == "cpu" for s in subs)

@@ -1,5 +1,5 @@
-"""The annotator's steps one by one: byte-slice sharding, resume after a kill, odd inputs, the
-decontamination guard, config errors, executors."""
+"""The annotator's steps one by one: byte-slice sharding, resume after a kill, odd inputs, config errors,
+executors (the decontamination of positives: test_classifier_job.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pytest
 from arctic_pretrain.annotate.config import ConfigError, ScoreConfig, validate
 from arctic_pretrain.annotate.scoring import ScoreFiles, iter_scores, task_lines
 from arctic_pretrain.data.documents import iter_documents
-from tests.conftest import HUMANEVAL_0_SOLUTION
 
 from .conftest import make_config
 
@@ -90,24 +89,10 @@ def test_empty_unreadable_and_undecodable_files_are_counted(annotated, curated, 
     assert step.stats["undecodable"].total == 1
 
 
-def test_decontamination_guard_names_the_humaneval_item(curated, tmp_path) -> None:
-    from arctic_pretrain.annotate.training_data import BuildTrainingData, ContaminatedPositives
-
-    positives = tmp_path / "positives.jsonl"
-    rows = [{"content": "def has_close_elements(numbers, threshold):\n" + HUMANEVAL_0_SOLUTION, "id": "planted"},
-            {"content": (Path(__file__).read_text()), "id": "clean"}]
-    positives.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = make_config(curated, tmp_path / "out")
-    cfg.positives[0].source = str(positives)
-    with pytest.raises(ContaminatedPositives, match="HumanEval/0 in positives.stdlib_documented. example 'planted'"):
-        BuildTrainingData(cfg, curated, tmp_path / "out").run()
-    assert not (tmp_path / "out" / "training_data" / "train.jsonl").exists()
-
-
 def test_config_errors_name_the_key(curated, tmp_path) -> None:
     for override, key in [("select.tokens=-5", "select.tokens"), ("model.max_length=8", "model.max_length"),
                           ("step=everything", "step"), ("executor.kind=pbs", "executor.kind"),
-                          ("score.buffer_chunks=2", "score.buffer_chunks")]:
+                          ("score.buffer_chunks=2", "score.buffer_chunks"), ("model.finetune=lora", "model.finetune")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(make_config(curated, tmp_path, override))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
