@@ -98,7 +98,7 @@ def test_snowcoder_1b3_composes_to_the_papers_settings() -> None:
     assert positives["hqcode"] == (f"{pipeline.workdir}/hqcode", ["content"])  # the user's hqcode set
     assert annotate.select.tokens == "12.5B" and annotate.select.phase_tokens == "50B"
     assert annotate.executor.kind == "slurm"  # the classifier trains as a SLURM GPU job
-    assert {b.name for b in annotate.decontamination.benchmarks} >= {"humaneval", "mbpp"}
+    assert {b.name for b in annotate.decontamination.benchmarks} >= {"humaneval", "mbpp_plus"}
     phases = cfg["train"].curriculum.phases
     assert [(k, phases[k].tokens) for k in phases] == [("general", "500B"), ("high_quality", "50B"),
                                                        ("synthetic", "5B")]
