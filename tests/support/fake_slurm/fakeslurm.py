@@ -860,15 +860,15 @@ def srun_allocation(argv: list[str]) -> int:
     script, out = state / "scripts" / f"{tag}.sh", state / f"{tag}.out"
     script.write_text(f"#!/bin/bash\nexec srun {shlex.join(argv)}\n")
     out.touch()
-    done = threading.Event()
+    done, stdout = threading.Event(), sys.stdout.buffer  # (sys.stdout is stderr while sbatch runs, below)
 
     def relay() -> None:  # the job's output, as it is written
         with open(out, "rb") as fh:
             while True:
                 chunk = fh.read()
                 if chunk:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+                    stdout.write(chunk)
+                    stdout.flush()
                 elif done.is_set():
                     return
                 else:
