@@ -4,10 +4,8 @@ boto3): blob ids + metadata in Parquet, gzip blobs in a bucket, contents fetched
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +17,7 @@ from arctic_pretrain.curate.config import FetchConfig, ReadConfig, validate
 from arctic_pretrain.curate.fetch import ReadAbort
 from arctic_pretrain.curate.pipeline import run
 from arctic_pretrain.curate.readers import PlanInputs, ReadInputs
+from tests.support.s3 import CLEARED, CLIENT_ENV, blob_id, s3_server
 
 from .conftest import make_config, stdlib_file
 from .test_readers import _read
@@ -31,33 +30,14 @@ LATIN1 = "# Caf\xe9 cr\xe8me, na\xefve r\xe9sum\xe9: a file saved in ISO-8859-1\
 def s3():
     """A moto S3 server on 127.0.0.1 (a free port) for the module, found through AWS_ENDPOINT_URL as
     boto3 and s3fs find a real one; credentials from the environment, no user files read."""
-    from moto.server import ThreadedMotoServer
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    with s3_server() as endpoint, pytest.MonkeyPatch.context() as mp:
+        for key in CLEARED:
             mp.delenv(key, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ENDPOINT_URL", endpoint)
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        for key, value in {**CLIENT_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+            mp.setenv(key, value)
         import boto3
 
         yield endpoint, boto3.client("s3")
-    server.stop()
-
-
-def _blob_id(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +68,12 @@ def corpus(s3, tmp_path_factory) -> dict:
     rows, expected = [], []
     for i, (repo, path, lang, enc, kind, text) in enumerate(files):
         data = stored.get(kind, f"absent {i}".encode())
-        blob = _blob_id(data)
+        blob = blob_id(data)
         if kind is not None:
             body = data if kind == "corrupt" else gzip.compress(data)
             client.put_object(Bucket="softwareheritage", Key=f"content/{blob}", Body=body, ACL="public-read")
         size = 2_000_000 if path == "big.py" else len(data)
-        rows.append({"blob_id": blob, "directory_id": _blob_id(repo.encode()), "path": path, "repo_name": repo,
+        rows.append({"blob_id": blob, "directory_id": blob_id(repo.encode()), "path": path, "repo_name": repo,
                      "language": lang, "src_encoding": enc, "length_bytes": size, "extension": path.rsplit(".")[-1],
                      "is_vendor": False, "is_generated": False})
         if text is not None:

@@ -72,8 +72,12 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def evalplus_files(tmp_path_factory) -> dict[str, Path]:
-    """Two-problem HumanEval+ / MBPP+ / BigCodeBench files in the benchmarks' own formats."""
-    root = tmp_path_factory.mktemp("bench-data")
+    return write_benchmark_files(tmp_path_factory.mktemp("bench-data"))
+
+
+def write_benchmark_files(root: Path) -> dict[str, Path]:
+    """Two-problem HumanEval+ / MBPP+ / BigCodeBench files and an EvoEval folder in the benchmarks' own
+    formats under ``root``: task name -> path (what data.<task> or the *_OVERRIDE_PATH variables take)."""
     he = [
         {"task_id": "HumanEval/0", "entry_point": "add", "contract": "", "atol": 0,
          "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
@@ -107,7 +111,7 @@ def evalplus_files(tmp_path_factory) -> dict[str, Path]:
          "prompt": 'def halves(xs: list) -> list:\n    """Every number halved."""',
          "canonical_solution": "    return [x / 2 for x in xs]\n", "inputs": ["[1, 3]", "[]"]},
     ]
-    (root / "evoeval").mkdir()
+    (root / "evoeval").mkdir(parents=True)
     (root / "evoeval" / "EvoEval_difficult.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evo))
     out = {"evoeval": root / "evoeval"}
     for name, rows in (("humaneval_plus", he), ("mbpp_plus", mbpp), ("bigcodebench", bcb)):

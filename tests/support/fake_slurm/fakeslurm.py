@@ -26,6 +26,9 @@ that datatrove's SlurmPipelineExecutor and arctic_pretrain's wait loop use:
   spread block-wise over the nodes with SLURM_PROCID/SLURM_LOCALID/SLURM_NODEID/SLURMD_NODENAME/SLURM_STEP_ID;
   each task in its own process group, which the signals srun receives reach whole (slurmstepd's process
   tracking); ``-l`` prefixes output lines with ``<task>: ``; the exit code is the highest of the tasks'.
+  Outside a job (no SLURM_JOB_ID) srun first gets an allocation, as the real one does: a job with its
+  allocation options (``--gpus 1``, ``-N 2``, ``-p gpu``, ...) whose batch script runs the same srun as its
+  step; it waits for the job, relays the job's output and exits with its exit code.
 * ``--signal=[B:]SIG@T`` with ``--time``: SIG T seconds before the limit, to the steps (or the batch shell).
 * ``squeue [-h] [-j IDS] [-u USER] [-n NAME] [-t STATES] [-o FORMAT] [-r]``: default states are pending,
   running, completing; ``-j`` shows every state; pending array tasks are one row (``ID_[2-9%2]``) unless
@@ -734,7 +737,7 @@ def srun(argv: list[str]) -> int:
     task's whole process tree, as slurmstepd's process tracking does; ``-K``/``--kill-on-bad-exit`` kills the
     step when a task fails."""
     if "SLURM_JOB_ID" not in os.environ:
-        raise SlurmError("srun: error: fake srun only runs job steps inside a batch job (no SLURM_JOB_ID)")
+        return srun_allocation(argv)
     label, kill_bad, opts, i = False, False, {}, 0
     valued = {"-n": "ntasks", "--ntasks": "ntasks", "-N": "nodes", "--nodes": "nodes", "-c": "cpus",
               "--cpus-per-task": "cpus", "--ntasks-per-node": "ntasks-per-node"}
@@ -755,6 +758,8 @@ def srun(argv: list[str]) -> int:
             opts[key] = value
         elif (a.startswith("--") and eq) or a in ("-u", "--unbuffered", "--overlap", "--exclusive"):
             pass  # resource/binding options: nothing to emulate on one machine
+        elif a[2:] in VALUED or (len(a) == 2 and SHORT.get(a[1]) in VALUED):
+            i += 1  # the same with its value apart (--gpus 1, -p gpu)
         else:
             raise SlurmError(f"srun: unrecognized option '{a}'")
         i += 1
@@ -832,6 +837,51 @@ def srun(argv: list[str]) -> int:
         print(f"srun: error: {os.environ.get('SLURMD_NODENAME', 'node')}: task(s) "
               f"{[r for r, c in enumerate(codes) if c]}: Exited with exit code {max(bad)}", file=sys.stderr)
     return max(bad) if bad else 0
+
+
+STEP_ONLY = ("-l", "--label", "-K", "--kill-on-bad-exit", "-u", "--unbuffered", "--overlap")
+
+
+def srun_allocation(argv: list[str]) -> int:
+    """srun outside a job: a job (recorded like any sbatch submission) whose script runs this srun as its
+    step; the job's output is relayed while it runs."""
+    alloc, i = [], 0  # the allocation's options: those before the command, less the step's own flags
+    while i < len(argv) and argv[i].startswith("-"):
+        a = argv[i]
+        takes_value = a[2:] in VALUED or (len(a) == 2 and SHORT.get(a[1]) in VALUED)
+        if a.partition("=")[0] not in STEP_ONLY:
+            alloc += argv[i:i + 2] if takes_value else [a]
+        i += 2 if takes_value else 1
+    cmd = argv[i:]
+    if not cmd:
+        raise SlurmError("srun: fatal: No command given to execute.")
+    state = state_dir()
+    tag = f"srun-{os.getpid()}-{time.time_ns()}"
+    script, out = state / "scripts" / f"{tag}.sh", state / f"{tag}.out"
+    script.write_text(f"#!/bin/bash\nexec srun {shlex.join(argv)}\n")
+    out.touch()
+    done, stdout = threading.Event(), sys.stdout.buffer  # (sys.stdout is stderr while sbatch runs, below)
+
+    def relay() -> None:  # the job's output, as it is written
+        with open(out, "rb") as fh:
+            while True:
+                chunk = fh.read()
+                if chunk:
+                    stdout.write(chunk)
+                    stdout.flush()
+                elif done.is_set():
+                    return
+                else:
+                    time.sleep(0.2)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # "srun: job N queued", not the command's output
+            return sbatch(["--wait", f"--output={out}", f"--job-name={Path(cmd[0]).name}", *alloc, str(script)])
+    finally:
+        done.set()
+        thread.join()
 
 
 # ---------------------------------------------------------------- squeue / scancel / scontrol
