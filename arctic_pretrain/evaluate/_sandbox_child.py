@@ -438,6 +438,7 @@ class _Sample:
 
     def __init__(self, job: dict) -> None:
         self.job, self.ended, self.iso = job, None, None
+        self.started = time.monotonic()
         self.root = tempfile.mkdtemp(prefix="arctic-sandbox-", dir=job.get("tmp_root"))
         status_r, status_w = os.pipe()
         req_r, self.req = os.pipe()
@@ -463,12 +464,17 @@ class _Sample:
         _kill_descendants()
 
     def _crash_status(self) -> str:
-        """The runner closed its pipe: its exit status, as the keeper relays it."""
+        """The runner closed its pipe: its exit status, as the keeper relays it. A SIGKILL or SIGXCPU we did
+        not send after at least the job's time limit is RLIMIT_CPU's (soft = hard: the kernel kills), which
+        fires before our wall-clock deadline when the runner gets a whole core: a time-out, not a crash."""
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.keeper, os.WNOHANG)
             if pid:
                 code = os.waitstatus_to_exitcode(status)
+                cpu_limit = code - 128 in (signal.SIGKILL, signal.SIGXCPU)
+                if cpu_limit and time.monotonic() - self.started >= float(self.job["timeout"]):
+                    return "timed out"
                 return f"crashed: {'signal ' + str(code - 128) if code > 128 else 'exit code ' + str(code)}"
             time.sleep(0.001)
         return "crashed: no reply"

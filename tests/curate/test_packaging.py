@@ -21,6 +21,7 @@ NOT_INSTALLED = {"flash_attn": "flash-attn", "vllm": "vllm"}
 USED_WITHOUT_IMPORT = {
     "flash-attn": "transformers loads it for attn_implementation='flash_attention_2'",
     "safetensors": "the checkpoint and export format transformers writes",
+    "accelerate": "transformers' Trainer requires it (annotate's classifier job, annotate/classifier.py)",
     "hydra-submitit-launcher": "a Hydra plugin: conf/train/hydra/launcher/slurm.yaml",
     "pytest": "the test runner", "ruff": "the linter",
     "orjson": "datatrove's JsonlWriter refuses to run without it (found by a fresh-clone quick start)",

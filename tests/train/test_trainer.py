@@ -236,7 +236,8 @@ def test_profiler_writes_a_chrome_trace_of_its_steps_and_logs_the_top_op(light_b
     assert any(e.get("name") == "[memory]" for e in events)  # allocations recorded
     table = (out / "rank0.top_ops.txt").read_text().splitlines()
     first = table[3].split()[0]  # the table's first row: the op with the most self CPU time
-    assert first in names
+    # (under load the step spans' own overhead can top it: key_averages names them ProfilerStep*)
+    assert first in names or (first == "ProfilerStep*" and "ProfilerStep#2" in names)
     [message] = [r.getMessage() for r in caplog.records if "profile of steps 2-3" in r.getMessage()]
     assert f"top op by self cpu time total: {first};" in message and "\n".join(table[:4]) in message
 
