@@ -193,12 +193,14 @@ def test_compiled_layers_keep_losses_and_grads():
     torch._dynamo.reset()
     compile_layers(model, backend=recording)
     assert_same(plain, loss_and_grads(model, build_loss(tiny(loss="chunked")), ids, pos), rtol=1e-5)
-    # compilation happened: dynamo traced the decoder layers into graphs holding their projections
-    # (with selective checkpointing the projections sit in the graph's fwd_body/bwd_body subgraphs)
-    def linears(g) -> bool:
-        return any(n.target is torch._C._nn.linear for m in g.modules() if hasattr(m, "graph") for n in m.graph.nodes)
+    # compilation happened: dynamo traced the decoder layers into graphs that compute
+    # (the layers' ops may sit in subgraphs: checkpointed regions, or DeepSpeed's ZeRO-3 linear, an autograd
+    # Function that replaces F.linear for the rest of the process once a ZeRO-3 engine ran in it)
+    def computes(g) -> bool:
+        return any(n.op.startswith("call") and not str(n.target).startswith("_set_grad")
+                   for m in g.modules() if hasattr(m, "graph") for n in m.graph.nodes)
 
-    assert graphs and all(linears(g) for g in graphs), graphs
+    assert len(graphs) >= 1 and all(computes(g) for g in graphs), graphs
 
 
 def test_liger_kernels_need_a_gpu_and_the_package():
