@@ -392,31 +392,31 @@ class Annotate:
         atomic_write(p.out / "manifest.json", json.dumps(manifest, indent=2))
 
 
-class TrainClassifierJob(PipelineStep):
-    """The classifier's job (one task; a SLURM GPU job under executor=slurm): training data, then training,
-    resumed from its newest checkpoint when an earlier job was killed."""
+class _AnnotateJob(PipelineStep):
+    """A one-task datatrove step that runs part of ``Annotate`` (so SLURM can run it as a job)."""
 
     type = "🏅 - ANNOTATE"
-    name = "train classifier"
 
     def __init__(self, cfg: AnnotateConfig) -> None:
         super().__init__()
         self.cfg = cfg
+
+
+class TrainClassifierJob(_AnnotateJob):
+    """The classifier's job (one task; a SLURM GPU job under executor=slurm): training data, then training,
+    resumed from its newest checkpoint when an earlier job was killed."""
+
+    name = "train classifier"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         Annotate(self.cfg).fit()
         yield from ()
 
 
-class FinishAfterScoring(PipelineStep):
+class FinishAfterScoring(_AnnotateJob):
     """SLURM: the job after scoring: scores manifest, then select and report, in one task."""
 
-    type = "🏅 - ANNOTATE"
     name = "select + report"
-
-    def __init__(self, cfg: AnnotateConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from arctic_pretrain.common.logs import log_to_loguru

@@ -169,11 +169,7 @@ def plot(results: dict[str, Any], path: Path, reference: bool = True) -> Path | 
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_aligned(results: dict[str, Any], path: Path) -> Path | None:
@@ -197,11 +193,7 @@ def plot_aligned(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("benchmark-aligned loss by phase")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_outputs(results: dict[str, Any], output_dir: Path, reference: bool = True) -> dict[str, Path]:
@@ -219,3 +211,13 @@ def write_outputs(results: dict[str, Any], output_dir: Path, reference: bool = T
         paths["aligned_png"] = aligned_png
     return paths
 
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (folders made) and close a chart; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
