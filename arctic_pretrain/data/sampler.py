@@ -11,6 +11,15 @@ a source re-tokenized or re-selected since the checkpoint would silently change 
 permutation domain (windows read twice, others never), so ``changed_sources`` reports it and
 ``load_state_dict`` refuses it unless the run accepts it by name; an accepted source starts a fresh
 permutation over its new windows at the recorded pick count (its ``restarts`` counter keys the new order).
+
+A curriculum phase may read at another sequence length (``curriculum.phases.<name>.seq_len``). Each length
+has its own *stream* per source: its own pick counters and its own shuffled epochs over the source's
+windows of that length, where window ``j`` of length L is tokens ``[j L, (j+1) L)`` of the source's token
+stream (for L = k x training.seq_len: k consecutive windows of the run's length, concatenated), so any
+existing source serves any length, the held-out tail stays unread, and a sample stays a pure function of
+(seed, global sample index, the stream's counters). A phase back at an earlier length continues that
+length's stream where it stopped; a long stream re-reads tokens the short one read, as any new epoch would.
+The run's own length keeps the keys and state layout it always had; the others add a ``lengths`` entry.
 """
 
 from __future__ import annotations
@@ -33,6 +42,17 @@ class Sample:
     source: int  # index into MixtureSampler.names
     window: int
     epoch: int
+    seq_len: int | None = None  # the window length (None: the sampler's training.seq_len)
+
+
+@dataclass
+class Stream:
+    """One sequence length's counters, per source: picks so far, and where a fresh permutation began."""
+
+    windows: list[int]  # the permutation domain: windows of this length outside the held-out tail
+    picks: list[int]
+    restarted_at: list[int]
+    restarts: list[int]
 
 
 @dataclass
@@ -48,29 +68,67 @@ class MixtureSampler:
                  accept_changed: Collection[str] = ()) -> None:
         self.names = list(sources)
         self.sources = [sources[n] for n in self.names]
-        self.seq_len = seq_len
+        self.seq_len = seq_len  # what a sample reads unless a phase names another length
+        self.key_len = seq_len  # the length whose stream has the keys and state layout of a one-length run
         self.seed = seed
-        # the last `heldout_windows` windows of each source are never drawn (held-out loss reads them)
-        self.windows = [max(s.num_windows(seq_len) - heldout_windows, 1) for s in self.sources]
+        # the last `heldout_windows` windows (of seq_len) of each source are never drawn (held-out loss reads them):
+        # the tokens before them are what every length's windows are cut from
+        self.trainable = [max(s.num_windows(seq_len) - heldout_windows, 1) * seq_len if heldout_windows
+                          else s.num_tokens for s in self.sources]
         self.max_epochs = max_epochs or {}
-        self.samples = 0  # global samples drawn
-        self.per_source = [0] * len(self.names)  # global picks per source
-        self.identity = [{"windows": w, "manifest_sha256": s.manifest_sha256}
-                         for w, s in zip(self.windows, self.sources, strict=True)]
-        # a source accepted onto changed data: its permutation began afresh at pick restarted_at[i]
-        self.restarted_at = [0] * len(self.names)
-        self.restarts = [0] * len(self.names)
+        self.samples = 0  # global samples drawn, at any length
+        self.streams: dict[int, Stream] = {}
         self.accept_changed = set(accept_changed)
-        self._perms: dict[tuple[int, int], FeistelPermutation] = {}
+        self._perms: dict[tuple[int, int, int], FeistelPermutation] = {}
         self._block: tuple[int, np.ndarray] | None = None
         self._warned: set[str] = set()
+
+    def stream(self, seq_len: int) -> Stream:
+        """The counters of ``seq_len``'s stream (created at zero picks on first use)."""
+        if seq_len not in self.streams:
+            n = len(self.names)
+            windows = [max(tokens // seq_len, 1) for tokens in self.trainable]
+            self.streams[seq_len] = Stream(windows, [0] * n, [0] * n, [0] * n)
+        return self.streams[seq_len]
+
+    def identity_at(self, seq_len: int) -> list[dict]:
+        """Each source's window count at ``seq_len`` and manifest hash: what a checkpoint records."""
+        return [{"windows": w, "manifest_sha256": s.manifest_sha256}
+                for w, s in zip(self.stream(seq_len).windows, self.sources, strict=True)]
+
+    # the run's own length (``key_len``), as a one-length run always had them
+    @property
+    def identity(self) -> list[dict]:
+        return self.identity_at(self.key_len)
+
+    @property
+    def windows(self) -> list[int]:
+        return self.stream(self.key_len).windows
+
+    @property
+    def per_source(self) -> list[int]:
+        return self.stream(self.key_len).picks
+
+    @property
+    def restarted_at(self) -> list[int]:
+        return self.stream(self.key_len).restarted_at
+
+    @property
+    def restarts(self) -> list[int]:
+        return self.stream(self.key_len).restarts
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sources = {n: {**ident, "restarted_at": at, "restarts": count} for n, ident, at, count
                    in zip(self.names, self.identity, self.restarted_at, self.restarts, strict=True)}
-        return {"seed": self.seed, "seq_len": self.seq_len, "samples": self.samples,
-                "per_source": dict(zip(self.names, self.per_source, strict=True)), "sources": sources}
+        state = {"seed": self.seed, "seq_len": self.key_len, "samples": self.samples,
+                 "per_source": dict(zip(self.names, self.per_source, strict=True)), "sources": sources}
+        others = {str(length): {n: {"picks": p, "restarted_at": at, "restarts": r} for n, p, at, r
+                                in zip(self.names, st.picks, st.restarted_at, st.restarts, strict=True)}
+                  for length, st in sorted(self.streams.items()) if length != self.key_len and any(st.picks)}
+        if others:  # only once a phase read at another length: a one-length run's state is as it always was
+            state["lengths"] = others
+        return state
 
     def changed_sources(self, state: dict) -> dict[str, dict]:
         """Sources read before ``state`` was saved whose window count or manifest differs now:
@@ -78,12 +136,14 @@ class MixtureSampler:
         A source never read is free to change; a state saved before identities were recorded has none
         (``{}``: unknown, see ``records_identity``)."""
         saved = state.get("sources") or {}
+        identity = self.identity_at(int(state["seq_len"]))
         out = {}
         for i, name in enumerate(self.names):
-            picks = int(state["per_source"].get(name, 0))
+            picks = int(state["per_source"].get(name, 0)) + sum(
+                int(counters.get(name, {}).get("picks", 0)) for counters in state.get("lengths", {}).values())
             if name not in saved or picks == 0:
                 continue
-            diff = {k: [saved[name].get(k), v] for k, v in self.identity[i].items() if saved[name].get(k) != v}
+            diff = {k: [saved[name].get(k), v] for k, v in identity[i].items() if saved[name].get(k) != v}
             if diff:
                 out[name] = {"picks": picks, **diff}
         return out
@@ -94,23 +154,35 @@ class MixtureSampler:
         return "sources" in state
 
     def load_state_dict(self, state: dict) -> None:
-        if state["seq_len"] != self.seq_len:
-            raise ValueError(f"sampler state was saved with seq_len={state['seq_len']}, run has {self.seq_len}")
+        """Continue every stream the state holds. A state saved at another ``training.seq_len`` (a branch:
+        a resume refuses that change in train/history.py) keeps that length's stream and keys; this run's
+        default length reads its own stream, fresh unless a phase of the saved run read at it."""
         changed = self.changed_sources(state)
         refused = {name: change for name, change in changed.items() if name not in self.accept_changed}
         if refused:
             raise ValueError(f"sources changed since the sampler state was saved: {describe_changes(refused)}")
+        if state["seq_len"] != self.seq_len:
+            log.warning("sampler state was saved with seq_len=%d, this run reads %d: the %d-token stream is kept, "
+                        "the %d-token one continues (or starts) on its own", state["seq_len"], self.seq_len,
+                        state["seq_len"], self.seq_len)
         self.seed = state["seed"]
         self.samples = int(state["samples"])
-        self.per_source = [int(state["per_source"].get(n, 0)) for n in self.names]
+        self.key_len = int(state["seq_len"])
+        self.streams = {}
         saved = state.get("sources") or {}
-        for i, name in enumerate(self.names):
-            self.restarted_at[i] = int(saved.get(name, {}).get("restarted_at", 0))
-            self.restarts[i] = int(saved.get(name, {}).get("restarts", 0))
-            if name in changed:  # accepted: a fresh permutation over the new windows from here on
-                self.restarted_at[i], self.restarts[i] = self.per_source[i], self.restarts[i] + 1
-                log.warning("source changed since the checkpoint, accepted: %s; its permutation starts afresh "
-                            "at pick %d", describe_changes({name: changed[name]}), self.per_source[i])
+        counters = {self.key_len: {n: {"picks": state["per_source"].get(n, 0), **saved.get(n, {})} for n in self.names}}
+        counters.update({int(length): c for length, c in state.get("lengths", {}).items()})
+        for length, by_name in counters.items():
+            st = self.stream(length)
+            for i, name in enumerate(self.names):
+                c = by_name.get(name, {})
+                st.picks[i], st.restarted_at[i], st.restarts[i] = (int(c.get(k, 0)) for k in
+                                                                    ("picks", "restarted_at", "restarts"))
+                if name in changed:  # accepted: a fresh permutation over the new windows from here on
+                    st.restarted_at[i], st.restarts[i] = st.picks[i], st.restarts[i] + 1
+        for name in changed:
+            log.warning("source changed since the checkpoint, accepted: %s; its permutation starts afresh "
+                        "at pick %d", describe_changes({name: changed[name]}), self.per_source[self.names.index(name)])
         self._perms.clear()
 
     # ---- drawing -----------------------------------------------------------------------------
@@ -127,19 +199,26 @@ class MixtureSampler:
             pos += take
         return out
 
-    def _permutation(self, source: int, epoch: int) -> FeistelPermutation:
-        key = (source, epoch)
+    def _permutation(self, source: int, epoch: int, seq_len: int) -> FeistelPermutation:
+        key = (seq_len, source, epoch)
         if key not in self._perms:
             if len(self._perms) > 64:
                 self._perms.clear()
             name_key = hash64(*self.names[source].encode())
-            restarts = self.restarts[source]  # 0: the key every run had before restarts existed
-            perm_key = hash64(self.seed, name_key, epoch, restarts) if restarts else hash64(self.seed, name_key, epoch)
-            self._perms[key] = FeistelPermutation(self.windows[source], perm_key)
+            st = self.stream(seq_len)
+            restarts = st.restarts[source]  # 0: the key every run had before restarts existed
+            if seq_len != self.key_len:  # another length: its own orders, keyed by the length
+                perm_key = hash64(self.seed, name_key, epoch, restarts, seq_len)
+            elif restarts:
+                perm_key = hash64(self.seed, name_key, epoch, restarts)
+            else:
+                perm_key = hash64(self.seed, name_key, epoch)
+            self._perms[key] = FeistelPermutation(st.windows[source], perm_key)
         return self._perms[key]
 
-    def draw(self, count: int, weights: dict[str, float]) -> list[Sample]:
-        """The next ``count`` global samples under ``weights``; advances the state."""
+    def draw(self, count: int, weights: dict[str, float], seq_len: int | None = None) -> list[Sample]:
+        """The next ``count`` global samples under ``weights``, windows of ``seq_len`` tokens (None: the
+        sampler's); advances the state."""
         unknown = set(weights) - set(self.names)
         if unknown:
             raise KeyError(f"mixture names unknown sources {sorted(unknown)}; sampler has {self.names}")
@@ -148,19 +227,21 @@ class MixtureSampler:
         cdf = np.cumsum(w / w.sum())
         cdf[-1] = 1.0
         choice = np.asarray(idx)[np.searchsorted(cdf, self._uniforms(self.samples, count), side="right")]
+        length = seq_len or self.seq_len
+        st = self.stream(length)
         windows = np.empty(count, dtype=np.int64)
         epochs = np.empty(count, dtype=np.int64)
         for s in np.unique(choice):
             slots = np.flatnonzero(choice == s)
-            picks = self.per_source[s] - self.restarted_at[s] + np.arange(slots.size)
-            epoch_of, pos_of = np.divmod(picks, self.windows[s])
+            picks = st.picks[s] - st.restarted_at[s] + np.arange(slots.size)
+            epoch_of, pos_of = np.divmod(picks, st.windows[s])
             for epoch in np.unique(epoch_of):
                 self._check_epochs(int(s), int(epoch))
                 here = epoch_of == epoch
-                windows[slots[here]] = self._permutation(int(s), int(epoch))(pos_of[here])
+                windows[slots[here]] = self._permutation(int(s), int(epoch), length)(pos_of[here])
             epochs[slots] = epoch_of
-            self.per_source[s] += slots.size
-        samples = [Sample(int(s), int(w), int(e)) for s, w, e in zip(choice, windows, epochs, strict=True)]
+            st.picks[s] += slots.size
+        samples = [Sample(int(s), int(w), int(e), length) for s, w, e in zip(choice, windows, epochs, strict=True)]
         self.samples += count
         return samples
 
@@ -171,16 +252,19 @@ class MixtureSampler:
             self._warned.add(name)
             log.warning("source %s: starting epoch %d beyond max_epochs=%s", name, epoch + 1, limit)
 
-    def global_batch(self, size: int, weights: dict[str, float], rank: int, world: int) -> list[Sample]:
-        """Draw a whole global batch; return this rank's contiguous share of it."""
+    def global_batch(self, size: int, weights: dict[str, float], rank: int, world: int,
+                     seq_len: int | None = None) -> list[Sample]:
+        """Draw a whole global batch (windows of ``seq_len``, None: the sampler's); return this rank's
+        contiguous share of it."""
         if size % world:
             raise ValueError(f"global batch {size} does not split over {world} ranks")
-        samples = self.draw(size, weights)
+        samples = self.draw(size, weights, seq_len)
         share = size // world
         return samples[rank * share:(rank + 1) * share]
 
     def read(self, samples: list[Sample]) -> Batch:
-        ids, pos = zip(*(self.sources[s.source].window(s.window, self.seq_len) for s in samples), strict=True)
+        ids, pos = zip(*(self.sources[s.source].window(s.window, s.seq_len or self.seq_len) for s in samples),
+                       strict=True)
         return Batch(np.stack(ids), np.stack(pos), np.array([s.source for s in samples], dtype=np.int64))
 
 

@@ -80,6 +80,31 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int | None = None) ->
     return model
 
 
+def rope_theta(model) -> float:
+    """The RoPE base the model computes its rotary frequencies with."""
+    return float(model.config.rope_parameters["rope_theta"])
+
+
+def set_rope_theta(model, theta: float) -> bool:
+    """Recompute every rotary embedding's frequencies for base ``theta`` (a long-context phase raises it);
+    the weights are untouched. The model's config records it, so checkpoints and exports saved from now on
+    load with it. Each buffer keeps its dtype (DeepSpeed cast it for bf16), so the result equals a model
+    built with ``theta``. Returns whether anything changed."""
+    if rope_theta(model) == float(theta):
+        return False
+    model.config.rope_parameters["rope_theta"] = float(theta)
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "compute_default_rope_parameters"):
+            if module.rope_type != "default":
+                raise ValueError(f"rope_theta per phase supports the default RoPE, not {module.rope_type!r}")
+            module.config.rope_parameters["rope_theta"] = float(theta)
+            inv_freq, _ = module.compute_default_rope_parameters(module.config)
+            with torch.no_grad():
+                module.inv_freq.copy_(inv_freq)
+                module.original_inv_freq.copy_(inv_freq)
+    return True
+
+
 def apply_liger_kernels() -> None:
     """liger-kernel's Triton RMSNorm, RoPE and SwiGLU. liger patches transformers' Llama module for the
     whole process (later Llama models use them too); its fused loss is model.loss=liger, not this."""

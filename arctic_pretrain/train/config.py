@@ -37,6 +37,14 @@ class PhaseConfig:
     # (its manifest.json: data/languages.py::language_tokens); the rest still splits by weighting
     language_shares: dict[str, float] = field(default_factory=dict)
     lr: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    # the phase's sequence length (a long-context stage); null: training.seq_len. Tokens per step stay
+    # constant: the phase's micro and global batch are training's x training.seq_len / seq_len (gradient
+    # accumulation unchanged), which must come out whole. Windows are the sources' tokens cut at this length.
+    seq_len: int | None = None
+    # RoPE base for the phase's steps (long-context stages raise it, e.g. 10k -> 500k); null: model.rope_theta.
+    # Applied at the phase's first step by recomputing the rotary frequencies (weights unchanged); the
+    # checkpoints and exports from then on record it in their config.json
+    rope_theta: float | None = None
 
 
 @dataclass

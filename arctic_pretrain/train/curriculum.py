@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.common.units import parse_token_count
 from arctic_pretrain.train.config import CurriculumConfig, LRScheduleConfig, PhaseConfig
 
@@ -24,10 +25,45 @@ class Phase:
     end: int  # consumed tokens after its last step (a multiple of tokens_per_step)
     weights: dict[str, float]  # normalised, zero weights dropped
     lr: LRScheduleConfig
+    seq_len: int | None = None  # None: training.seq_len
+    rope_theta: float | None = None  # None: model.rope_theta
 
     @property
     def tokens(self) -> int:
         return self.end - self.start
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one optimizer step reads in a phase: ``global_batch`` sequences of ``seq_len`` tokens, in
+    micro-batches of ``micro_batch`` per rank."""
+
+    seq_len: int
+    global_batch: int
+    micro_batch: int
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.global_batch
+
+
+def phase_batch(name: str, seq_len: int | None, run_seq_len: int, global_batch: int, micro_batch: int) -> BatchShape:
+    """A phase's batch at its own ``seq_len`` with the run's tokens per step and gradient accumulation: micro and
+    global batch scaled by run_seq_len / seq_len. ConfigError, naming the phase and the numbers, when the
+    micro-batch does not come out whole."""
+    length = seq_len or run_seq_len
+    if length == run_seq_len:
+        return BatchShape(run_seq_len, global_batch, micro_batch)
+    micro_tokens = micro_batch * run_seq_len
+    if micro_tokens % length:
+        raise ConfigError(
+            f"curriculum.phases.{name}.seq_len={length}: tokens per step stay {global_batch * run_seq_len:,} "
+            f"(training.global_batch_size={global_batch} x training.seq_len={run_seq_len}), so a micro-batch of "
+            f"training.micro_batch_size={micro_batch} x {run_seq_len} = {micro_tokens} tokens must hold whole "
+            f"sequences of {length}: {micro_tokens} / {length} = {micro_tokens / length:g}. Choose a seq_len that "
+            f"divides {micro_tokens}, or raise training.micro_batch_size (and global_batch_size with it)")
+    scale = micro_tokens // length
+    return BatchShape(length, global_batch * scale // micro_batch, scale)
 
 
 def phase_weights(phase: PhaseConfig, source_tokens: dict[str, int] | None = None,
@@ -145,7 +181,8 @@ class Curriculum:
             budget_end += parse_token_count(phase.tokens, field=f"curriculum.phases.{name}.tokens")
             end = math.ceil(budget_end / tokens_per_step) * tokens_per_step
             weights = phase_weights(phase, source_tokens, source_languages)
-            self.phases.append(Phase(index, name, start, max(end, start + tokens_per_step), weights, phase.lr))
+            self.phases.append(Phase(index, name, start, max(end, start + tokens_per_step), weights, phase.lr,
+                                     phase.seq_len, phase.rope_theta))
             start = self.phases[-1].end
 
     @property
@@ -184,4 +221,5 @@ class Curriculum:
     def describe(self) -> list[dict]:
         tps = self.tokens_per_step
         return [{"phase": p.name, "start_step": p.start // tps, "steps": p.tokens // tps, "tokens": p.tokens,
-                 "weights": p.weights} for p in self.phases]
+                 "weights": p.weights, **({"seq_len": p.seq_len} if p.seq_len else {}),
+                 **({"rope_theta": p.rope_theta} if p.rope_theta else {})} for p in self.phases]

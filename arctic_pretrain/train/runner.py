@@ -146,7 +146,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer: str, flops: float, resolved: dict,
+def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer: str, flops: float | dict[str, float], resolved: dict,
                     extra: Sequence[Callback]) -> list[Callback]:
     """The loop's side concerns, in firing order: the profiler when on (first: it opens its window before the
     others' pre_step and closes it before their post_step), metrics, sink, progress, export, then ``extra`` (e.g. evaluation, after the export it
@@ -161,12 +161,17 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer: str, flops: floa
         ProgressBar(enabled=rank0),
     ]
     if cfg.checkpoint.export_phases:
-        callbacks.append(PhaseExport(run_dir, tokenizer, cfg.training.seq_len))
+        callbacks.append(PhaseExport(run_dir, tokenizer, cfg.training.seq_len, phase_seq_lens(cfg)))
     callbacks.extend(extra)
     faults = FaultInjection.from_env()
     if faults is not None:
         callbacks.append(faults)
     return callbacks
+
+
+def phase_seq_lens(cfg: TrainConfig) -> dict[str, int]:
+    """The phases that set their own ``seq_len``."""
+    return {name: phase.seq_len for name, phase in cfg.curriculum.phases.items() if phase.seq_len}
 
 
 def restore(trainer: Trainer, plan: RestorePlan, cfg: TrainConfig) -> None:
@@ -294,6 +299,9 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     settings = LoopSettings(cfg.training.global_batch_size, cfg.training.micro_batch_size,
                             cfg.checkpoint.interval, cfg.max_steps)
     flops = flops_per_token(cfg.model, vocab, cfg.training.seq_len)
+    if phase_seq_lens(cfg):  # attention's FLOPs per token grow with the sequence: MFU per phase
+        flops = {name: flops_per_token(cfg.model, vocab, phase.seq_len or cfg.training.seq_len)
+                 for name, phase in cfg.curriculum.phases.items()}
     trainer = Trainer(engine, optimizer, sampler, curriculum, checkpoints, StepGuard(cfg.guards), settings,
                       callbacks=build_callbacks(cfg, run_dir, tokenizer, flops, resolved, callbacks),
                       loss_fn=build_loss(cfg.model))
@@ -302,9 +310,14 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
         restore(trainer, plan, cfg)
     if cfg.training.deterministic:  # rides in every checkpoint: restore() keeps a resume on the same count
         trainer.provenance["cpu_threads"] = torch.get_num_threads()
-    for phase in curriculum.describe():
-        log.info("phase %-13s steps %6d-%-6d weights %s", phase["phase"], phase["start_step"],
-                 phase["start_step"] + phase["steps"], {k: round(v, 3) for k, v in phase["weights"].items()})
+    for phase, described in zip(curriculum.phases, curriculum.describe(), strict=True):
+        log.info("phase %-13s steps %6d-%-6d weights %s", phase.name, described["start_step"],
+                 described["start_step"] + described["steps"], {k: round(v, 3) for k, v in phase.weights.items()})
+        if phase_seq_lens(cfg) or phase.rope_theta:
+            shape = trainer.batch_shape(phase)
+            log.info("phase %-13s seq_len %d, global batch %d x micro %d sequences (%d tokens per step, kept "
+                     "constant), RoPE theta %g", phase.name, shape.seq_len, shape.global_batch, shape.micro_batch,
+                     shape.tokens, phase.rope_theta or cfg.model.rope_theta)
     result = trainer.fit(resumed=plan is not None and not plan.branch)
     if dist.rank() == 0 and (run_dir / "metrics.jsonl").is_file():
         from arctic_pretrain.train.plots import plot_losses

@@ -24,7 +24,7 @@ from arctic_pretrain.model.loss import LossFn, logits_loss
 from arctic_pretrain.train import distributed as dist
 from arctic_pretrain.train.callbacks import Callback
 from arctic_pretrain.train.checkpoint import CheckpointManager, tag_for
-from arctic_pretrain.train.curriculum import Curriculum, Phase
+from arctic_pretrain.train.curriculum import BatchShape, Curriculum, Phase, phase_batch
 from arctic_pretrain.train.guards import StepGuard
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         self._signal: int | None = None
         self._prefetch: Prefetcher | None = None  # reads the step's micro-batches ahead (fit() owns it)
+        self._model_theta: float | None = None  # the model's own RoPE base, for phases that set none
 
     # ---- callbacks -----------------------------------------------------------------------------
     def fire(self, event: str, *args) -> None:
@@ -134,10 +135,28 @@ class Trainer:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
 
+    def batch_shape(self, phase: Phase) -> BatchShape:
+        """The phase's sequence length and batch in sequences; tokens per step are the run's in every phase."""
+        s = self.settings
+        return phase_batch(phase.name, phase.seq_len, self.curriculum.tokens_per_step // s.global_batch,
+                           s.global_batch, s.micro_batch)
+
+    def set_rope(self, phase: Phase) -> None:
+        """The phase's RoPE base (``model.rope_theta`` unless the phase sets one), applied before its first
+        step reads; a resume re-applies it from the phase alone."""
+        from arctic_pretrain.model.build import rope_theta, set_rope_theta
+
+        if self._model_theta is None:
+            self._model_theta = rope_theta(self.engine.module)
+        theta = phase.rope_theta or self._model_theta
+        if set_rope_theta(self.engine.module, theta):
+            log.info("phase %s: RoPE theta %g (rotary frequencies recomputed; weights unchanged)", phase.name, theta)
+
     def train_step(self, phase: Phase) -> StepResult:
         start = time.perf_counter()
-        micro = self.settings.micro_batch
-        samples = self.sampler.global_batch(self.settings.global_batch, phase.weights, self.rank, self.world)
+        shape = self.batch_shape(phase)
+        micro = shape.micro_batch
+        samples = self.sampler.global_batch(shape.global_batch, phase.weights, self.rank, self.world, shape.seq_len)
         n = len(self.sampler.names)
         sums = torch.zeros(2 * n + 1, dtype=torch.float64, device=self.device)  # per-source loss, tokens; stop
         reason, data_seconds = None, 0.0
@@ -183,6 +202,7 @@ class Trainer:
                 phase = self.curriculum.phase_at(self.consumed_tokens)
                 lr = self.curriculum.lr_at(self.consumed_tokens, self.schedule_restart)
                 self.set_lr(lr)
+                self.set_rope(phase)
                 self.fire("pre_step", phase)
                 result = self.train_step(phase)
                 self.step += 1

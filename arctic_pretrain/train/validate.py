@@ -73,6 +73,7 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
         require(0 <= lr.end_lr <= lr.peak_lr, f"{key}.lr.end_lr", lr.end_lr, "must be in [0, peak_lr]")
         require(lr.warmup_steps >= 0, f"{key}.lr.warmup_steps", lr.warmup_steps, "must not be negative")
         require(lr.decay in DECAYS, f"{key}.lr.decay", lr.decay, f"must be one of {DECAYS}")
+        validate_phase_shape(cfg, name, phase)
     for name, src in sources.items():
         require(src.max_epochs > 0, f"data.sources.{name}.max_epochs", src.max_epochs, "must be positive")
     for name in cfg.checkpoint.accept_changed_sources:
@@ -102,6 +103,22 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
              f"must be in (1, guards.spike_window={g.spike_window}]")
     require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
     validate_profile(cfg, world_size)
+
+
+def validate_phase_shape(cfg: TrainConfig, name: str, phase) -> None:
+    """A phase's own ``seq_len`` fits the model and splits the run's tokens per step into whole micro-batches;
+    its ``rope_theta`` is a positive base."""
+    from arctic_pretrain.train.curriculum import phase_batch
+
+    key, m, t = f"curriculum.phases.{name}", cfg.model, cfg.training
+    if phase.seq_len is not None:
+        require(phase.seq_len > 1, f"{key}.seq_len", phase.seq_len, "must be at least 2 (or null: training.seq_len)")
+        require(phase.seq_len <= m.max_seq_len, f"{key}.seq_len", phase.seq_len,
+                f"longer than the model holds (model.max_seq_len={m.max_seq_len}: set it to the longest phase's "
+                "seq_len from the run's start, it fixes the RoPE positions)")
+        phase_batch(name, phase.seq_len, t.seq_len, t.global_batch_size, t.micro_batch_size)
+    require(phase.rope_theta is None or phase.rope_theta > 0, f"{key}.rope_theta", phase.rope_theta,
+            "must be positive (or null: model.rope_theta)")
 
 
 def validate_profile(cfg: TrainConfig, world_size: int) -> None:
@@ -137,7 +154,6 @@ def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> Non
     vocab = cfg.model.vocab_size
     require(vocab is None or vocab >= first.vocab_size, "model.vocab_size", vocab,
              f"smaller than the tokenizer's vocabulary ({first.vocab_size})")
-    seq_len = cfg.training.seq_len
     from arctic_pretrain.train.curriculum import phase_languages
 
     sizes = {name: src.num_tokens for name, src in sources.items()}
@@ -151,11 +167,13 @@ def validate_data_plan(cfg: TrainConfig, sources: dict[str, TokenSource]) -> Non
             if abs(reached.get(lang, 0.0) - share) > 0.005:
                 log.warning("curriculum.phases.%s.language_shares.%s=%s: the sources' language mix allows %.3f "
                             "(see dry_run=true)", phase_name, lang, share, reached.get(lang, 0.0))
+        seq_len = phase.seq_len or cfg.training.seq_len
         for src, share in weights.items():
             planned[src] += budget * share
             require(sources[src].num_windows(seq_len) > 0, f"curriculum.phases.{phase_name}.mixture.{src}",
                      phase.mixture[src],
                      f"source holds {sources[src].num_tokens} tokens, less than one sequence of {seq_len}")
+    seq_len = cfg.training.seq_len
     for name, tokens in planned.items():
         available = sources[name].num_windows(seq_len) * seq_len
         allowed = cfg.data.sources[name].max_epochs * available

@@ -167,3 +167,111 @@ def test_a_state_saved_before_identities_loads_as_unknown(tmp_path, sources):
     assert not MixtureSampler.records_identity(state) and resumed.changed_sources(state) == {}
     resumed.load_state_dict(state)
     assert resumed.state_dict()["per_source"] == state["per_source"]
+
+
+# ---- a sequence length per phase (curriculum.phases.<name>.seq_len) ------------------------------------------
+
+
+def test_the_runs_own_length_draws_and_saves_as_a_one_length_run(sources):
+    """Naming training.seq_len explicitly is today's stream, bit for bit, and its state has no `lengths`."""
+    plain, named = MixtureSampler(sources, seq_len=16, seed=4), MixtureSampler(sources, seq_len=16, seed=4)
+    assert [(s.source, s.window, s.epoch) for s in plain.draw(300, WEIGHTS)] == \
+        [(s.source, s.window, s.epoch) for s in named.draw(300, WEIGHTS, seq_len=16)]
+    assert plain.state_dict() == named.state_dict() and "lengths" not in named.state_dict()
+
+
+def test_a_longer_window_is_consecutive_windows_of_the_runs_length(sources):
+    sampler = MixtureSampler(sources, seq_len=16, seed=2)
+    long = sampler.draw(20, {"python": 1.0}, seq_len=48)
+    batch = sampler.read(long)
+    assert batch.input_ids.shape == batch.position_ids.shape == (20, 48)
+    python = sources["python"]
+    for row, s in enumerate(long):
+        parts = [python.window(3 * s.window + k, 16) for k in range(3)]
+        np.testing.assert_array_equal(batch.input_ids[row], np.concatenate([ids for ids, _ in parts]))
+        # positions restart at documents only, not at the 16-token seams inside the long window
+        np.testing.assert_array_equal(batch.position_ids[row][1:] == 0, batch.input_ids[row][:-1] == 0)
+
+
+def test_a_long_epoch_reads_every_long_window_once_outside_the_heldout_tail(sources):
+    sampler = MixtureSampler(sources, seq_len=16, seed=3, heldout_windows=5)
+    trainable = (sources["python"].num_windows(16) - 5) * 16
+    n = trainable // 40
+    windows = [s.window for s in sampler.draw(n, {"python": 1.0}, seq_len=40)]
+    assert sorted(windows) == list(range(n))  # a whole epoch of 40-token windows, each once
+    assert (max(windows) + 1) * 40 <= trainable  # none reaches the held-out windows
+
+
+def test_the_runs_stream_continues_across_a_long_phase(sources):
+    """short -> long -> short: the short stream picks up where it stopped (no window read twice in its epoch),
+    the long one has its own order, and the whole walk resumes exactly from a state saved in the long phase."""
+    one = {"python": 1.0}
+    straight = MixtureSampler(sources, seq_len=16, seed=8)
+    expected_short = [s.window for s in straight.draw(150, one)]
+
+    sampler = MixtureSampler(sources, seq_len=16, seed=8)
+    first = sampler.draw(100, one)
+    long = sampler.draw(30, one, seq_len=32)
+    state = sampler.state_dict()
+    assert state["lengths"] == {"32": {"python": {"picks": 30, "restarted_at": 0, "restarts": 0},
+                                       "c": {"picks": 0, "restarted_at": 0, "restarts": 0},
+                                       "rust": {"picks": 0, "restarted_at": 0, "restarts": 0}}}
+    assert state["per_source"]["python"] == 100  # the run's own stream, as a one-length run records it
+    later_long = sampler.draw(20, one, seq_len=32)
+    later_short = sampler.draw(50, one)
+    assert [s.window for s in first + later_short] == expected_short
+    assert {s.seq_len for s in long} == {32} and [s.window for s in long] != [s.window for s in first[:30]]
+
+    resumed = MixtureSampler(sources, seq_len=16, seed=8)
+    resumed.load_state_dict(state)  # saved mid long phase
+    assert resumed.draw(20, one, seq_len=32) == later_long
+    assert resumed.draw(50, one) == later_short
+    assert resumed.state_dict() == sampler.state_dict()
+
+
+@pytest.mark.parametrize("seq_len", [None, 32])
+def test_ranks_partition_a_long_phase_and_a_world_size_change_re_cuts_it(sources, seq_len):
+    """4 ranks, then the same state continued by 2: each step's shares are the single-rank stream's."""
+    single = MixtureSampler(sources, seq_len=16, seed=7)
+    ranks = [MixtureSampler(sources, seq_len=16, seed=7) for _ in range(4)]
+    for _ in range(3):
+        whole = single.global_batch(16, WEIGHTS, 0, 1, seq_len)
+        assert [s for rank, r in enumerate(ranks) for s in r.global_batch(16, WEIGHTS, rank, 4, seq_len)] == whole
+    two = [MixtureSampler(sources, seq_len=16, seed=7) for _ in range(2)]
+    for r in two:
+        r.load_state_dict(ranks[0].state_dict())
+    whole = single.global_batch(16, WEIGHTS, 0, 1, seq_len)
+    assert [s for rank, r in enumerate(two) for s in r.global_batch(16, WEIGHTS, rank, 2, seq_len)] == whole
+
+
+def test_a_branch_at_another_length_keeps_the_saved_stream(sources):
+    """init_from a run at seq_len 16 into one at 32: no refusal; the 16-token stream is kept (and continues,
+    keys unchanged, when a phase reads at 16 again); the 32-token stream starts fresh."""
+    one = {"python": 1.0}
+    saved = MixtureSampler(sources, seq_len=16, seed=6)
+    saved.draw(200, one)
+    state = saved.state_dict()
+    branch = MixtureSampler(sources, seq_len=32, seed=6)
+    branch.load_state_dict(state)
+    assert {s.seq_len for s in branch.draw(10, one)} == {32}
+    assert [s.window for s in branch.draw(40, one, seq_len=16)] == [s.window for s in saved.draw(40, one)]
+    after = branch.state_dict()
+    assert after["seq_len"] == 16 and after["per_source"]["python"] == 240
+    assert after["lengths"]["32"]["python"]["picks"] == 10
+
+
+def test_an_accepted_change_restarts_every_length_of_the_source(tmp_path, sources):
+    sampler = MixtureSampler(sources, seq_len=16, seed=5)
+    sampler.draw(100, WEIGHTS)
+    sampler.draw(50, WEIGHTS, seq_len=32)
+    state = sampler.state_dict()
+    changed = rewritten(tmp_path, sources, "c")
+    resumed = MixtureSampler(changed, seq_len=16, seed=5, accept_changed=["c"])
+    resumed.load_state_dict(state)
+    after = resumed.state_dict()
+    picks32 = state["lengths"]["32"]["c"]["picks"]
+    assert after["lengths"]["32"]["c"] == {"picks": picks32, "restarted_at": picks32, "restarts": 1}
+    assert after["sources"]["c"]["restarts"] == 1
+    n = changed["c"].num_tokens // 32
+    fresh = resumed.draw(n, {"c": 1.0}, seq_len=32)
+    assert sorted(s.window for s in fresh) == list(range(n)) and {s.epoch for s in fresh} == {0}

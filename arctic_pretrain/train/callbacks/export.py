@@ -6,6 +6,7 @@ A run killed between that checkpoint and its export writes the export when it re
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from arctic_pretrain.model import EXPORT_META
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 class PhaseExport(Callback):
     name = "export"
 
-    def __init__(self, run_dir: Path, tokenizer: str | None, seq_len: int | None = None) -> None:
+    def __init__(self, run_dir: Path, tokenizer: str | None, seq_len: int | None = None,
+                 phase_seq_lens: Mapping[str, int] | None = None) -> None:
         self.root = Path(run_dir) / "export"
         self.tokenizer = tokenizer
         self.seq_len = seq_len  # recorded in the export: evaluation scores documents at the trained length
+        self.phase_seq_lens = dict(phase_seq_lens or {})  # phases trained at their own seq_len
 
     def pre_train(self, trainer, resumed: bool) -> None:
         if not resumed:
@@ -43,4 +46,5 @@ class PhaseExport(Callback):
 
     def _export(self, tag_dir: Path, phase: str, index: int) -> Path:
         return export_checkpoint(tag_dir, self.root / phase, tokenizer=self.tokenizer,
-                                 meta={"phase": phase, "phase_index": index, "seq_len": self.seq_len})
+                                 meta={"phase": phase, "phase_index": index,
+                                       "seq_len": self.phase_seq_lens.get(phase, self.seq_len)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ class MetricsRecorder(Callback):
 
     name = "metrics"
 
-    def __init__(self, interval: int, flops_per_token: float, peak_flops: float | None) -> None:
+    def __init__(self, interval: int, flops_per_token: float | Mapping[str, float], peak_flops: float | None) -> None:
+        """``flops_per_token``: one figure, or one per phase name (phases at their own seq_len)."""
         self.interval = interval
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
@@ -33,7 +35,9 @@ class MetricsRecorder(Callback):
     def post_step(self, trainer, phase, lr: float, result) -> None:
         tokens_per_step = trainer.curriculum.tokens_per_step
         tokens_per_s = tokens_per_step / max(result.seconds, 1e-9)
-        mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world) if self.peak_flops else None
+        flops = self.flops_per_token
+        flops = flops[phase.name] if isinstance(flops, Mapping) else flops
+        mfu = tokens_per_s * flops / (self.peak_flops * trainer.world) if self.peak_flops else None
         values: dict[str, float | None] = {"loss": result.loss, "grad_norm": result.grad_norm,
                                            "tokens_per_s": tokens_per_s, "mfu": mfu, "step_seconds": result.seconds,
                                            "data_seconds": result.data_seconds}
