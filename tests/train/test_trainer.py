@@ -55,17 +55,19 @@ class Recorder(Callback):
         return record
 
 
-def curriculum_cfg(seq: int = SEQ) -> CurriculumConfig:
+def curriculum_cfg(seq: int = SEQ, **last_phase) -> CurriculumConfig:
+    """general (3 steps), then high_quality (2 steps; ``last_phase``: its own seq_len, rope_theta)."""
     lr = LRScheduleConfig(peak_lr=1e-2, end_lr=0.0, warmup_steps=1, decay="linear")
     return CurriculumConfig(name="unit", phases={
         "general": PhaseConfig(tokens=str(3 * seq * BATCH), mixture={"a": 1.0}, lr=lr),
-        "high_quality": PhaseConfig(tokens=str(2 * seq * BATCH), mixture={"b": 1.0}, lr=lr)})
+        "high_quality": PhaseConfig(tokens=str(2 * seq * BATCH), mixture={"b": 1.0}, lr=lr, **last_phase)})
 
 
 def trainer_factory(tmp_path, model_cfg: ModelConfig = TINY, seq: int = SEQ, zero: dict | None = None,
-                    max_doc: int = 40):
+                    max_doc: int = 40, **last_phase):
     """A factory for a fresh Trainer over the same sources and run dir (a second call = a restart):
-    ``model_cfg`` at ``seq`` tokens, micro batch 2, gradient accumulation 2, ZeRO ``zero`` (default stage 1)."""
+    ``model_cfg`` at ``seq`` tokens, micro batch 2, gradient accumulation 2, ZeRO ``zero`` (default stage 1);
+    ``last_phase``: the second phase's own seq_len / rope_theta."""
     import deepspeed
 
     vocab = model_cfg.vocab_size
@@ -85,7 +87,8 @@ def trainer_factory(tmp_path, model_cfg: ModelConfig = TINY, seq: int = SEQ, zer
               "steps_per_print": 10**9, "zero_optimization": zero or {"stage": 1},
               "zero_allow_untested_optimizer": True}
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
-        curriculum = Curriculum(curriculum_cfg(seq), seq * BATCH, {n: s.num_tokens for n, s in sources.items()})
+        curriculum = Curriculum(curriculum_cfg(seq, **last_phase), seq * BATCH,
+                                {n: s.num_tokens for n, s in sources.items()})
         trainer = Trainer(engine, optimizer, MixtureSampler(sources, seq, seed=1), curriculum,
                           CheckpointManager(run_dir / "checkpoints", keep_last=2, hf_config=model.config),
                           StepGuard(GuardsConfig()), LoopSettings(BATCH, 2, interval, max_steps),
@@ -258,3 +261,57 @@ def test_profiling_is_off_unless_configured_and_writes_under_the_run_dir(light_b
     assert isinstance(on[0], StepProfiler) and on[0].root == build.run_dir / "profile"
     build(on, max_steps=3).fit()  # a fresh trainer in the same run dir: profiles step 3
     assert (build.run_dir / "profile" / "steps_3-3" / "rank0.trace.json").is_file()
+
+
+def test_a_phase_at_its_own_seq_len_and_rope_theta_resumes_exactly(tmp_path, process_group):
+    """high_quality at 2 x SEQ with RoPE theta 50k: half the sequences per micro-batch and step (same tokens,
+    same accumulation), the rotary frequencies of theta 50k from its first step, checkpoints and exports that
+    record both, and a restart in the middle of the phase that continues to the last bit."""
+    from arctic_pretrain.train.checkpoint import load_engine
+
+    make = trainer_factory(tmp_path, zero={"stage": 1, "reduce_bucket_size": 50_000}, seq_len=2 * SEQ,
+                           rope_theta=50_000.0)
+    seen = []
+
+    def watch(trainer):
+        loss_fn, rotary = trainer.loss_fn, trainer.engine.module.model.rotary_emb
+
+        def recording(engine, input_ids, position_ids):
+            seen.append((trainer.step + 1, tuple(input_ids.shape), rotary.inv_freq[1].item()))
+            return loss_fn(engine, input_ids, position_ids)
+        trainer.loss_fn = recording
+        return trainer
+
+    class Losses(Callback):
+        def __init__(self):
+            self.losses = {}
+
+        def post_step(self, trainer, phase, lr, result):
+            self.losses[trainer.step] = result.loss
+
+    straight = Losses()
+    trainer = watch(make([straight, PhaseExport(make.run_dir, tokenizer=None, seq_len=SEQ,
+                                                phase_seq_lens={"high_quality": 2 * SEQ})]))
+    trainer.fit()
+    half = TINY.hidden_size // TINY.num_heads // 2  # inv_freq[1] = theta^(-2/head_dim)
+    assert [(step, shape) for step, shape, _ in seen] == [(1, (2, SEQ))] * 2 + [(2, (2, SEQ))] * 2 + [
+        (3, (2, SEQ))] * 2 + [(4, (1, 2 * SEQ))] * 2 + [(5, (1, 2 * SEQ))] * 2
+    assert {round(f, 6) for step, _, f in seen if step <= 3} == {round(10_000.0 ** (-1 / half), 6)}
+    assert {round(f, 6) for step, _, f in seen if step > 3} == {round(50_000.0 ** (-1 / half), 6)}
+    ckpt = make.run_dir / "checkpoints"
+    theta = {tag: json.loads((ckpt / tag / "hf_config" / "config.json").read_text())["rope_parameters"]["rope_theta"]
+             for tag in ("step_00000003", "step_00000005")}
+    assert theta == {"step_00000003": 10_000.0, "step_00000005": 50_000.0}
+    export = make.run_dir / "export" / "high_quality"
+    assert json.loads((export / EXPORT_META).read_text())["seq_len"] == 2 * SEQ
+    assert json.loads((export / "config.json").read_text())["rope_parameters"]["rope_theta"] == 50_000.0
+
+    # restart from step 4, the middle of the long phase: a fresh model (theta 10k) and sampler
+    resumed_losses = Losses()
+    again = watch(make([resumed_losses]))
+    load_engine(again.engine, ckpt, "step_00000004", rng_root=ckpt)
+    again.load_state_dict(again.checkpoints.read_state("step_00000004"))
+    seen.clear()
+    again.fit(resumed=True)
+    assert seen == [(5, (1, 2 * SEQ), seen[0][2])] * 2 and seen[0][2] == pytest.approx(50_000.0 ** (-1 / half))
+    assert resumed_losses.losses == {5: straight.losses[5]}  # to the last bit
