@@ -16,7 +16,7 @@ from pathlib import Path
 
 from arctic_pretrain.common.units import format_token_count, parse_token_count
 from arctic_pretrain.train.config import TrainConfig
-from arctic_pretrain.train.curriculum import Curriculum, phase_languages
+from arctic_pretrain.train.curriculum import Curriculum, phase_batch, phase_languages
 from arctic_pretrain.train.memory import MemoryEstimate, estimate_memory, render_estimate
 from arctic_pretrain.train.validate import checked_phase_weights, validate_config
 
@@ -33,7 +33,7 @@ class DryRunPlan:
     grad_accumulation: int
     global_batch: int
     seq_len: int
-    phases: list[dict]  # name, steps, tokens
+    phases: list[dict]  # name, steps, tokens, and the phase's seq_len, global/micro batch, rope_theta
     parameters: int
     vocab: int
     vocab_note: str
@@ -45,7 +45,8 @@ class DryRunPlan:
     notes: list[str] = field(default_factory=list)
     # per phase: each language's share of its tokens, and the sources whose mix is unknown (None: no sources)
     languages: dict[str, tuple[dict[str, float], list[str]]] | None = None
-    memory: MemoryEstimate | None = None  # peak per GPU
+    memory: MemoryEstimate | None = None  # peak per GPU (the largest over the phases)
+    memory_phase: str = ""  # the phase that peak belongs to, when phases differ in seq_len
 
     @property
     def tokens_per_step(self) -> int:
@@ -109,7 +110,12 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
     # are computed below (checked_phase_weights names the phase whose sources record no language mix)
     curriculum = Curriculum(without_language_shares(cfg.curriculum), t.global_batch_size * t.seq_len,
                             sizes or dict.fromkeys(cfg.data.sources, 1))
-    phases = [{"phase": p["phase"], "steps": p["steps"], "tokens": p["tokens"]} for p in curriculum.describe()]
+    phases = []
+    for p in curriculum.describe():
+        shape = phase_batch(p["phase"], p.get("seq_len"), t.seq_len, t.global_batch_size, t.micro_batch_size)
+        phases.append({"phase": p["phase"], "steps": p["steps"], "tokens": p["tokens"], "seq_len": shape.seq_len,
+                       "global_batch": shape.global_batch, "micro_batch": shape.micro_batch,
+                       "rope_theta": p.get("rope_theta") or cfg.model.rope_theta})
     epochs, note, languages = None, "", None
     if sizes is not None:
         epochs = {name: 0.0 for name in sources}
@@ -117,8 +123,9 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
         for name, phase in cfg.curriculum.phases.items():
             weights = checked_phase_weights(name, phase, sizes, mixes)
             languages[name] = phase_languages(weights, mixes)
+            seq_len = phase.seq_len or t.seq_len
             for src, share in weights.items():
-                available = sources[src].num_windows(t.seq_len) * t.seq_len
+                available = sources[src].num_windows(seq_len) * seq_len
                 epochs[src] += parse_token_count(phase.tokens) * share / max(available, 1)
     else:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -136,20 +143,28 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
     written = total_steps // cfg.checkpoint.interval + len(phases)
     kept = min(cfg.checkpoint.keep_last, total_steps // cfg.checkpoint.interval) + len(phases)
     parameters = _parameters(cfg, vocab)
+    # the peak over the phases: a phase at its own seq_len has its own micro-batch of sequences
+    shapes = {(ph["micro_batch"], ph["seq_len"]): ph["phase"] for ph in reversed(phases)}
+    estimates = {name: _memory(cfg, vocab, parameters, world, micro, seq_len)
+                 for (micro, seq_len), name in shapes.items()}
+    peak_phase = max(estimates, key=lambda name: estimates[name].peak)
     return DryRunPlan(cfg.nodes, cfg.gpus_per_node, world, t.micro_batch_size,
                       t.global_batch_size // (t.micro_batch_size * world), t.global_batch_size, t.seq_len, phases,
                       parameters, vocab, vocab_note, 4 if fp32 else 2, written, kept, epochs, note,
-                      languages=languages, memory=_memory(cfg, vocab, parameters, world))
+                      languages=languages, memory=estimates[peak_phase],
+                      memory_phase=peak_phase if len(shapes) > 1 else "")
 
 
-def _memory(cfg: TrainConfig, vocab: int, parameters: int, world: int) -> MemoryEstimate:
-    """The peak per GPU; precision ``auto`` counts as bf16 (a dry run plans for GPUs)."""
+def _memory(cfg: TrainConfig, vocab: int, parameters: int, world: int, micro_batch: int,
+            seq_len: int) -> MemoryEstimate:
+    """The peak per GPU at one phase's micro-batch and seq_len; precision ``auto`` counts as bf16 (a dry run
+    plans for GPUs)."""
     from arctic_pretrain.model import padded_vocab_size
 
     ds = cfg.deepspeed
     bucket = dict(ds.extra).get("zero_optimization", {}).get("reduce_bucket_size")
     return estimate_memory(cfg.model, padded_vocab_size(cfg.model, vocab), parameters,
-                           micro_batch=cfg.training.micro_batch_size, seq_len=cfg.training.seq_len,
+                           micro_batch=micro_batch, seq_len=seq_len,
                            zero_stage=ds.zero_stage, world=world, bf16=ds.precision != "fp32",
                            offload_optimizer=ds.offload_optimizer, offload_param=ds.offload_param,
                            reduce_bucket=int(bucket) if bucket else None)
@@ -182,6 +197,11 @@ def render(p: DryRunPlan) -> str:
                      f"steps {start + 1:,}-{start + ph['steps']:,})")
         start += ph["steps"]
     lines.append(f"  {'total':<16}  {start:>9,} steps  ({format_token_count(start * p.tokens_per_step)} tokens)")
+    lines.append("sequence per phase  (tokens per step constant; micro and global batch scaled by seq_len)")
+    for ph in p.phases:
+        lines.append(f"  {ph['phase']:<16}  seq_len {ph['seq_len']:>6,}  RoPE theta {ph['rope_theta']:>11,g}  "
+                     f"global {ph['global_batch']:,} x micro {ph['micro_batch']:,} sequences  "
+                     f"{ph['global_batch'] * ph['seq_len']:,} tokens per step")
     if p.epochs is None:
         lines.append(f"data epochs         {p.sources_note}")
     else:
@@ -199,6 +219,9 @@ def render(p: DryRunPlan) -> str:
     ]
     if p.memory is not None:
         lines += render_estimate(p.memory)
+        if p.memory_phase:
+            lines.append(f"  largest phase     {p.memory_phase} (each phase estimated at its own micro batch x "
+                         "seq_len; the peak is the largest)")
     return "\n".join(lines)
 
 

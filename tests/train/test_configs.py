@@ -72,12 +72,25 @@ def test_budget_is_one_override_away():
     ("profile.steps=[3]", "profile.steps=[3]: must be [from, to]"),
     ("profile.steps=[300,400]", "profile.steps=[300, 400]: ends after the curriculum's last step (323)"),
     ("profile.ranks=[1]", "profile.ranks=[1]: rank 1 is not in 0..0"),
+    ("curriculum.phases.synthetic.seq_len=768", "curriculum.phases.synthetic.seq_len=768: tokens per step stay 4,096 "
+     "(training.global_batch_size=16 x training.seq_len=256), so a micro-batch of training.micro_batch_size=8 x 256 "
+     "= 2048 tokens must hold whole sequences of 768: 2048 / 768 = 2.66667"),
+    ("curriculum.phases.synthetic.seq_len=2048", "curriculum.phases.synthetic.seq_len=2048: longer than the model "
+     "holds (model.max_seq_len=1024"),
+    ("curriculum.phases.synthetic.rope_theta=0", "curriculum.phases.synthetic.rope_theta=0.0: must be positive"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     cfg = load("experiment=demo", override)
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, world_size=1)
     assert message in str(err.value)
+
+
+def test_the_paper_keeps_one_seq_len_and_rope_theta():
+    cfg = load("experiment=snowcoder_1b3")
+    assert all(p.seq_len is None and p.rope_theta is None for p in cfg.curriculum.phases.values())
+    long = load("experiment=demo", "curriculum.phases.synthetic.seq_len=512", "curriculum.phases.synthetic.rope_theta=5e5")
+    validate_config(long, world_size=2)  # 8 x 256 tokens hold 4 sequences of 512; accumulation stays 1
 
 
 def test_a_profile_window_must_end_within_max_steps_and_the_curriculum():

@@ -46,3 +46,25 @@ def test_global_batch_that_does_not_divide_fails_with_the_reason():
     proc = run_cli(["launch/train.py", "experiment=snowcoder_1b3", "dry_run=true", "nodes=3", "gpus_per_node=8"])
     assert proc.returncode == 2
     assert "training.global_batch_size=512: must be a multiple of micro_batch_size x ranks = 2 x 24" in proc.stderr
+
+
+def test_each_phase_shows_its_seq_len_theta_and_batch_and_the_memory_peak_is_the_largest_phase():
+    """synthetic at 1024 tokens (a quarter of 4096): 4x the sequences per micro-batch and step, the run's tokens
+    per step; with the chunked loss its micro-batch holds more chunk rows, so it is the peak."""
+    from arctic_pretrain.train.memory import estimate_memory
+
+    cfg = load("experiment=snowcoder_1b3", "data.root=/nonexistent", "nodes=8", "gpus_per_node=8",
+               "training.seq_len=4096", "curriculum.phases.synthetic.seq_len=1024",
+               "curriculum.phases.synthetic.rope_theta=500000", "model.loss=chunked")
+    p = plan(cfg)
+    rows = {ph["phase"]: (ph["seq_len"], ph["global_batch"], ph["micro_batch"], ph["rope_theta"]) for ph in p.phases}
+    assert rows == {"general": (4096, 512, 2, 10_000.0), "high_quality": (4096, 512, 2, 10_000.0),
+                    "synthetic": (1024, 2048, 8, 500_000.0)}
+    out = render(p)
+    assert re.search(r"synthetic\s+seq_len\s+1,024\s+RoPE theta\s+500,000\s+global 2,048 x micro 8 sequences\s+"
+                     r"2,097,152 tokens per step", out)
+    assert "largest phase     synthetic" in out
+    common = dict(zero_stage=2, world=64, bf16=True, reduce_bucket=None)
+    base = estimate_memory(cfg.model, p.vocab, p.parameters, micro_batch=2, seq_len=4096, **common)
+    long = estimate_memory(cfg.model, p.vocab, p.parameters, micro_batch=8, seq_len=1024, **common)
+    assert p.memory == long and long.peak > base.peak
