@@ -304,3 +304,48 @@ def test_resume_onto_a_changed_source_is_refused_then_accepted_with_the_key(tmp_
                                           "restarted_at": saved["per_source"]["python"], "restarts": 1}
     assert state["sources"]["c"] == saved["sources"]["c"]  # untouched
     assert sum(state["per_source"].values()) == 12 * 8
+
+
+LONG_MIDDLE = ["curriculum.phases.general.tokens=6K", "curriculum.phases.high_quality.tokens=4K",
+               "curriculum.phases.synthetic.tokens=2K", "curriculum.phases.high_quality.seq_len=256",
+               "curriculum.phases.high_quality.rope_theta=50000"]
+
+
+def rolled_back(reference, run_dir, tag: str):
+    """A copy of ``reference`` as if it had stopped at checkpoint ``tag`` (the later ones never written)."""
+    shutil.copytree(reference, run_dir)
+    for later in (run_dir / "checkpoints").glob("step_*"):
+        if later.name > tag:
+            shutil.rmtree(later)
+    (run_dir / "checkpoints" / "latest").write_text(tag)
+    return run_dir
+
+
+def test_a_long_context_phase_resumes_exactly_across_its_boundaries_and_a_world_size_change(tmp_path, demo_cache):
+    """high_quality at seq_len 256 (training's 128) and RoPE theta 50k on 2 ranks: micro 1 and global 4 sequences
+    there (the same 1,024 tokens per step). Resumed from step 4, before it, the run crosses into it and back out
+    to the last bit; resumed from step 8, inside it, on 1 rank, the sampler ends in the same state."""
+    reference = tmp_path / "reference"
+    launch(reference, demo_cache, *LONG_MIDDLE)
+    state = json.loads((reference / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert state["sampler"]["lengths"]["256"]["high_quality"]["picks"] == 4 * 4  # 4 steps x 4 long sequences
+    hf = json.loads((reference / "export" / "high_quality" / "config.json").read_text())
+    assert hf["rope_parameters"]["rope_theta"] == 50000.0
+    assert json.loads((reference / "export" / "synthetic" / "config.json").read_text()
+                      )["rope_parameters"]["rope_theta"] == 10000.0
+
+    run_dir = rolled_back(reference, tmp_path / "run", "step_00000004")
+    launch(run_dir, demo_cache, *LONG_MIDDLE)
+    assert losses(run_dir) == losses(reference), first_difference(run_dir, reference)
+    end = json.loads((run_dir / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert end["sampler"] == state["sampler"]
+
+    one_rank = rolled_back(reference, tmp_path / "one-rank", "step_00000008")
+    proc = launch(one_rank, demo_cache, *LONG_MIDDLE, ranks=1)
+    assert "saved by 2 ranks, now 1" in proc.stdout + proc.stderr
+    end = json.loads((one_rank / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert end["sampler"] == state["sampler"]  # no sample skipped or read twice across the change
+    got, ref = losses(one_rank), losses(reference)
+    assert [r[:2] for r in got] == [r[:2] for r in ref]
+    for (_, _, a), (_, _, b) in zip(got, ref, strict=True):
+        assert a == pytest.approx(b, rel=1e-3)
