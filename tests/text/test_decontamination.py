@@ -8,8 +8,8 @@ from pathlib import Path
 from datatrove.data import Document
 
 from arctic_pretrain.text.decontamination import (
-    BenchmarkConfig,
     DEFAULT_BENCHMARKS,
+    BenchmarkConfig,
     DecontamConfig,
     Decontaminate,
     load_benchmark_strings,
