@@ -171,3 +171,16 @@ def test_a_tokenizer_without_fim_tokens_is_named(tokenizer):
     vocab = {k: v for k, v in tokenizer.get_vocab().items() if k != "<fim_middle>"}
     with pytest.raises(ValueError, match=r"my-tok: has no <fim_middle> token"):
         FimTokens.from_vocab(vocab, 0, where="my-tok")
+
+
+def test_the_run_finds_its_fim_tokens_or_names_the_tokenizer(demo_cache, tokens, tmp_path):
+    from arctic_pretrain.common.config import ConfigError
+    from arctic_pretrain.train.validate import fim_tokens
+    from tests.train.test_configs import load
+
+    folder = str(build_demo(demo_cache, 2, DataConfig.demo_vocab_size) / "tokenizer")
+    assert fim_tokens(load("experiment=tiny"), folder, 0) is None  # FIM off: no tokenizer needed
+    cfg = load("experiment=tiny", "+fim=starcoder2")
+    assert fim_tokens(cfg, folder, 0) == tokens
+    with pytest.raises(ConfigError, match=r"tokenizer \(unset: the sources' manifest tokenizer.name\)=.*nowhere"):
+        fim_tokens(cfg, str(tmp_path / "nowhere"), 0)
