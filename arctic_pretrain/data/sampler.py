@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arctic_pretrain.data.fim import FimSettings, FimTransform, window_key
 from arctic_pretrain.data.permutation import FeistelPermutation, hash64
 from arctic_pretrain.data.shards import TokenSource
 
@@ -33,6 +34,7 @@ class Sample:
     source: int  # index into MixtureSampler.names
     window: int
     epoch: int
+    fim: FimSettings | None = None  # the phase's fill-in-the-middle, applied when read (data/fim.py)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class MixtureSampler:
         self._perms: dict[tuple[int, int], FeistelPermutation] = {}
         self._block: tuple[int, np.ndarray] | None = None
         self._warned: set[str] = set()
+        self.fim: FimTransform | None = None  # set when a phase uses FIM: reads apply it to samples that carry it
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -180,8 +183,14 @@ class MixtureSampler:
         return samples[rank * share:(rank + 1) * share]
 
     def read(self, samples: list[Sample]) -> Batch:
-        ids, pos = zip(*(self.sources[s.source].window(s.window, self.seq_len) for s in samples), strict=True)
+        ids, pos = zip(*(self._window(s) for s in samples), strict=True)
         return Batch(np.stack(ids), np.stack(pos), np.array([s.source for s in samples], dtype=np.int64))
+
+    def _window(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+        ids, pos = self.sources[s.source].window(s.window, self.seq_len)
+        if s.fim is not None and s.fim.active and self.fim is not None:  # a pure function of the sample
+            ids, pos = self.fim(ids, pos, s.fim, window_key(self.seed, self.names[s.source], s.epoch, s.window))
+        return ids, pos
 
 
 def describe_changes(changed: dict[str, dict]) -> str:
