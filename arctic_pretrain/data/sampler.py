@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arctic_pretrain.data.fim import FimSettings, FimTransform, window_key
 from arctic_pretrain.data.permutation import FeistelPermutation, hash64
 from arctic_pretrain.data.shards import TokenSource
 
@@ -43,6 +44,7 @@ class Sample:
     window: int
     epoch: int
     seq_len: int | None = None  # the window length (None: the sampler's training.seq_len)
+    fim: FimSettings | None = None  # the phase's fill-in-the-middle, applied when read (data/fim.py)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class MixtureSampler:
         self._perms: dict[tuple[int, int, int], FeistelPermutation] = {}
         self._block: tuple[int, np.ndarray] | None = None
         self._warned: set[str] = set()
+        self.fim: FimTransform | None = None  # set when a phase uses FIM: reads apply it to samples that carry it
 
     def stream(self, seq_len: int) -> Stream:
         """The counters of ``seq_len``'s stream (created at zero picks on first use)."""
@@ -263,9 +266,18 @@ class MixtureSampler:
         return samples[rank * share:(rank + 1) * share]
 
     def read(self, samples: list[Sample]) -> Batch:
-        ids, pos = zip(*(self.sources[s.source].window(s.window, s.seq_len or self.seq_len) for s in samples),
-                       strict=True)
+        ids, pos = zip(*(self._window(s) for s in samples), strict=True)
         return Batch(np.stack(ids), np.stack(pos), np.array([s.source for s in samples], dtype=np.int64))
+
+    def _window(self, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+        length = s.seq_len or self.seq_len
+        ids, pos = self.sources[s.source].window(s.window, length)
+        if s.fim is not None and s.fim.active and self.fim is not None:  # a pure function of the sample
+            key = window_key(self.seed, self.names[s.source], s.epoch, s.window)
+            if length != self.key_len:  # another length's window (a phase's own seq_len): its own FIM draws
+                key = hash64(key, length)
+            ids, pos = self.fim(ids, pos, s.fim, key)
+        return ids, pos
 
 
 def describe_changes(changed: dict[str, dict]) -> str:

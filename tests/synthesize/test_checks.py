@@ -148,7 +148,8 @@ def test_config_errors_name_the_key(seeds, tmp_path):
         PromptTemplate.load(PromptConfig(template=str(bad)))
 
 
-def test_the_demo_recipe_prefills_a_code_fence_and_a_newline():
+@pytest.mark.parametrize("experiment", ["demo", "tiny"])
+def test_the_demo_recipe_prefills_a_code_fence_and_a_newline(experiment):
     """The demo's synthesize step, as the pipeline passes it (YAML, then Hydra's override parser): the
     prefill must end in a newline, not in the two characters backslash and n."""
     from hydra import compose, initialize_config_dir
@@ -157,7 +158,7 @@ def test_the_demo_recipe_prefills_a_code_fence_and_a_newline():
     from arctic_pretrain.synthesize.config import SynthesizeConfig, register
     from tests.pipeline.test_experiments_compose import pipeline_config
 
-    args = pipeline_config("demo").stages["synthesize"].args
+    args = pipeline_config(experiment).stages["synthesize"].args
     register()
     with initialize_config_dir(config_dir=conf_dir("synthesize"), version_base=None):
         cfg = to_object(compose("synthesize", overrides=list(args)), SynthesizeConfig)

@@ -8,10 +8,12 @@ from pathlib import Path
 from datatrove.data import Document
 
 from arctic_pretrain.text.decontamination import (
+    DEFAULT_BENCHMARKS,
     BenchmarkConfig,
     DecontamConfig,
     Decontaminate,
     load_benchmark_strings,
+    load_benchmarks,
     normalize,
 )
 from tests.conftest import HUMANEVAL_0_SOLUTION
@@ -25,6 +27,31 @@ def test_humaneval_loads_offline() -> None:
     strings = load_benchmark_strings(DecontamConfig())
     assert {s.task_id for s in strings} >= {"HumanEval/0", "HumanEval/163"}
     assert any(normalize(HUMANEVAL_0_SOLUTION) == normalize(s.text) for s in strings)
+
+
+def test_mbpp_is_a_default_that_loads_through_datasets_or_is_skipped_at_once(tmp_path: Path, normal_python: str) -> None:
+    """The default MBPP entry (the hub's `full` config, problem text and code) is skipped, named, when the
+    hub is out of reach (here: offline), and the same entry over a local copy in its field layout
+    decontaminates: a file holding an MBPP solution is dropped."""
+    mbpp = next(b for b in DEFAULT_BENCHMARKS if b.name == "mbpp")
+    assert mbpp.source == "hf:google-research-datasets/mbpp" and mbpp.fields == ["text", "code"] and mbpp.optional
+    _, loaded = load_benchmarks(DecontamConfig())
+    assert "mbpp" in loaded["unavailable"] and loaded["tasks"]["humaneval"] == 164
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    code = "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n  return (res) "
+    folder = tmp_path / "mbpp"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"task_id": 2, "code": code,
+                                          "text": "Write a function to find the shared elements from the given two lists."}]),
+                   folder / "train-00000-of-00001.parquet")
+    local = BenchmarkConfig(name="mbpp", source=f"hf:{folder}", split="train", fields=mbpp.fields, optional=True)
+    step = Decontaminate(DecontamConfig(benchmarks=[local]), str(tmp_path / "m"))
+    docs = [Document(normal_python, "r/clean.py", metadata={"repo": "r", "path": "clean.py"}),
+            Document(normal_python + "\n\n" + code, "r/dirty.py", metadata={"repo": "r", "path": "dirty.py"})]
+    assert [d.id for d in step.run(iter(docs))] == ["r/clean.py"]
 
 
 def test_pasted_solution_drops_file(tmp_path: Path, normal_python: str) -> None:

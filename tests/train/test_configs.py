@@ -51,6 +51,17 @@ def test_paper_numbers_are_the_defaults():
     assert (hq.peak_lr, hq.end_lr, hq.warmup_steps, hq.warmup_start_lr, hq.decay) == (5.3e-4, 0.0, 1000, 0.0, "linear")
     assert len(phases["general"].mixture) == 18  # the paper's 18 languages
     assert cfg.data.sources["high_quality"].max_epochs >= 4
+    assert cfg.fim.rate == 0 and all(p.fim.rate is None for p in phases.values())  # no FIM: the paper has none
+
+
+def test_fim_preset_is_starcoder2s_and_a_phase_may_turn_it_off():
+    from arctic_pretrain.data.fim import FimSettings, phase_settings
+
+    cfg = load("experiment=snowcoder_1b3", "+fim=starcoder2", "curriculum.phases.synthetic.fim.rate=0")
+    validate_config(cfg, world_size=1)
+    assert phase_settings(cfg.fim, cfg.curriculum.phases) == {
+        "general": FimSettings(0.5, 0.5, False), "high_quality": FimSettings(0.5, 0.5, False),
+        "synthetic": FimSettings(0.0, 0.5, False)}
 
 
 def test_budget_is_one_override_away():
@@ -78,6 +89,8 @@ def test_budget_is_one_override_away():
     ("curriculum.phases.synthetic.seq_len=2048", "curriculum.phases.synthetic.seq_len=2048: longer than the model "
      "holds (model.max_seq_len=1024"),
     ("curriculum.phases.synthetic.rope_theta=0", "curriculum.phases.synthetic.rope_theta=0.0: must be positive"),
+    ("fim.rate=1.5", "fim.rate=1.5: must be in [0, 1]"),
+    ("curriculum.phases.synthetic.fim.spm_rate=-0.1", "curriculum.phases.synthetic.fim.spm_rate=-0.1: must be in"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     cfg = load("experiment=demo", override)

@@ -78,7 +78,7 @@ def trainer_factory(tmp_path, model_cfg: ModelConfig = TINY, seq: int = SEQ, zer
                "b": TokenSource(make_source(tmp_path / "b", docs[30:], vocab=vocab))}
     run_dir = tmp_path / "run"
 
-    def make(callbacks=(), max_steps=None, interval=2):
+    def make(callbacks=(), max_steps=None, interval=2, fim=None):
         torch.manual_seed(0)
         model = build_model(model_cfg, vocab, eos_id=0)
         optimizer = make_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], (0.9, 0.95),
@@ -92,7 +92,7 @@ def trainer_factory(tmp_path, model_cfg: ModelConfig = TINY, seq: int = SEQ, zer
         trainer = Trainer(engine, optimizer, MixtureSampler(sources, seq, seed=1), curriculum,
                           CheckpointManager(run_dir / "checkpoints", keep_last=2, hf_config=model.config),
                           StepGuard(GuardsConfig()), LoopSettings(BATCH, 2, interval, max_steps),
-                          callbacks=list(callbacks), loss_fn=build_loss(model_cfg))
+                          callbacks=list(callbacks), loss_fn=build_loss(model_cfg), fim=fim)
         return trainer
 
     make.run_dir = run_dir
@@ -315,3 +315,24 @@ def test_a_phase_at_its_own_seq_len_and_rope_theta_resumes_exactly(tmp_path, pro
     again.fit(resumed=True)
     assert seen == [(5, (1, 2 * SEQ), seen[0][2])] * 2 and seen[0][2] == pytest.approx(50_000.0 ** (-1 / half))
     assert resumed_losses.losses == {5: straight.losses[5]}  # to the last bit
+
+def test_fim_reaches_the_batches_of_its_phases_only(build):
+    """The phase's FIM settings ride on its samples to the prefetcher's reads: general's windows are
+    transformed (rate 1), high_quality's (FIM off there) are read as they are stored."""
+    from arctic_pretrain.data.fim import FimSettings, FimTokens, FimTransform
+
+    fim = FimTokens(prefix=125, middle=126, suffix=127, pad=124, eos=0)  # ids the sources never hold
+    trainer = build(fim={"general": FimSettings(rate=1.0), "high_quality": FimSettings(rate=0.0)})
+    trainer.sampler.fim = FimTransform(fim)
+    read, seen = trainer.sampler.read, []
+
+    def recording(samples):
+        batch = read(samples)
+        seen.append((trainer.curriculum.phase_at(trainer.consumed_tokens).name, batch.input_ids))
+        return batch
+
+    trainer.sampler.read = recording
+    trainer.fit()
+    prefixes = {phase: sum(int((ids == fim.prefix).sum()) for p, ids in seen if p == phase)
+                for phase in ("general", "high_quality")}
+    assert prefixes["general"] >= 3 * BATCH and prefixes["high_quality"] == 0
