@@ -110,12 +110,15 @@ def plan(cfg: TrainConfig) -> DryRunPlan:
     # are computed below (checked_phase_weights names the phase whose sources record no language mix)
     curriculum = Curriculum(without_language_shares(cfg.curriculum), t.global_batch_size * t.seq_len,
                             sizes or dict.fromkeys(cfg.data.sources, 1))
+    from arctic_pretrain.data.fim import phase_settings
+
+    fim = phase_settings(cfg.fim, cfg.curriculum.phases)
     phases = []
     for p in curriculum.describe():
         shape = phase_batch(p["phase"], p.get("seq_len"), t.seq_len, t.global_batch_size, t.micro_batch_size)
         phases.append({"phase": p["phase"], "steps": p["steps"], "tokens": p["tokens"], "seq_len": shape.seq_len,
                        "global_batch": shape.global_batch, "micro_batch": shape.micro_batch,
-                       "rope_theta": p.get("rope_theta") or cfg.model.rope_theta})
+                       "rope_theta": p.get("rope_theta") or cfg.model.rope_theta, "fim": fim.get(p["phase"])})
     epochs, note, languages = None, "", None
     if sizes is not None:
         epochs = {name: 0.0 for name in sources}
@@ -202,6 +205,11 @@ def render(p: DryRunPlan) -> str:
         lines.append(f"  {ph['phase']:<16}  seq_len {ph['seq_len']:>6,}  RoPE theta {ph['rope_theta']:>11,g}  "
                      f"global {ph['global_batch']:,} x micro {ph['micro_batch']:,} sequences  "
                      f"{ph['global_batch'] * ph['seq_len']:,} tokens per step")
+    lines.append("fill-in-the-middle  (per file at read time; fim.* and curriculum.phases.<name>.fim.*)")
+    for ph in p.phases:
+        f = ph.get("fim")
+        lines.append(f"  {ph['phase']:<16}  " + ("off" if f is None or not f.active else
+                     f"rate {f.rate:g}, SPM {f.spm_rate:g} of those, truncate_or_pad {str(f.truncate_or_pad).lower()}"))
     if p.epochs is None:
         lines.append(f"data epochs         {p.sources_note}")
     else:

@@ -25,6 +25,14 @@ def test_paper_config_on_8x8_gpus():
     assert "peak memory per GPU ~" in out and "bf16, ZeRO-2, 64 ranks" in out
     assert re.search(r"optimizer states\s+0\.2 GiB", out) and re.search(r"activations\s+36\.0 GiB", out)
     assert "formula           states + bucket + activations + max(loss head, recompute)" in out
+    assert re.search(r"fill-in-the-middle.*\n  general\s+off\n  high_quality\s+off\n  synthetic\s+off", out)
+
+
+def test_the_fim_preset_shows_per_phase():
+    out = render(plan(load("experiment=snowcoder_1b3", "+fim=starcoder2", "curriculum.phases.synthetic.fim.rate=0",
+                           "data.root=/nonexistent")))
+    assert "  general           rate 0.5, SPM 0.5 of those, truncate_or_pad false" in out
+    assert re.search(r"  synthetic\s+off", out)
 
 
 def test_arithmetic_and_epochs_with_sources(demo_cache):
