@@ -87,7 +87,7 @@ def test_demo_validation_holds_200_files_and_no_file_is_in_both_splits(phase1, t
 
 def test_the_demo_annotator_separates_held_out_files(phase1, tmp_path) -> None:
     """The demo's positives and chunking on a sample (48 files per class, 64-token windows, a few epochs at a
-    higher learning rate: seconds, not the demo's minutes): validation ROC-AUC well above chance."""
+    higher learning rate: a fraction of the demo's training): validation ROC-AUC well above chance."""
     from arctic_pretrain.annotate.pipeline import Annotate
 
     cfg = demo_config(phase1, f"output_dir={tmp_path}", "data.max_positives=48", "model.max_length=64",
