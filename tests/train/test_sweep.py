@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from arctic_pretrain.train.metrics import read_metrics
-from arctic_pretrain.train.sweep import PrefixLock, shared_prefix, swept_keys, variant_name
+from arctic_pretrain.train.sweep import PrefixLock, shared_prefix, sweep_values, swept_keys, variant_name
 from tests.conftest import run_cli
 
 SWEEP = ["curriculum.phases.general.tokens=4K", "curriculum.phases.high_quality.tokens=2K,4K",
@@ -30,6 +30,23 @@ def test_swept_keys_decide_the_shared_prefix():
     assert shared_prefix(phases, ["logging.interval"]) == []  # nothing differs: no prefix run either
     assert variant_name({"curriculum.phases.high_quality.tokens": "25B", "seed": "7"}) == \
         "high_quality.tokens=25B,seed=7"
+
+
+def test_a_swept_source_shares_the_phases_that_do_not_read_it():
+    """A selection ablation sweeps phase 2's source path: phase 1 (python, c) is shared; a source phase 1
+    reads shares nothing; without the phases' sources a swept source shares nothing (as before)."""
+    phases = ["general", "high_quality", "synthetic"]
+    reads = {"general": {"python", "c"}, "high_quality": {"high_quality"}, "synthetic": {"synthetic", "high_quality"}}
+    assert shared_prefix(phases, ["data.sources.high_quality.path"], reads) == ["general"]
+    assert shared_prefix(phases, ["data.sources.synthetic.path"], reads) == ["general", "high_quality"]
+    assert shared_prefix(phases, ["data.sources.python.path"], reads) == []
+    assert shared_prefix(phases, ["data.sources.high_quality.path"]) == []
+    arms = "data.sources.high_quality.path=/r/data/arms/top/all,/r/data/arms/random/all,/r/data/arms/bottom/all"
+    choices = sweep_values(["experiment=demo", arms, "output_dir=/r/ablation"])
+    assert [variant_name({"data.sources.high_quality.path": v}, choices)
+            for v in choices["data.sources.high_quality.path"]] == [
+        "high_quality.path=top", "high_quality.path=random", "high_quality.path=bottom"]
+    assert variant_name({"data.sources.high_quality.path": "/r/a/all"}) == "high_quality.path=_r_a_all"
 
 
 def _hold_prefix(path: str, events: str, release: str) -> None:
