@@ -29,8 +29,12 @@ def summary(cfg, out: Path) -> str:
     from arctic_pretrain.evaluate.results import markdown_table
 
     results = json.loads((out / "results.json").read_text())
-    return (markdown_table(results, cfg.reference) + "\n"
+    text = (markdown_table(results, cfg.reference) + "\n"
             f"results written to {cfg.output_dir}/results.json, results.md, pass_at_1.png")
+    if cfg.arms and (out / "ablation.md").is_file():
+        text += f"\n\n{(out / 'ablation.md').read_text()}\nablation written to {cfg.output_dir}/ablation.json, " \
+                "ablation.md, ablation.png"
+    return text
 
 
 __all__ = ["run", "summary"]
