@@ -153,3 +153,29 @@ def test_budget_sweep_trains_phase_one_once(tmp_path, demo_cache):
     assert small["loss/synthetic"] != large["loss/synthetic"]
     table = (sweep / "sweep.md").read_text()
     assert "| high_quality.tokens=2K | 2K |" in table and "| high_quality.tokens=4K | 4K |" in table
+
+
+def test_arms_name_one_prefix_dir():
+    """Variants that differ only in phase 2's source share one prefix dir (the prefix run leaves the swept
+    source out); a phase-1 change is another prefix."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from arctic_pretrain.common.config import HYDRA_VERSION_BASE
+    from arctic_pretrain.train.config import register
+    from arctic_pretrain.train.sweep import phase_reads, prefix_config
+    from tests.conftest import ROOT
+
+    register()
+    swept = ["data.sources.high_quality.path"]
+
+    def prefix(*overrides: str) -> str:
+        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
+            cfg = OmegaConf.to_object(compose(config_name="train", overrides=["experiment=demo", *overrides]))
+        phases = shared_prefix(list(cfg.curriculum.phases), swept, phase_reads(cfg))
+        assert phases == ["general"]
+        return prefix_config(cfg, phases, Path("/sweep"), swept).output_dir
+
+    top = prefix("data.sources.high_quality.path=/d/arms/top/all")
+    assert top == prefix("data.sources.high_quality.path=/d/arms/random/all")
+    assert top != prefix("data.sources.high_quality.path=/d/arms/top/all", "curriculum.phases.general.tokens=2M")
