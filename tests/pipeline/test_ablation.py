@@ -42,7 +42,7 @@ PROBLEMS = [  # HumanEval-like (a signature, a docstring with an example, a shor
 ]
 
 
-def chunks(text: str, size: int = 600) -> list[str]:
+def chunks(text: str, size: int = 1500) -> list[str]:
     """A module cut at line boundaries into pieces of about ``size`` characters (one curated file each)."""
     out, cur = [], []
     for line in text.splitlines(keepends=True):
@@ -58,7 +58,7 @@ def table_file(rng: random.Random, i: int) -> str:
     def word() -> str:
         return "".join(rng.choice("bcdfghklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
 
-    rows = [f'    "{word()}": ({rng.randrange(10_000)}, "{word()}", {rng.random():.3f}),' for _ in range(12)]
+    rows = [f'    "{word()}": ({rng.randrange(10_000)}, "{word()}", {rng.random():.3f}),' for _ in range(30)]
     return f"TABLE_{i} = {{\n" + "\n".join(rows) + "\n}\n"
 
 
@@ -76,7 +76,7 @@ def plant_inputs(root: Path) -> Path:
         name = f"{fn}_{i}"
         (code / "good" / f"problem_{i}.py").write_text(
             f"def {name}({params}):\n    \"\"\" {doc}\n    >>> {name}{call}\n    {result}\n    \"\"\"\n{body}")
-    for i in range(500):
+    for i in range(600):
         (code / "poor" / f"table_{i}.py").write_text(table_file(rng, i))
     return code
 
@@ -135,7 +135,7 @@ def test_ablation_detects_planted_quality_and_the_control_does_not(tmp_path):
     curate(plant_inputs(tmp_path), work / "data")
     annotate_args = [f"curated={work / 'data'}", "select.tokens=32K", "select.phase_tokens=64K"]
     tokens = plant_scores(annotate_args)
-    assert tokens["good"] > 36_000 and tokens["poor"] > tokens["good"], tokens  # top: good files only
+    assert tokens["good"] > 40_000 and tokens["poor"] > tokens["good"], tokens  # top: good files only
     train = ["experiment=tiny", "data=demo", "~data.sources.c", "~curriculum.phases.general.mixture.c",
              "curriculum.phases.general.tokens=48K", "curriculum.phases.high_quality.tokens=64K",
              "training.deterministic=true"]
