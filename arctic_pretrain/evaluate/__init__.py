@@ -1,7 +1,8 @@
 """Evaluation: a run's phase exports (or any HF causal LM) on HumanEval(+), MBPP+, EvoEval, BigCodeBench.
 
 ``run(cfg) -> Path`` is the entry point (launch/evaluate.py); ``summary(cfg, out)`` is the table it prints.
-The pieces: runner.py (the loop), tasks.py, sandbox.py and judge.py (verdicts), results.py, cache.py;
+The pieces: runner.py (the loop), tasks.py, sandbox.py and judge.py (verdicts), results.py, cache.py,
+ablation.py (arms= compared per problem);
 light.py and phase_end.py are the phase-end evaluation training attaches as a callback.
 """
 
