@@ -24,6 +24,7 @@ STEPS = ("all", "train", "score", "select", "report")  # the annotate stage's st
 # deprecated spellings on the command line (launch/annotate.py), read as the new ones until the next release
 RENAMED = {"stage": "step", "recipe": "experiment"}
 PRECISIONS = ("auto", "bf16", "fp32")
+SELECT_MODES = ("top", "bottom", "random", "shuffled")  # select.mode (annotate/selection.py: MODES)
 FINETUNE = ("full", "head")
 
 
@@ -111,6 +112,13 @@ class SelectConfig:
     # language -> share of `tokens` (normalised); empty: phase 1's language ratios (tokens/<language>)
     shares: dict[str, float] = field(default_factory=dict)
     languages: list[str] | None = None  # restrict to these languages (None: every curated language)
+    # the order files are taken in, for a selection ablation (same budgets, so the same language mix):
+    # top (the recipe) | bottom | random (seeded) | shuffled (scores permuted among files: a control)
+    mode: str = "top"
+    seed: int = 0  # random and shuffled orders
+    # where this selection goes (selected/, all/, python/, selection.json); None: output_dir. Another folder
+    # makes it an ablation arm: step=select only, from output_dir's scores; output_dir is left untouched
+    output_dir: str | None = None
     # DuckDB's working memory for select and report over the score files; larger sorts spill to disk
     # (a temporary folder in output_dir), so memory stays flat however many files were scored
     memory_limit: str = "1GB"
@@ -196,6 +204,9 @@ def validate(cfg: AnnotateConfig) -> None:
     for lang, share in sel.shares.items():
         require(share >= 0, f"select.shares.{lang}", share, "must be >= 0")
     require(not sel.shares or sum(sel.shares.values()) > 0, "select.shares", dict(sel.shares), "all zero")
+    require(sel.mode in SELECT_MODES, "select.mode", sel.mode, f"must be one of {SELECT_MODES}")
+    require(not sel.output_dir or cfg.step == "select", "select.output_dir", sel.output_dir,
+            "an ablation arm's folder is written by step=select alone (set step=select)")
     require(re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", sel.memory_limit or "") is not None, "select.memory_limit",
             sel.memory_limit, "must be a memory size such as 1GB or 500MB")
     require(cfg.report.examples >= 0, "report.examples", cfg.report.examples, "must be >= 0")

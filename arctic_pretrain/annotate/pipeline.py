@@ -64,6 +64,9 @@ class Paths:
         self.data, self.model, self.scores = self.out / "training_data", self.out / "model", self.out / "scores"
         self.checkpoints = self.out / "model_checkpoints"  # the training job's; removed once model/ is published
         self.logs = self.out / "logs"
+        # selected/, all/, python/, selection.json: in out, or in an ablation arm's own folder (select.output_dir)
+        self.selection = Path(cfg.select.output_dir).expanduser().resolve() if cfg.select.output_dir else self.out
+        self.arm = self.selection != self.out
 
 
 def stage_hashes(cfg: AnnotateConfig, paths: Paths) -> dict[str, str]:
@@ -112,6 +115,9 @@ class Annotate:
         run's manifest nor a partial ``step=`` run passes for a finished annotation."""
         p = self.paths
         p.out.mkdir(parents=True, exist_ok=True)
+        if p.arm:  # an ablation arm: its own folder, from the annotation's scores; the annotation is untouched
+            self.select()
+            return p.selection
         (p.out / "manifest.json").unlink(missing_ok=True)
         steps = ORDER if self.cfg.step == "all" else (self.cfg.step,)
         for name in steps:
@@ -299,17 +305,18 @@ class Annotate:
         p, h = self.paths, self.hashes["select"]
         if _recorded(p.scores / "manifest.json") != self.hashes["score"]:
             raise ConfigError(f"step=select: {p.scores} is not complete for this config; run step=score first")
-        done = json.loads((p.out / "selection.json").read_text()) if _recorded(p.out / "selection.json") == h else {}
-        if done and all((p.out / source / "manifest.json").is_file() for source in done["sources"]):
+        out = p.selection
+        done = json.loads((out / "selection.json").read_text()) if _recorded(out / "selection.json") == h else {}
+        if done and all((out / source / "manifest.json").is_file() for source in done["sources"]):
             logger.info(f"select: selection.json and its sources {sorted(done['sources'])} are complete "
                         "(same config), skipped")
             return
-        (p.out / "selection.json").unlink(missing_ok=True)  # published again last
+        (out / "selection.json").unlink(missing_ok=True)  # published again last
         metrics = json.loads((p.model / METRICS).read_text())
-        selection = SelectTop(self.cfg, p.curated, p.out, metrics).run()
+        selection = SelectTop(self.cfg, p.curated, out, metrics, scores=p.scores).run()
         sources = self.tokenize_selection()
         selection.update({"sources": sources, "config_hash": h})
-        atomic_write(p.out / "selection.json", json.dumps(selection, indent=2))
+        atomic_write(out / "selection.json", json.dumps(selection, indent=2))
         logger.info("selected: " + ", ".join(f"{k}: {v['files']} files, {v['tokens']} tokens"
                                              for k, v in selection["languages"].items()))
 
@@ -324,23 +331,24 @@ class Annotate:
         p = self.paths
         group, tokenize, buckets = curated_settings(p.curated)
         tok_cfg = TokenizeConfig(**tokenize)
-        all_dir, python_dir = p.out / "all", p.out / "python"
-        for folder in (all_dir, python_dir, p.logs / "tokenize"):
+        all_dir, python_dir = p.selection / "all", p.selection / "python"
+        logs = (p.selection / "logs" if p.arm else p.logs) / "tokenize"
+        for folder in (all_dir, python_dir, logs):
             shutil.rmtree(folder, ignore_errors=True)
         e = self.cfg.executor
         step = GroupAndTokenize(str(p.documents), str(all_dir), str(p.curated / "tokenizer"), GroupConfig(**group),
                                 tok_cfg, threads=max(1, (os.cpu_count() or 1) // local_workers(e, buckets)),
-                                select_dir=str(p.out / "selected"), merge_languages=True)
-        executor = local_executor(e, [step], buckets, str(p.logs / "tokenize"))
+                                select_dir=str(p.selection / "selected"), merge_languages=True)
+        executor = local_executor(e, [step], buckets, str(logs))
         executor.run()
         missing = executor.get_incomplete_ranks(range(buckets))
         if missing:
-            raise StageIncomplete(f"tokenize selection: tasks {missing} did not complete; see {p.logs / 'tokenize'}")
-        meta = {"grouping": "language/repository", "selection": str(p.out / "selection.json"),
-                "config_hash": self.hashes["select"]}
+            raise StageIncomplete(f"tokenize selection: tasks {missing} did not complete; see {logs}")
+        meta = {"grouping": "language/repository", "selection": str(p.selection / "selection.json"),
+                "mode": self.cfg.select.mode, "config_hash": self.hashes["select"]}
         out = {}
         if not list(all_dir.glob("*.part.json")):
-            raise StageIncomplete(f"tokenize selection: no files selected; see {p.out / 'selected'}")
+            raise StageIncomplete(f"tokenize selection: no files selected; see {p.selection / 'selected'}")
         out["all"] = finalize_source(all_dir, metadata={**meta, "languages": "all"}).tokens
         link_python(all_dir, python_dir)
         if list(python_dir.glob("*.part.json")):

@@ -11,6 +11,13 @@ The scores are never held in memory (the paper scores 10^8-10^9 files): DuckDB r
 twice. The first pass sums each language's tokens in ``BINS`` fine score bins; the bin where the budget
 is crossed (``cut_bin``) bounds the second pass, which sorts only the files at or above it (spilling to
 disk beyond ``select.memory_limit``) and streams them best first into ``selected/<language>.jsonl``.
+
+``select.mode`` orders the files for a selection ablation, with the same budgets (so the same per-language
+mix): ``top`` (the recipe), ``bottom`` (lowest scores first), ``random`` (a seeded uniform order: a hash of
+the file's key and ``select.seed``), ``shuffled`` (the scores permuted among each language's files, seeded,
+then the top taken: a control that knows the score distribution but not which file earned which score, so
+it takes files in its permutation's order, a random selection with another seed). Every mode is one
+ordering value in [0, 1] (``order_value``), so the same two streaming passes serve them all.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 from loguru import logger
 from tqdm import tqdm
 
-from arctic_pretrain.annotate.config import AnnotateConfig
+from arctic_pretrain.annotate.config import SELECT_MODES, AnnotateConfig
 from arctic_pretrain.annotate.scoring import open_scores
 from arctic_pretrain.common.io import atomic_write, atomic_writer
 from arctic_pretrain.common.units import parse_token_count
@@ -33,13 +40,24 @@ from arctic_pretrain.data.shards import Manifest
 SELECTED_FIELDS = ("key", "file", "offset", "language", "repo", "path", "score", "tokens")
 CANDIDATE = "status = 'ok' AND tokens > 0 AND score IS NOT NULL"  # a file the selection may take
 BINS = 1 << 14  # threshold-pass score bins: 6e-5 wide, ~60 distinct (6-decimal) scores each
+MODES = SELECT_MODES
 
 
-def score_bin(bins: int) -> str:
-    """SQL: the bin of ``score`` among ``bins`` equal bins of [0, 1] (out-of-range scores in the end bins).
-    Every pass uses this one expression, so a bin bound found by one pass holds in the next. NULL for no
-    score (DuckDB's least/greatest skip NULLs, hence the CASE)."""
-    return f"CASE WHEN score IS NOT NULL THEN least(greatest(floor(score * {bins}), 0), {bins - 1})::INTEGER END"
+def order_value(mode: str, seed: int = 0) -> str:
+    """SQL: the value in [0, 1] that ``mode`` takes files by, highest first. random/shuffled: the MD5 of the
+    file's key with the mode and seed (stable across DuckDB versions, unlike hash())."""
+    if mode not in MODES:
+        raise ValueError(f"select.mode={mode!r}: must be one of {MODES}")
+    if mode in ("random", "shuffled"):
+        return f"(md5_number(\"key\" || '|{mode}|{int(seed)}')::DOUBLE / 2.0 ^ 128)"
+    return "score" if mode == "top" else "(1.0 - score)"
+
+
+def score_bin(bins: int, value: str = "score") -> str:
+    """SQL: the bin of ``value`` (default the score) among ``bins`` equal bins of [0, 1] (out-of-range values
+    in the end bins). Every pass uses this one expression, so a bin bound found by one pass holds in the
+    next. NULL for no score (DuckDB's least/greatest skip NULLs, hence the CASE)."""
+    return f"CASE WHEN score IS NOT NULL THEN least(greatest(floor({value} * {bins}), 0), {bins - 1})::INTEGER END"
 
 
 def cut_bin(weights: np.ndarray, budget: int) -> int:
@@ -53,14 +71,14 @@ def cut_bin(weights: np.ndarray, budget: int) -> int:
 
 
 def language_bins(con, where: str, columns: list[str], bins: int = BINS, extra: tuple[str, ...] = (),
-                  dtype=np.int64) -> dict[tuple, np.ndarray]:
+                  dtype=np.int64, value: str = "score") -> dict[tuple, np.ndarray]:
     """(language, *extra) -> (bins + 1, k) array of the k SQL aggregates ``columns`` per score bin (row
     ``bins``: the unscored files), from one pass over the scores matching ``where``, grouped also by the
     ``extra`` columns. Fetched as numpy arrays: at most (groups x bins) rows, whatever the corpus."""
     keys = ["language", *extra]
     sql_type = "BIGINT" if np.issubdtype(dtype, np.integer) else "DOUBLE"
     values = [f"coalesce(({c})::{sql_type}, 0) AS v{i}" for i, c in enumerate(columns)]
-    res = con.execute(f"SELECT {', '.join(keys)}, coalesce({score_bin(bins)}, -1) AS bin, {', '.join(values)} "
+    res = con.execute(f"SELECT {', '.join(keys)}, coalesce({score_bin(bins, value)}, -1) AS bin, {', '.join(values)} "
                       f"FROM scores WHERE {where} GROUP BY ALL").fetchnumpy()
     groups = list(zip(*(res[k] for k in keys), strict=True))
     out: dict[tuple, np.ndarray] = {}
@@ -85,14 +103,17 @@ def phase1_shares(curated: Path, languages: list[str]) -> dict[str, float]:
 class SelectTop:
     """Write ``selected/<language>.jsonl`` (highest score first) and ``selection.json``."""
 
-    def __init__(self, cfg: AnnotateConfig, curated: Path, out: Path, metrics: dict) -> None:
+    def __init__(self, cfg: AnnotateConfig, curated: Path, out: Path, metrics: dict, scores: Path | None = None) -> None:
         self.cfg, self.curated, self.out, self.metrics = cfg, curated, out, metrics
+        self.scores = scores or out / "scores"  # an ablation arm writes elsewhere, from the annotation's scores
 
     def run(self) -> dict:
         sel = self.cfg.select
-        with open_scores(self.out / "scores", sel.memory_limit, self.out) as con:
-            logger.info("select: pass 1, tokens per score bin and language")
-            hist = {g[0]: h[:BINS] for g, h in language_bins(con, CANDIDATE, ["count(*)", "sum(tokens)"]).items()}
+        value = order_value(sel.mode, sel.seed)
+        with open_scores(self.scores, sel.memory_limit, self.out) as con:
+            logger.info(f"select ({sel.mode}): pass 1, tokens per bin and language")
+            hist = {g[0]: h[:BINS] for g, h in language_bins(con, CANDIDATE, ["count(*)", "sum(tokens)"],
+                                                             value=value).items()}
             languages = sorted(sel.languages or (set(hist) | set(sel.shares)))
             if sel.shares:
                 raw = {lang: float(sel.shares.get(lang, 0.0)) for lang in languages}
@@ -108,7 +129,7 @@ class SelectTop:
             for stale in folder.glob("*.jsonl"):
                 if stale.stem not in languages:
                     stale.unlink()
-            taken = self._write_top(con, folder, languages, budgets, cuts, hist)
+            taken = self._write_top(con, folder, languages, budgets, cuts, hist, value)
         result = {}
         for lang in languages:
             files, tokens, last = taken[lang]
@@ -120,7 +141,7 @@ class SelectTop:
                 "candidates": counts[0], "candidate_tokens": counts[1],
                 "exhausted": tokens < budgets[lang]}
         selection = {
-            "curated": str(self.curated), "languages": result,
+            "curated": str(self.curated), "mode": sel.mode, "seed": sel.seed, "languages": result,
             "tokens": {"target": target, "selected": sum(v["tokens"] for v in result.values()),
                        "phase_tokens": phase},
             "shares_from": "select.shares" if sel.shares else "phase-1 token ratios (tokens/<language>)",
@@ -132,9 +153,9 @@ class SelectTop:
 
     @staticmethod
     def _write_top(con, folder: Path, languages: list[str], budgets: dict[str, int], cuts: dict[str, int],
-                   hist: dict[str, np.ndarray]) -> dict[str, tuple[int, int, float | None]]:
-        """Pass 2: the files at or above each language's cut bin, best first (ties: by key), written until
-        the budget is crossed. Returns language -> (files, tokens, score of the last file taken)."""
+                   hist: dict[str, np.ndarray], value: str = "score") -> dict[str, tuple[int, int, float | None]]:
+        """Pass 2: the files at or above each language's cut bin, best first by ``value`` (ties: by key),
+        written until the budget is crossed. Returns language -> (files, tokens, score of the last file taken)."""
         con.execute("CREATE TEMP TABLE cuts (language VARCHAR, lo INTEGER)")
         if cuts:
             con.executemany("INSERT INTO cuts VALUES (?, ?)", [[lang, lo] for lang, lo in cuts.items()])
@@ -142,7 +163,7 @@ class SelectTop:
         logger.info(f"select: pass 2, sorting the {rows} files at or above the cut bins")
         fields = ", ".join(f'scores."{f}"' for f in SELECTED_FIELDS)
         query = (f"SELECT {fields} FROM scores JOIN cuts USING (language) "
-                 f'WHERE {CANDIDATE} AND {score_bin(BINS)} >= cuts.lo ORDER BY language, score DESC, "key"')
+                 f'WHERE {CANDIDATE} AND {score_bin(BINS, value)} >= cuts.lo ORDER BY language, {value} DESC, "key"')
         taken = {lang: [0, 0, None] for lang in languages}
         with ExitStack() as stack:
             out = {lang: stack.enter_context(atomic_writer(folder / f"{lang}.jsonl")) for lang in languages}

@@ -70,6 +70,17 @@ class AlignedConfig:
 
 
 @dataclass
+class AblationConfig:
+    """With ``arms``: each arm against ``baseline``, paired per problem, percentile bootstrap intervals
+    (arctic_pretrain/evaluate/ablation.py)."""
+
+    baseline: str = "random"  # the arm every other arm is compared with
+    resamples: int = 10_000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     """`python launch/evaluate.py model=<run_dir or HF path> tasks=[humaneval] output_dir=<path> limit=<n>`,
     or `samples=<file.jsonl>` in place of model."""
@@ -79,6 +90,10 @@ class EvalConfig:
     # (appended to the benchmark's prompt) or solution (a whole program); every sample is scored
     samples: str | None = None
     baselines: list[str] = field(default_factory=list)  # more HF folders/hub names, one row each
+    # instead of model: a selection ablation's arms, name -> HF folder (e.g. a variant's export/high_quality),
+    # one row each named by its arm; then ablation.{json,md,png}: every arm against ablation.baseline
+    arms: dict[str, str] = field(default_factory=dict)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     output_dir: str = "eval_results"  # results.json, results.md, pass_at_1.png, cache/
     limit: int | None = None  # evaluate only the first n problems of each task
@@ -104,9 +119,22 @@ def validate(cfg: EvalConfig) -> None:
         raise ConfigError("tasks: empty; name at least one of " + ", ".join(ALL_TASKS))
     if cfg.infill_lines is not None and cfg.infill_lines < 1:
         raise ConfigError(f"infill_lines={cfg.infill_lines}: must be positive (or null for every line)")
-    if (cfg.model is None) == (cfg.samples is None):
-        raise ConfigError("model / samples: give exactly one: model=<run dir, HF folder or hub name> to generate, "
-                          "or samples=<file.jsonl> to score completions made elsewhere")
+    if (cfg.model is not None) + (cfg.samples is not None) + bool(cfg.arms) != 1:
+        raise ConfigError("model / samples / arms: give exactly one: model=<run dir, HF folder or hub name> to "
+                          "generate, samples=<file.jsonl> to score completions made elsewhere, or "
+                          "arms={name: HF folder, ...} to compare a selection ablation's arms")
+    if cfg.arms:
+        for name, path in cfg.arms.items():
+            if not Path(str(path)).is_dir():
+                raise ConfigError(f"arms.{name}={path}: no such folder (an arm is a model folder, e.g. a sweep "
+                                  "variant's export/high_quality)")
+        if cfg.ablation.baseline not in cfg.arms:
+            raise ConfigError(f"ablation.baseline={cfg.ablation.baseline!r}: not one of the arms {list(cfg.arms)}")
+        if len(cfg.arms) < 2:
+            raise ConfigError(f"arms={dict(cfg.arms)}: an ablation needs the baseline and at least one other arm")
+        if cfg.ablation.resamples < 100 or not 0 < cfg.ablation.confidence < 1:
+            raise ConfigError(f"ablation.resamples={cfg.ablation.resamples}, ablation.confidence="
+                              f"{cfg.ablation.confidence}: need at least 100 resamples and a confidence in (0, 1)")
     if cfg.samples is not None and not Path(cfg.samples).is_file():
         raise ConfigError(f"samples={cfg.samples}: no such file")
     g = cfg.generation

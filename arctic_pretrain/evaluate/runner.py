@@ -229,7 +229,8 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
         gen = {"samples": str(cfg.samples), "pass_k": list(cfg.generation.pass_k)}
         gen_key = {**gen, "file": hash_file(cfg.samples)}
     else:
-        models = resolve_models(cfg.model, list(cfg.baselines))
+        models = ([_spec(Path(str(path)), name) for name, path in cfg.arms.items()] if cfg.arms
+                  else resolve_models(cfg.model, list(cfg.baselines)))
         gen = asdict(cfg.generation) if not isinstance(cfg.generation, dict) else dict(cfg.generation)
         # batch size, backend and device change speed, not (intended) results: they stay out of the key
         gen_key = {k: v for k, v in gen.items() if k not in ("batch_size", "backend", "device")}
@@ -279,6 +280,8 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
             hit = cache.get(name, key)
             if hit is not None:
                 row["tasks"][name] = {**hit["summary"], "cached": True}
+                if "samples" in hit:  # the per-sample file always matches results.json (the ablation pairs them)
+                    _write_samples(out_dir / "samples" / f"{_safe(spec.name)}-{name}.jsonl", hit["samples"])
                 continue
             if cfg.samples is not None:
                 summary, records = score_samples(task, problems[name], samples[name], cfg, label=spec.name)
@@ -300,6 +303,11 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
         _free_memory()
         write_outputs(results, out_dir, cfg.reference)  # partial results survive a crash of a later model
     write_outputs(results, out_dir, cfg.reference)
+    if cfg.arms:
+        from arctic_pretrain.evaluate.ablation import write_ablation
+
+        a = cfg.ablation
+        results["ablation"] = write_ablation(results, out_dir, a.baseline, a.resamples, a.confidence, a.seed)
     return results
 
 
@@ -342,6 +350,8 @@ def aligned_losses(spec: ModelSpec, tasks: dict[str, Task | str], cfg: EvalConfi
         hit = cache.get(f"aligned-{name}", key)
         if hit is not None:
             out[name] = {**hit["summary"], "cached": True}
+            if "problems" in hit:
+                _write_samples(out_dir / "aligned" / f"{_safe(spec.name)}-{name}.jsonl", hit["problems"])
         else:
             todo[name] = (key, task)
     heldout_key = cache_key(model=fingerprint, task="heldout", windows=a.heldout_windows, max_tokens=a.max_tokens,

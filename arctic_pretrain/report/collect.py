@@ -56,6 +56,8 @@ class RunFacts:
     selection_pngs: list[Path] = field(default_factory=list)
     synthesis: dict | None = None
     evaluation: dict | None = None
+    ablation: dict | None = None  # a selection ablation's table (ablation.json beside the evaluation's results)
+    ablation_png: Path | None = None
     history: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what could not be found, said on the page
 
@@ -99,6 +101,9 @@ def collect(run_dir: str | Path, evaluation: str | Path | None = None) -> RunFac
         found = _json(cand / "results.json" if cand.is_dir() else cand)
         if found is not None:
             facts.evaluation = found
+            folder = cand if cand.is_dir() else cand.parent
+            facts.ablation = _json(folder / "ablation.json")
+            facts.ablation_png = folder / "ablation.png" if (folder / "ablation.png").is_file() else None
             break
     else:
         facts.notes.append("no evaluation results (python launch/evaluate.py model=<run_dir> output_dir=<run_dir>/eval)")

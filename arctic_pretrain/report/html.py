@@ -212,6 +212,27 @@ def _aligned_section(facts: RunFacts) -> str:
     return "".join(parts)
 
 
+def _ablation_section(facts: RunFacts) -> str:
+    """The selection ablation's table (each arm against the baseline, paired bootstrap intervals) and its
+    chart, as the evaluation wrote them (ablation.json, ablation.png)."""
+    table = facts.ablation or {}
+    rows = []
+    for m in table.get("metrics") or []:
+        for arm in table.get("arms") or []:
+            c = (m.get("vs_baseline") or {}).get(arm)
+            rows.append({"metric": m["metric"], "problems": m.get("problems"), "arm": arm,
+                         "value": m["values"].get(arm),
+                         f"difference vs {table['baseline']}": c["diff"] if c else "(baseline)",
+                         "interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}]" if c else "",
+                         "verdict": c.get("verdict", "") if c else ""})
+    head = (f"<p>Each arm against <b>{html.escape(str(table.get('baseline')))}</b>, paired per problem; "
+            f"{100 * float(table.get('confidence', 0.95)):g}% percentile intervals from {table.get('resamples')} "
+            "bootstrap resamples of the problems.</p>")
+    img = (_img("data:image/png;base64," + base64.b64encode(facts.ablation_png.read_bytes()).decode(),
+                "selection ablation") if facts.ablation_png else "")
+    return head + _table(rows) + img
+
+
 def _short(value: Any, limit: int = 3000) -> str:
     import json
 
@@ -246,6 +267,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, evaluation
          _aligned_section(facts)),
         ("Provenance", _table(provenance(facts, code_root))),
     ]
+    if facts.ablation:
+        sections.insert(-1, ("Selection ablation (phase-2 arms from one phase-1 checkpoint)", _ablation_section(facts)))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in facts.notes)
     body = "".join(f"<h2>{html.escape(t)}</h2>{content}" for t, content in sections)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>arctic-pretrain run report: "

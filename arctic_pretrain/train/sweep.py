@@ -6,8 +6,9 @@ sweeps the phase-2 budget. Phase 1 is the same in every variant, so it is traine
 (``init_from``) into its own ``<sweep dir>/<variant>/``. The sweep dir is ``output_dir``.
 
 * Which phases are shared follows from the swept keys alone (every variant has the same ones): the leading
-  phases that no swept ``curriculum.phases.<name>.*`` key touches. Any other swept key that changes
-  training (model, data, seed, ...) shares nothing, and each variant trains from scratch.
+  phases that no swept ``curriculum.phases.<name>.*`` key touches, nor a swept ``data.sources.<name>.*`` key
+  of a source they read (a selection ablation sweeps phase 2's source: phase 1 is shared). Any other swept
+  key that changes training (model, seed, ...) shares nothing, and each variant trains from scratch.
   ``SweepPlan`` (a Hydra callback, run once where the sweep is launched) records the swept keys in
   ``<sweep dir>/sweep.json``: a job launched elsewhere (submitit on SLURM) reads them from there.
 * The prefix dir's name carries a hash of its resolved config, so a sweep with another base config never
@@ -77,8 +78,20 @@ class SweepPlan(Callback):
             log.info("sweep summary: %s", write_summary(sweep_dir))
 
 
-def shared_prefix(phases: list[str], swept: list[str]) -> list[str]:
-    """The leading phases that no swept key changes (empty when a swept key changes the whole run)."""
+def phase_reads(cfg: TrainConfig) -> dict[str, set[str]]:
+    """phase -> the data sources it reads (its mixture and pinned shares)."""
+    return {name: set(spec.mixture) | set(spec.pinned) for name, spec in cfg.curriculum.phases.items()}
+
+
+def swept_sources(swept: list[str]) -> set[str]:
+    """The sources a swept ``data.sources.<name>.*`` key changes."""
+    return {parts[2] for k in swept if (parts := k.lstrip("+~").split("."))[:2] == ["data", "sources"]
+            and len(parts) > 2}
+
+
+def shared_prefix(phases: list[str], swept: list[str], reads: dict[str, set[str]] | None = None) -> list[str]:
+    """The leading phases that no swept key changes (empty when a swept key changes the whole run).
+    ``reads`` (phase -> sources, ``phase_reads``) lets a swept source touch only the phases that read it."""
     touched = set()
     for key in swept:
         parts = key.lstrip("+~").split(".")
@@ -86,6 +99,8 @@ def shared_prefix(phases: list[str], swept: list[str]) -> list[str]:
             continue
         if parts[:2] == ["curriculum", "phases"] and len(parts) > 2:
             touched.add(parts[2])
+        elif parts[:2] == ["data", "sources"] and len(parts) > 2 and reads is not None:
+            touched.update(name for name, sources in reads.items() if parts[2] in sources)
         else:
             return []
     prefix = []
@@ -96,9 +111,37 @@ def shared_prefix(phases: list[str], swept: list[str]) -> list[str]:
     return prefix if len(prefix) < len(phases) else []
 
 
-def variant_name(values: dict[str, str]) -> str:
-    """``curriculum.phases.high_quality.tokens=25B`` -> ``high_quality.tokens=25B`` (a folder name)."""
-    parts = [f"{k.lstrip('+~').removeprefix('curriculum.phases.')}={v}" for k, v in values.items()]
+def sweep_values(overrides: list[str]) -> dict[str, list[str]]:
+    """Every value of each sweep override in a command line (``a=1,2`` -> ``{"a": ["1", "2"]}``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.get_key_element(): list(o.sweep_string_iterator())
+            for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()}
+
+
+def short_path(value: str, values: list[str]) -> str:
+    """A path among the sweep's ``values`` named by the components that tell it apart from the others
+    (``runs/x/arms/top/all`` among ``.../random/all`` -> ``top``); anything else unchanged."""
+    split = [v.rstrip("/").split("/") for v in values]
+    if "/" not in value or len(values) < 2 or not all(len(p) > 1 for p in split):
+        return value
+    head = 0
+    while all(len(p) > head + 1 and p[head] == split[0][head] for p in split):
+        head += 1
+    tail = 0
+    while all(len(p) > head + tail + 1 and p[-1 - tail] == split[0][-1 - tail] for p in split):
+        tail += 1
+    parts = value.rstrip("/").split("/")
+    return "_".join(parts[head:len(parts) - tail]) or value
+
+
+def variant_name(values: dict[str, str], choices: dict[str, list[str]] | None = None) -> str:
+    """``curriculum.phases.high_quality.tokens=25B`` -> ``high_quality.tokens=25B`` (a folder name);
+    ``data.sources.high_quality.path=runs/x/arms/top/all`` -> ``high_quality.path=top`` when ``choices``
+    (the sweep's values per key) tell it apart from ``.../arms/random/all``."""
+    choices = choices or {}
+    parts = [f"{k.lstrip('+~').removeprefix('curriculum.phases.').removeprefix('data.sources.')}="
+             f"{short_path(v, choices.get(k, []))}" for k, v in values.items()]
     return ",".join(parts).replace("/", "_") or "variant"
 
 
@@ -111,9 +154,13 @@ def config_digest(cfg: TrainConfig) -> str:
     return config_hash(data, 10)
 
 
-def prefix_config(cfg: TrainConfig, phases: list[str], sweep_dir: Path) -> TrainConfig:
+def prefix_config(cfg: TrainConfig, phases: list[str], sweep_dir: Path, swept: list[str] = ()) -> TrainConfig:
+    """The shared prefix's run: the leading ``phases`` only, without the swept sources (they differ between
+    variants, and the prefix does not read them), so every variant names the same prefix dir."""
     pcfg = copy.deepcopy(cfg)
     pcfg.curriculum.phases = {name: cfg.curriculum.phases[name] for name in phases}
+    for name in swept_sources(list(swept)):
+        pcfg.data.sources.pop(name, None)
     pcfg.output_dir = str(sweep_dir / f"prefix.{'+'.join(phases)}.{config_digest(pcfg)}")
     return pcfg
 
@@ -224,13 +271,13 @@ def run_variant(cfg: TrainConfig, train: Train, sweep_dir: Path, task_overrides:
         raise ConfigError("output_dir: cannot be swept; it is the sweep dir (each variant gets "
                           "<output_dir>/<variant>/)")
     values = job_values(task_overrides, swept)
-    name = variant_name(values)
+    name = variant_name(values, sweep_values(plan.get("overrides", [])))
     cfg.output_dir = str(sweep_dir / name)
-    prefix = shared_prefix(list(cfg.curriculum.phases), swept)
+    prefix = shared_prefix(list(cfg.curriculum.phases), swept, phase_reads(cfg))
     own_checkpoint = (Path(cfg.output_dir) / "checkpoints" / "latest").is_file()
     record: dict[str, Any] = {"variant": name, "values": values, "prefix": None, "branch": None}
     if prefix:
-        pcfg = prefix_config(cfg, prefix, sweep_dir)
+        pcfg = prefix_config(cfg, prefix, sweep_dir, swept)
         record["prefix"] = pcfg.output_dir
         if not own_checkpoint:
             done = ensure_prefix(pcfg, train, poll_s)

@@ -4,6 +4,7 @@ unscored files, a language without files and one whose budget exceeds what it ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
@@ -44,7 +45,18 @@ def write_corpus(scores: Path, seed: int = 0, n: int = 3000) -> list[dict]:
     return records
 
 
-def brute_force(records: list[dict], tokens: int, phase: int) -> tuple[dict, dict[str, str]]:
+def order(mode: str, seed: int = 0):
+    """The brute force's sort key per select.mode: highest value first, ties by key (MD5 read little-endian,
+    as DuckDB's md5_number does)."""
+    def md5(rec: dict) -> float:
+        return int.from_bytes(hashlib.md5(f"{rec['key']}|{mode}|{seed}".encode()).digest(), "little") / 2.0 ** 128
+
+    value = {"top": lambda r: r["score"], "bottom": lambda r: 1.0 - r["score"]}.get(mode, md5)
+    return lambda r: (-value(r), r["key"])
+
+
+def brute_force(records: list[dict], tokens: int, phase: int, mode: str = "top",
+                seed: int = 0) -> tuple[dict, dict[str, str]]:
     """The selection with every record in memory, sorted whole: (selection languages, selected files)."""
     norm = sum(SHARES.values())
     languages, files = {}, {}
@@ -53,7 +65,7 @@ def brute_force(records: list[dict], tokens: int, phase: int) -> tuple[dict, dic
         budget = round(tokens * share)
         cands = [r for r in records if r["language"] == lang and r["status"] == "ok" and r["tokens"] > 0]
         taken, total = [], 0
-        for rec in sorted(cands, key=lambda r: (-r["score"], r["key"])):
+        for rec in sorted(cands, key=order(mode, seed)):
             if total >= budget:
                 break
             taken.append(rec)
@@ -84,6 +96,34 @@ def test_streamed_selection_equals_brute_force(tmp_path, target) -> None:
     assert languages["python"]["files"] > 1 and not languages["python"]["exhausted"]
     assert languages["rust"]["exhausted"] == (target == "1200K")
     assert not list((out / "selected").glob(".*")) and not list(out.glob(".duckdb-*"))  # no temporary left
+
+
+@pytest.mark.parametrize("mode", ["bottom", "random", "shuffled"])
+def test_ablation_modes_equal_brute_force_with_the_same_budgets(tmp_path, mode) -> None:
+    """The ablation arms' orders, streamed the same way: each equals its brute force, with the top
+    selection's per-language budgets (the same mix); random and shuffled differ from each other and from
+    top, and a seed changes them."""
+    out = tmp_path / "out"
+    records = write_corpus(out / "scores")
+    shares = [f"select.shares.{k}={v}" for k, v in SHARES.items()]
+    cfg = make_config(tmp_path / "curated", out, "select.tokens=300K", "select.phase_tokens=2M",
+                      f"select.mode={mode}", "select.seed=3", *shares)
+    selection = SelectTop(cfg, tmp_path / "curated", out, {}).run()
+    languages, files = brute_force(records, 300_000, 2_000_000, mode, seed=3)
+    assert selection["languages"] == languages and selection["mode"] == mode
+    for lang, text in files.items():
+        assert (out / "selected" / f"{lang}.jsonl").read_text() == text
+    top, _ = brute_force(records, 300_000, 2_000_000)
+    assert {k: v["budget"] for k, v in languages.items()} == {k: v["budget"] for k, v in top.items()}
+    assert files != brute_force(records, 300_000, 2_000_000)[1]
+    if mode != "bottom":
+        other = "shuffled" if mode == "random" else "random"
+        assert files != brute_force(records, 300_000, 2_000_000, other, seed=3)[1]
+        assert files != brute_force(records, 300_000, 2_000_000, mode, seed=4)[1]
+    with pytest.raises(ConfigError, match="select.mode"):
+        validate(make_config(tmp_path / "curated", out, "select.mode=best"))
+    with pytest.raises(ConfigError, match="select.output_dir"):
+        validate(make_config(tmp_path / "curated", out, "select.output_dir=/x"))
 
 
 def test_report_from_bins_equals_brute_force(tmp_path) -> None:

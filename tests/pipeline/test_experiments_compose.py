@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from arctic_pretrain.common.config import HYDRA_VERSION_BASE, conf_dir, register, to_object
 from arctic_pretrain.common.executor import ExecutorConfig, check_executor
-from arctic_pretrain.pipeline.runner import PROJECT, PipelineConfig
+from arctic_pretrain.pipeline.runner import PROJECT, PipelineConfig, merge_args
 
 EXPERIMENTS = sorted(p.stem for p in (PROJECT / "conf" / "pipeline" / "experiment").glob("*.yaml"))
 SCHEMAS = {"curate": ("curate.config", "CurateConfig"), "annotate": ("annotate.config", "AnnotateConfig"),
@@ -39,12 +39,27 @@ def test_every_experiment_is_listed() -> None:
     assert {"demo", "tiny", "snowcoder_1b3"} <= set(EXPERIMENTS)
 
 
+def first_variant(args: list[str]) -> list[str]:
+    """A sweep step's (``-m``) args as its first variant's: Hydra refuses ``--cfg`` with ``-m``."""
+    if "-m" not in args and "--multirun" not in args:
+        return list(args)
+    from arctic_pretrain.train.sweep import sweep_values
+
+    out = []
+    for arg in args:
+        values = sweep_values([arg]) if "=" in arg else {}
+        if arg not in ("-m", "--multirun"):
+            out.append(f"{arg.split('=', 1)[0]}={next(iter(values.values()))[0]}" if values else arg)
+    return out
+
+
 def composed(experiment: str, name: str, step):
     """(the stage's config object, None) when the step's args compose against its stage, else (None, what
     went wrong)."""
     stage = step.stage or name
     # the stage's own entry point (an sbatch/srun launcher runs launch/<stage>.py with the same args)
-    cmd = [sys.executable, str(PROJECT / "launch" / f"{stage}.py"), *step.args, "--cfg", "job"]
+    args = first_variant(merge_args(step.args, step.overrides))  # what the pipeline runs
+    cmd = [sys.executable, str(PROJECT / "launch" / f"{stage}.py"), *args, "--cfg", "job"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT, timeout=120)
     if proc.returncode != 0:
         return None, f"{experiment}.{name} ({stage}): exit {proc.returncode}: {proc.stderr.strip()[-800:]}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from arctic_pretrain.train.metrics import read_metrics
-from arctic_pretrain.train.sweep import PrefixLock, shared_prefix, swept_keys, variant_name
+from arctic_pretrain.train.sweep import PrefixLock, shared_prefix, sweep_values, swept_keys, variant_name
 from tests.conftest import run_cli
 
 SWEEP = ["curriculum.phases.general.tokens=4K", "curriculum.phases.high_quality.tokens=2K,4K",
@@ -30,6 +30,23 @@ def test_swept_keys_decide_the_shared_prefix():
     assert shared_prefix(phases, ["logging.interval"]) == []  # nothing differs: no prefix run either
     assert variant_name({"curriculum.phases.high_quality.tokens": "25B", "seed": "7"}) == \
         "high_quality.tokens=25B,seed=7"
+
+
+def test_a_swept_source_shares_the_phases_that_do_not_read_it():
+    """A selection ablation sweeps phase 2's source path: phase 1 (python, c) is shared; a source phase 1
+    reads shares nothing; without the phases' sources a swept source shares nothing (as before)."""
+    phases = ["general", "high_quality", "synthetic"]
+    reads = {"general": {"python", "c"}, "high_quality": {"high_quality"}, "synthetic": {"synthetic", "high_quality"}}
+    assert shared_prefix(phases, ["data.sources.high_quality.path"], reads) == ["general"]
+    assert shared_prefix(phases, ["data.sources.synthetic.path"], reads) == ["general", "high_quality"]
+    assert shared_prefix(phases, ["data.sources.python.path"], reads) == []
+    assert shared_prefix(phases, ["data.sources.high_quality.path"]) == []
+    arms = "data.sources.high_quality.path=/r/data/arms/top/all,/r/data/arms/random/all,/r/data/arms/bottom/all"
+    choices = sweep_values(["experiment=demo", arms, "output_dir=/r/ablation"])
+    assert [variant_name({"data.sources.high_quality.path": v}, choices)
+            for v in choices["data.sources.high_quality.path"]] == [
+        "high_quality.path=top", "high_quality.path=random", "high_quality.path=bottom"]
+    assert variant_name({"data.sources.high_quality.path": "/r/a/all"}) == "high_quality.path=_r_a_all"
 
 
 def _hold_prefix(path: str, events: str, release: str) -> None:
@@ -136,3 +153,29 @@ def test_budget_sweep_trains_phase_one_once(tmp_path, demo_cache):
     assert small["loss/synthetic"] != large["loss/synthetic"]
     table = (sweep / "sweep.md").read_text()
     assert "| high_quality.tokens=2K | 2K |" in table and "| high_quality.tokens=4K | 4K |" in table
+
+
+def test_arms_name_one_prefix_dir():
+    """Variants that differ only in phase 2's source share one prefix dir (the prefix run leaves the swept
+    source out); a phase-1 change is another prefix."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from arctic_pretrain.common.config import HYDRA_VERSION_BASE
+    from arctic_pretrain.train.config import register
+    from arctic_pretrain.train.sweep import phase_reads, prefix_config
+    from tests.conftest import ROOT
+
+    register()
+    swept = ["data.sources.high_quality.path"]
+
+    def prefix(*overrides: str) -> str:
+        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base=HYDRA_VERSION_BASE):
+            cfg = OmegaConf.to_object(compose(config_name="train", overrides=["experiment=demo", *overrides]))
+        phases = shared_prefix(list(cfg.curriculum.phases), swept, phase_reads(cfg))
+        assert phases == ["general"]
+        return prefix_config(cfg, phases, Path("/sweep"), swept).output_dir
+
+    top = prefix("data.sources.high_quality.path=/d/arms/top/all")
+    assert top == prefix("data.sources.high_quality.path=/d/arms/random/all")
+    assert top != prefix("data.sources.high_quality.path=/d/arms/top/all", "curriculum.phases.general.tokens=2M")
