@@ -75,8 +75,10 @@ def _paired(per_arm: dict[str, dict[str, Any]], metric: str, baseline: str) -> l
 
 
 def compare_arms(results: dict[str, Any], out_dir: Path, baseline: str, resamples: int = 10_000,
-                 confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """The ablation table from an evaluation's results.json and per-problem files (aligned/, samples/)."""
+                 confidence: float = 0.95, seed: int = 0, control: str = "shuffled") -> dict[str, Any]:
+    """The ablation table from an evaluation's results.json and per-problem files (aligned/, samples/).
+    ``control``: the arm that is a second draw of the baseline (shuffled scores: another random order);
+    where its interval misses zero, other arms must clear its far end to count as better or worse."""
     arms = [row["name"] for row in results["models"]]
     if baseline not in arms:
         raise ValueError(f"ablation.baseline={baseline!r}: not one of the arms {arms}")
@@ -105,19 +107,34 @@ def compare_arms(results: dict[str, Any], out_dir: Path, baseline: str, resample
                                                                     confidence=confidence, seed=seed)
                                                 for a, v in values.items() if a != baseline}})
     for m in metrics:
-        for cmp in m["vs_baseline"].values():
-            better = cmp["hi"] < 0 if m["lower_is_better"] else cmp["lo"] > 0
-            worse = cmp["lo"] > 0 if m["lower_is_better"] else cmp["hi"] < 0
-            cmp["verdict"] = "better" if better else "worse" if worse else "no difference shown"
-    return {"baseline": baseline, "arms": arms, "resamples": resamples, "confidence": confidence, "seed": seed,
-            "pairing": "per problem", "metrics": metrics}
+        # the control is the baseline's kind of selection drawn again: how far it lands from the baseline is
+        # the run-to-run noise the problem bootstrap cannot see (one training run per arm), so an arm counts
+        # only beyond the far end of the control's interval
+        ctl = m["vs_baseline"].get(control) if control != baseline else None
+        noise = max(abs(ctl["lo"]), abs(ctl["hi"])) if ctl and not (ctl["lo"] <= 0 <= ctl["hi"]) else 0.0
+        m["control_noise"] = noise
+        for arm, cmp in m["vs_baseline"].items():
+            if arm == control:
+                cmp["verdict"] = ("control: covers zero" if cmp["lo"] <= 0 <= cmp["hi"] else
+                                  "control: does not cover zero (run-to-run noise)")
+                continue
+            lo, hi = (cmp["lo"], cmp["hi"]) if m["lower_is_better"] else (-cmp["hi"], -cmp["lo"])  # lower: better
+            better, worse = hi < -noise, lo > noise
+            cmp["verdict"] = ("better" if better else "worse" if worse else
+                              "within the control's noise" if hi < 0 or lo > 0 else "no difference shown")
+    return {"baseline": baseline, "control": control if control in arms else None, "arms": arms,
+            "resamples": resamples, "confidence": confidence, "seed": seed, "pairing": "per problem",
+            "metrics": metrics}
 
 
 def markdown(table: dict[str, Any]) -> str:
     pct = f"{100 * table['confidence']:g}%"
     lines = [f"Selection ablation: each arm against `{table['baseline']}`, paired per problem; {pct} intervals "
              f"from {table['resamples']} bootstrap resamples of the problems (seed {table['seed']}). Aligned loss: "
-             "nats per reference-solution token, lower is better; pass@k: higher is better.", "",
+             "nats per reference-solution token, lower is better; pass@k: higher is better."
+             + (f" `{table['control']}` is the control (a second draw of the baseline): where its interval misses "
+                "zero, that distance is run-to-run noise the problem bootstrap does not see, and an arm counts as "
+                "better or worse only beyond it." if table.get("control") else ""), "",
              f"| metric | problems | arm | value | difference vs {table['baseline']} | {pct} interval | verdict |",
              "|---|---|---|---|---|---|---|"]
     for m in table["metrics"]:
@@ -163,9 +180,9 @@ def plot(table: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_ablation(results: dict[str, Any], out_dir: Path, baseline: str, resamples: int = 10_000,
-                   confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+                   confidence: float = 0.95, seed: int = 0, control: str = "shuffled") -> dict[str, Any]:
     """ablation.json, ablation.md and ablation.png in ``out_dir``; returns the table."""
-    table = compare_arms(results, out_dir, baseline, resamples, confidence, seed)
+    table = compare_arms(results, out_dir, baseline, resamples, confidence, seed, control)
     atomic_write(out_dir / "ablation.md", markdown(table))
     plot(table, out_dir / "ablation.png")
     atomic_write(out_dir / "ablation.json", json.dumps(table, indent=2, allow_nan=False) + "\n")  # last

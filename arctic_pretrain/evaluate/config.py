@@ -75,6 +75,7 @@ class AblationConfig:
     (arctic_pretrain/evaluate/ablation.py)."""
 
     baseline: str = "random"  # the arm every other arm is compared with
+    control: str = "shuffled"  # a second draw of the baseline: its distance from it is run-to-run noise
     resamples: int = 10_000
     confidence: float = 0.95
     seed: int = 0

@@ -307,7 +307,8 @@ def evaluate(cfg: EvalConfig, backend_factory: BackendFactory | None = None) -> 
         from arctic_pretrain.evaluate.ablation import write_ablation
 
         a = cfg.ablation
-        results["ablation"] = write_ablation(results, out_dir, a.baseline, a.resamples, a.confidence, a.seed)
+        results["ablation"] = write_ablation(results, out_dir, a.baseline, a.resamples, a.confidence, a.seed,
+                                             a.control)
     return results
 
 

@@ -9,6 +9,7 @@ also carries SLURM_NTASKS, but there it is one process, not a rank of several.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 from pathlib import Path
@@ -60,6 +61,7 @@ def init_distributed() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend=None, verbose=False)
+    atexit.register(shutdown)  # at exit, not after a run: a sweep runs several in one process group
     release_shm_workspace()
 
 
@@ -78,7 +80,7 @@ def release_shm_workspace() -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group before the interpreter exits. Left to interpreter teardown, gloo's worker
+    """Destroy the process group while the interpreter is still whole (an atexit hook). Left to interpreter teardown, gloo's worker
     threads can be destroyed while joinable: the rank aborts with "terminate called without an active
     exception" (exit status 250 here, pytorch/pytorch#190489) after a run that finished."""
     if dist.is_available() and dist.is_initialized():

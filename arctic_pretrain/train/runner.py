@@ -254,7 +254,6 @@ def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     finally:
         if lock is not None:
             lock.release()
-        dist.shutdown()
 
 
 def train(cfg: TrainConfig, run_dir: Path, start: Start, callbacks: Sequence[Callback]) -> dict:

@@ -122,9 +122,9 @@ def test_a_contaminated_positive_is_dropped_and_counted(curated, tmp_path) -> No
     assert decont["matches"][0]["task_id"] == "HumanEval/0" and decont["matches"][0]["id"] == "planted"
     # HumanEval and MBPP(+) by default; where evalplus's files are not on the machine they are named as
     # unavailable, not silently absent
-    assert [b.name for b in cfg.decontamination.benchmarks] == ["humaneval", "mbpp_plus", "humaneval_plus"]
+    assert [b.name for b in cfg.decontamination.benchmarks] == ["humaneval", "mbpp", "mbpp_plus", "humaneval_plus"]
     assert "humaneval" in decont["benchmarks"]
-    assert set(decont["benchmarks"]) | set(decont["unavailable"]) == {"humaneval", "mbpp_plus", "humaneval_plus"}
+    assert set(decont["benchmarks"]) | set(decont["unavailable"]) == {"humaneval", "mbpp", "mbpp_plus", "humaneval_plus"}
     ids = set(load_split(tmp_path / "out" / "training_data", "train")["id"]) | \
         set(load_split(tmp_path / "out" / "training_data", "validation")["id"])
     assert "planted" not in ids and manifest["positives_read"]["stdlib_documented"] == len(rows)

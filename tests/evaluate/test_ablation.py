@@ -55,6 +55,19 @@ def _plant(out, arms: dict[str, float], problems: int = 60) -> dict:
     return {"tasks": ["humaneval"], "generation": {"pass_k": [1]}, "models": rows}
 
 
+def test_an_arm_within_the_controls_distance_is_not_called_better(tmp_path):
+    """The control (shuffled: random drawn again) lands 0.3 from random: run-to-run noise the problem
+    bootstrap cannot see. Top, 0.2 better than random with a tight interval, is within it; bottom, 0.5
+    worse, is beyond it."""
+    results = _plant(tmp_path, {"top": -0.2, "random": 0.0, "bottom": 0.5, "shuffled": -0.3})
+    aligned = compare_arms(results, tmp_path, "random", resamples=2000)["metrics"][0]
+    assert aligned["vs_baseline"]["top"]["hi"] < 0  # alone, the bootstrap would call it better
+    assert aligned["vs_baseline"]["shuffled"]["verdict"] == "control: does not cover zero (run-to-run noise)"
+    assert aligned["control_noise"] == pytest.approx(0.3)
+    assert aligned["vs_baseline"]["top"]["verdict"] == "within the control's noise"
+    assert aligned["vs_baseline"]["bottom"]["verdict"] == "worse"
+
+
 def test_table_pairs_arms_per_problem_and_writes_its_files(tmp_path):
     results = _plant(tmp_path, {"top": -0.2, "random": 0.0, "bottom": 0.3, "shuffled": 0.0})
     table = write_ablation(results, tmp_path, "random", resamples=2000)
@@ -64,7 +77,7 @@ def test_table_pairs_arms_per_problem_and_writes_its_files(tmp_path):
     assert aligned["vs_baseline"]["bottom"]["verdict"] == "worse"
     assert aligned["vs_baseline"]["top"]["diff"] == pytest.approx(-0.2)
     assert aligned["vs_baseline"]["shuffled"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "problems": 60,
-                                                  "verdict": "no difference shown"}
+                                                  "verdict": "control: covers zero"}
     assert passes["values"]["top"] == 0.5 and passes["vs_baseline"]["top"]["lo"] > 0
     assert json.loads((tmp_path / "ablation.json").read_text()) == table
     md = (tmp_path / "ablation.md").read_text()
