@@ -152,7 +152,8 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def plot(table: dict[str, Any], path: Path) -> Path | None:
-    """One panel per metric: each arm's difference from the baseline with its interval, zero marked."""
+    """One panel per metric: each arm's difference from the baseline with its interval, zero marked, and
+    the control's noise band shaded where the control missed zero."""
     metrics = table["metrics"]
     if not metrics:
         return None
@@ -170,6 +171,9 @@ def plot(table: dict[str, Any], path: Path) -> Path | None:
             ax.errorbar(c["diff"], y, xerr=[[c["diff"] - c["lo"]], [c["hi"] - c["diff"]]], fmt="o", color=color,
                         capsize=4)
         ax.axvline(0, color="black", lw=0.8)
+        if m.get("control_noise"):  # what an arm must clear: the control's distance from the baseline
+            ax.axvspan(-m["control_noise"], m["control_noise"], color="C7", alpha=0.12, label="control's noise")
+            ax.legend(fontsize=8, loc="lower right")
         ax.set_yticks(range(len(others)), others)
         ax.invert_yaxis()
         better = "lower" if m["lower_is_better"] else "higher"
