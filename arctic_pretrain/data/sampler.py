@@ -105,27 +105,20 @@ class MixtureSampler:
         return self.identity_at(self.key_len)
 
     @property
+    def base(self):
+        """The stream at the run's own length (picks, restarted_at, restarts, windows per source)."""
+        return self.stream(self.key_len)
+
+    @property
     def windows(self) -> list[int]:
-        return self.stream(self.key_len).windows
-
-    @property
-    def per_source(self) -> list[int]:
-        return self.stream(self.key_len).picks
-
-    @property
-    def restarted_at(self) -> list[int]:
-        return self.stream(self.key_len).restarted_at
-
-    @property
-    def restarts(self) -> list[int]:
-        return self.stream(self.key_len).restarts
+        return self.base.windows
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sources = {n: {**ident, "restarted_at": at, "restarts": count} for n, ident, at, count
-                   in zip(self.names, self.identity, self.restarted_at, self.restarts, strict=True)}
+                   in zip(self.names, self.identity, self.base.restarted_at, self.base.restarts, strict=True)}
         state = {"seed": self.seed, "seq_len": self.key_len, "samples": self.samples,
-                 "per_source": dict(zip(self.names, self.per_source, strict=True)), "sources": sources}
+                 "per_source": dict(zip(self.names, self.base.picks, strict=True)), "sources": sources}
         others = {str(length): {n: {"picks": p, "restarted_at": at, "restarts": r} for n, p, at, r
                                 in zip(self.names, st.picks, st.restarted_at, st.restarts, strict=True)}
                   for length, st in sorted(self.streams.items()) if length != self.key_len and any(st.picks)}
@@ -185,7 +178,7 @@ class MixtureSampler:
                     st.restarted_at[i], st.restarts[i] = st.picks[i], st.restarts[i] + 1
         for name in changed:
             log.warning("source changed since the checkpoint, accepted: %s; its permutation starts afresh "
-                        "at pick %d", describe_changes({name: changed[name]}), self.per_source[self.names.index(name)])
+                        "at pick %d", describe_changes({name: changed[name]}), self.base.picks[self.names.index(name)])
         self._perms.clear()
 
     # ---- drawing -----------------------------------------------------------------------------
